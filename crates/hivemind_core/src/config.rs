@@ -1,0 +1,515 @@
+//! `hivemind.ron`: deadlines, batching, cache, model, sampling, budgets and the clock.
+//!
+//! Every field has a default, so a config file only names what it changes. All RON the crate
+//! reads (this file, action registries, GOAP domains, templates) goes through [`parse_ron`],
+//! whose [`RonError`] names the file and the line and column where parsing failed.
+//!
+//! Precedence, applied by the Bevy plugin: plugin fields give the defaults, the RON asset
+//! overrides them when it loads or reloads, and console edits override both until the next
+//! reload.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::RequestKind;
+
+/// The environment variable that overrides [`ModelConfig::path`].
+pub const MODEL_ENV: &str = "HIVEMIND_MODEL";
+
+/// RON that failed to parse, with where it failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct RonError {
+    /// The file (or other origin) the text came from.
+    pub origin: String,
+    /// The 1-based line where the error starts.
+    pub line: usize,
+    /// The 1-based column where the error starts.
+    pub column: usize,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Parses RON text into `T`. `origin` names where the text came from in errors.
+///
+/// `Option` fields may be written without `Some(..)`.
+pub fn parse_ron<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, RonError> {
+    ron::Options::default()
+        .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+        .from_str(text)
+        .map_err(|e| RonError {
+            origin: origin.to_owned(),
+            line: e.span.start.line,
+            column: e.span.start.col,
+            message: e.code.to_string(),
+        })
+}
+
+/// Why a RON file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid RON for what it should hold.
+    #[error(transparent)]
+    Ron(#[from] RonError),
+    /// The file parsed, but what it says is inconsistent.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file (or other origin).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads and parses a RON file.
+pub fn load_ron_file<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+    Ok(parse_ron(&text, &path.display().to_string())?)
+}
+
+/// The whole configuration. See the [module docs](self).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HivemindConfig {
+    /// How long each request kind may take.
+    pub deadlines: Deadlines,
+    /// How jobs are queued and batched.
+    pub batching: BatchingConfig,
+    /// The answer cache.
+    pub cache: CacheConfig,
+    /// The local model.
+    pub model: ModelConfig,
+    /// How tokens are chosen, per request kind.
+    pub sampling: SamplingConfig,
+    /// Size limits for prompts, plans and lines, and the per-frame budget.
+    pub budgets: Budgets,
+    /// How time is measured.
+    pub clock: ClockConfig,
+}
+
+impl HivemindConfig {
+    /// Parses a config from RON text and checks it. `origin` names the text in errors.
+    pub fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError> {
+        let config: HivemindConfig = parse_ron(text, origin)?;
+        config.validate().map_err(|message| LoadError::Invalid { origin: origin.to_owned(), message })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        Self::from_ron(&text, &path.display().to_string())
+    }
+
+    /// Checks the values that parse but make no sense, such as a batch of zero agents.
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.batching;
+        if b.max_batch == 0 {
+            return Err("batching.max_batch must be at least 1".into());
+        }
+        if b.queue_capacity == 0 {
+            return Err("batching.queue_capacity must be at least 1".into());
+        }
+        if b.workers == 0 {
+            return Err("batching.workers must be at least 1".into());
+        }
+        if self.cache.position_quantum == 0 {
+            return Err("cache.position_quantum must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.cache.hp_low) || !(0.0..=1.0).contains(&self.cache.hp_high) {
+            return Err("cache.hp_low and cache.hp_high must lie in 0.0..=1.0".into());
+        }
+        if self.cache.hp_low > self.cache.hp_high {
+            return Err("cache.hp_low must not exceed cache.hp_high".into());
+        }
+        if self.budgets.max_plan_steps == 0 {
+            return Err("budgets.max_plan_steps must be at least 1".into());
+        }
+        let t = &self.clock.throughput;
+        if !(t.prompt_tokens_per_sec > 0.0 && t.generated_tokens_per_sec > 0.0) {
+            return Err("clock.throughput rates must be positive".into());
+        }
+        for (kind, s) in [
+            ("banter", &self.sampling.banter),
+            ("dialogue", &self.sampling.dialogue),
+            ("plan", &self.sampling.plan),
+        ] {
+            // Written so that NaN fails too.
+            let sane = |t: f32, p: f32| t > 0.0 && p > 0.0 && p <= 1.0;
+            if let Sampling::Random { temperature, top_p, .. } = s
+                && !sane(*temperature, *top_p)
+            {
+                return Err(format!(
+                    "sampling.{kind}: temperature must be positive and top_p in (0, 1]"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long each request kind may take before its fallback answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Deadlines {
+    /// Banter: the whole line, in milliseconds.
+    pub banter_ms: u64,
+    /// Dialogue: the first words, in milliseconds.
+    pub dialogue_ms: u64,
+    /// Plan: the first step, in milliseconds.
+    pub plan_ms: u64,
+}
+
+impl Deadlines {
+    /// The deadline of `kind`.
+    pub fn for_kind(&self, kind: RequestKind) -> Duration {
+        Duration::from_millis(match kind {
+            RequestKind::Banter => self.banter_ms,
+            RequestKind::Dialogue => self.dialogue_ms,
+            RequestKind::Plan => self.plan_ms,
+        })
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines { banter_ms: 20, dialogue_ms: 100, plan_ms: 500 }
+    }
+}
+
+/// What happens when a job arrives at a full queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverflowPolicy {
+    /// The arriving job is answered at once with its fallback (reason `Overflow`).
+    #[default]
+    RejectNew,
+    /// The queued job with the latest deadline is answered with its fallback (reason
+    /// `Overflow`) and the arriving job takes its place, if the arriving job's deadline is
+    /// earlier; otherwise the arriving job is answered with its fallback.
+    ShedLatestDeadline,
+}
+
+/// How jobs are queued and batched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// The most agents in one inference job.
+    pub max_batch: usize,
+    /// The most jobs waiting for a worker.
+    pub queue_capacity: usize,
+    /// What to do when the queue is full.
+    pub overflow: OverflowPolicy,
+    /// Worker threads. Each holds its own backend (for the local backend, its own context).
+    pub workers: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch: 16,
+            queue_capacity: 256,
+            overflow: OverflowPolicy::RejectNew,
+            workers: 1,
+        }
+    }
+}
+
+/// The answer cache and how it buckets situations.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The most entries kept.
+    pub capacity: usize,
+    /// How long an entry stays valid, in seconds.
+    pub ttl_secs: f32,
+    /// Positions are divided by this before they become part of a key.
+    pub position_quantum: u32,
+    /// Health fractions below this are "low".
+    pub hp_low: f32,
+    /// Health fractions at or above this are "high"; between the two is "mid".
+    pub hp_high: f32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { capacity: 1024, ttl_secs: 30.0, position_quantum: 4, hp_low: 0.34, hp_high: 0.67 }
+    }
+}
+
+/// How the prompt for a batch of agents is laid out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PromptLayout {
+    /// One sequence per agent, each branching from its persona's prefix.
+    #[default]
+    ParallelSequences,
+    /// One prompt for the whole batch; one sequence answers for every agent, in batch order.
+    SharedPrompt,
+}
+
+/// What a model writes for a plan request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PlanFormat {
+    /// The model writes the steps: `{"agent":ID,"steps":[...]}`.
+    #[default]
+    Free,
+    /// The model picks one of a few scored intents and says a line; GOAP writes the steps:
+    /// `{"agent":ID,"intent":K,"say":"…"}`.
+    Guided,
+}
+
+/// The local model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The GGUF file. [`MODEL_ENV`] overrides it; see [`ModelConfig::resolved_path`].
+    pub path: Option<String>,
+    /// Context size in tokens, shared by every sequence of a batch.
+    pub context_tokens: u32,
+    /// The most tokens handed to one `decode` call.
+    pub batch_tokens: u32,
+    /// Inference threads; `None` lets the backend choose.
+    pub threads: Option<u32>,
+    /// The prompt layout.
+    pub layout: PromptLayout,
+    /// What the model writes for plans.
+    pub plan_format: PlanFormat,
+}
+
+impl ModelConfig {
+    /// Where the default model lives, relative to the working directory.
+    pub const DEFAULT_PATH: &'static str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+    /// The model file to load: [`MODEL_ENV`] if set and not empty, else `path`, else
+    /// [`ModelConfig::DEFAULT_PATH`].
+    pub fn resolved_path(&self) -> PathBuf {
+        match std::env::var(MODEL_ENV) {
+            Ok(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(self.path.as_deref().unwrap_or(Self::DEFAULT_PATH)),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: None,
+            context_tokens: 8192,
+            batch_tokens: 512,
+            threads: None,
+            layout: PromptLayout::default(),
+            plan_format: PlanFormat::default(),
+        }
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Sampling {
+    /// Always the most likely token allowed by the grammar.
+    Greedy,
+    /// Seeded random sampling.
+    Random {
+        /// Softmax temperature; higher is more varied.
+        temperature: f32,
+        /// Keep only the `top_k` most likely tokens (0 keeps all).
+        top_k: u32,
+        /// Keep the smallest set of tokens whose probability reaches `top_p`.
+        top_p: f32,
+    },
+}
+
+/// Sampling per request kind, and the seed that makes random sampling repeatable.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Banter written in idle time.
+    pub banter: Sampling,
+    /// Dialogue.
+    pub dialogue: Sampling,
+    /// Plans.
+    pub plan: Sampling,
+    /// The seed; a job's sampler is seeded from it and the job's agents, so runs repeat.
+    pub seed: u64,
+}
+
+impl SamplingConfig {
+    /// The sampling of `kind`.
+    pub fn for_kind(&self, kind: RequestKind) -> Sampling {
+        match kind {
+            RequestKind::Banter => self.banter,
+            RequestKind::Dialogue => self.dialogue,
+            RequestKind::Plan => self.plan,
+        }
+    }
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        let lively = Sampling::Random { temperature: 0.8, top_k: 40, top_p: 0.95 };
+        SamplingConfig { banter: lively, dialogue: lively, plan: Sampling::Greedy, seed: 0x5eed }
+    }
+}
+
+/// Size limits and the per-frame budget.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Budgets {
+    /// The most tokens an agent's snapshot may take in a prompt.
+    pub snapshot_tokens: usize,
+    /// The most tokens of conversation history in a dialogue prompt.
+    pub conversation_tokens: usize,
+    /// The most steps in a model-written plan.
+    pub max_plan_steps: usize,
+    /// The most characters in a model-written line.
+    pub max_say_chars: usize,
+    /// How long the plugin's drain system may read worker events per frame, in milliseconds.
+    pub drain_ms: f32,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            snapshot_tokens: 96,
+            conversation_tokens: 128,
+            max_plan_steps: 3,
+            max_say_chars: 80,
+            drain_ms: 0.25,
+        }
+    }
+}
+
+/// Which clock measures deadlines. See [`Clock`](crate::clock::Clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClockMode {
+    /// Wall time while the game runs.
+    #[default]
+    RealTime,
+    /// Virtual time computed from token counts; runs repeat exactly.
+    Lockstep,
+}
+
+/// The clock's mode and the throughput lockstep mode assumes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// Real-time or lockstep.
+    pub mode: ClockMode,
+    /// The throughput lockstep mode charges jobs at.
+    pub throughput: Throughput,
+}
+
+/// Tokens per second, for turning a job's token counts into virtual time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Throughput {
+    /// Prompt tokens processed per second.
+    pub prompt_tokens_per_sec: f64,
+    /// Tokens generated per second, per sequence.
+    pub generated_tokens_per_sec: f64,
+}
+
+impl Throughput {
+    /// The virtual time to process `prompt_tokens` and then generate `generated_tokens`.
+    pub fn duration(&self, prompt_tokens: u64, generated_tokens: u64) -> Duration {
+        let secs = prompt_tokens as f64 / self.prompt_tokens_per_sec
+            + generated_tokens as f64 / self.generated_tokens_per_sec;
+        // Rounded to whole microseconds so that float noise cannot reorder events.
+        Duration::from_micros((secs * 1e6).round() as u64)
+    }
+}
+
+impl Default for Throughput {
+    fn default() -> Self {
+        // The measured single-sequence rates of the default model on two cores (PERF.md).
+        Throughput { prompt_tokens_per_sec: 290.0, generated_tokens_per_sec: 140.0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_hold_the_documented_deadlines() {
+        let d = HivemindConfig::default().deadlines;
+        assert_eq!(d.for_kind(RequestKind::Banter), Duration::from_millis(20));
+        assert_eq!(d.for_kind(RequestKind::Dialogue), Duration::from_millis(100));
+        assert_eq!(d.for_kind(RequestKind::Plan), Duration::from_millis(500));
+        assert_eq!(HivemindConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn shipped_config_parses_and_round_trips() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/hivemind.ron");
+        let config = HivemindConfig::load(Path::new(path)).unwrap();
+        let again: HivemindConfig = parse_ron(
+            &ron::ser::to_string_pretty(&config, ron::ser::PrettyConfig::default()).unwrap(),
+            "round trip",
+        )
+        .unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn a_partial_file_overrides_only_what_it_names() {
+        let config =
+            HivemindConfig::from_ron("(deadlines: (plan_ms: 250), model: (path: \"m.gguf\"))", "t")
+                .unwrap();
+        assert_eq!(config.deadlines.plan_ms, 250);
+        assert_eq!(config.deadlines.dialogue_ms, 100);
+        assert_eq!(config.model.path.as_deref(), Some("m.gguf"));
+        assert_eq!(config.batching, BatchingConfig::default());
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_column() {
+        let err = HivemindConfig::from_ron("(\n  deadlines: (plan_ms: \"soon\"),\n)", "hivemind.ron")
+            .unwrap_err();
+        let LoadError::Ron(ron) = &err else { panic!("expected a RON error, got {err}") };
+        assert_eq!((ron.origin.as_str(), ron.line), ("hivemind.ron", 2));
+        assert!(err.to_string().starts_with("hivemind.ron:2:"), "{err}");
+
+        let err = HivemindConfig::from_ron("(deadlnes: ())", "typo.ron").unwrap_err();
+        assert!(err.to_string().contains("deadlnes"), "{err}");
+    }
+
+    #[test]
+    fn nonsense_values_are_rejected_with_the_field_named() {
+        let err = HivemindConfig::from_ron("(batching: (max_batch: 0))", "h.ron").unwrap_err();
+        assert!(matches!(err, LoadError::Invalid { .. }));
+        assert!(err.to_string().contains("max_batch"), "{err}");
+        let err = HivemindConfig::from_ron(
+            "(sampling: (plan: Random(temperature: 0.0, top_k: 1, top_p: 1.0)))",
+            "h.ron",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sampling.plan"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_io_error_naming_it() {
+        let err = HivemindConfig::load(Path::new("/no/such/hivemind.ron")).unwrap_err();
+        assert!(matches!(err, LoadError::Io { .. }));
+        assert!(err.to_string().contains("/no/such/hivemind.ron"));
+    }
+
+    #[test]
+    fn throughput_turns_tokens_into_time() {
+        let t = Throughput { prompt_tokens_per_sec: 100.0, generated_tokens_per_sec: 50.0 };
+        assert_eq!(t.duration(100, 0), Duration::from_secs(1));
+        assert_eq!(t.duration(10, 5), Duration::from_millis(200));
+    }
+}

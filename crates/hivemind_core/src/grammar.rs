@@ -1,0 +1,404 @@
+//! GBNF grammars for the three output formats, bound to one batch.
+//!
+//! A grammar is generated per batch from the [`ActionRegistry`] and each agent's own snapshot:
+//!
+//! - the root is every agent's object in batch order, one per line, each agent id exactly once;
+//! - an `Entity` argument may only be one of the ids in the agent's set (its visible enemies),
+//!   a `Point` argument one of its listed points, a `Cell` argument a cell inside its bounds;
+//! - a verb whose argument domain is empty in the agent's situation is left out of that agent's
+//!   alternatives (no `Attack` without a visible enemy);
+//! - a plan has between one and `max_steps` steps, and text has at most `max_chars` characters
+//!   with no quote, backslash, control character or angle bracket, so it needs no escaping and
+//!   cannot spell a chat-template delimiter.
+//!
+//! The JSON is compact (no white space), which keeps answers short and means the stream parser
+//! sees exactly one spelling of each answer. Rules with equal bodies are shared: agents that see
+//! the same targets share their `Attack` rule, and argument-free verbs appear once.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::action::{ActionRegistry, ArgDomain, VerbSpec};
+use crate::plan::OutputFormat;
+use crate::snapshot::{AgentId, WorldSnapshot};
+
+/// Bounds on what a grammar allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrammarLimits {
+    /// The most steps in a free plan.
+    pub max_steps: usize,
+    /// The most characters in a `say` string.
+    pub max_say_chars: usize,
+}
+
+impl Default for GrammarLimits {
+    fn default() -> Self {
+        GrammarLimits { max_steps: 3, max_say_chars: 80 }
+    }
+}
+
+/// Numeric ranges up to this many values are spelled out, so only in-range numbers can be
+/// written; wider ranges fall back to a digit pattern and rely on validation.
+const MAX_ENUMERATED: i64 = 512;
+
+/// One agent of a batch, as the grammar sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct GrammarAgent<'a> {
+    /// The agent's snapshot, fitted to its budget exactly as its prompt shows it.
+    pub snapshot: &'a WorldSnapshot,
+    /// For the guided format: how many intents the prompt offers (numbered from 1).
+    pub options: usize,
+}
+
+impl<'a> GrammarAgent<'a> {
+    /// An agent with no guided options.
+    pub fn new(snapshot: &'a WorldSnapshot) -> Self {
+        GrammarAgent { snapshot, options: 0 }
+    }
+
+    /// Sets the number of guided options, for chaining.
+    pub fn with_options(mut self, options: usize) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// Why a grammar could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GrammarError {
+    /// A batch must have at least one agent.
+    #[error("a grammar needs at least one agent")]
+    EmptyBatch,
+    /// An agent id appears twice in one batch.
+    #[error("agent {0} appears twice in the batch")]
+    DuplicateAgent(AgentId),
+    /// A guided answer needs at least one option to choose from.
+    #[error("agent {0} has no options to choose from")]
+    NoOptions(AgentId),
+    /// Limits that allow nothing.
+    #[error("max_steps and max_say_chars must be at least 1")]
+    ZeroLimit,
+}
+
+/// A generated grammar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grammar {
+    /// The GBNF text; its start rule is `root`.
+    pub text: String,
+    /// The agents in the order their objects must appear.
+    pub order: Vec<AgentId>,
+}
+
+impl Grammar {
+    /// The name of the start rule.
+    pub const ROOT: &'static str = "root";
+
+    /// Builds the grammar of `format` for a batch, in batch order.
+    pub fn build(
+        format: OutputFormat,
+        registry: &ActionRegistry,
+        agents: &[GrammarAgent<'_>],
+        limits: GrammarLimits,
+    ) -> Result<Grammar, GrammarError> {
+        if agents.is_empty() {
+            return Err(GrammarError::EmptyBatch);
+        }
+        if limits.max_steps == 0 || limits.max_say_chars == 0 {
+            return Err(GrammarError::ZeroLimit);
+        }
+        let mut order = Vec::with_capacity(agents.len());
+        for a in agents {
+            if order.contains(&a.snapshot.agent) {
+                return Err(GrammarError::DuplicateAgent(a.snapshot.agent));
+            }
+            order.push(a.snapshot.agent);
+        }
+
+        let mut rules = Rules::default();
+        let mut objects = Vec::with_capacity(agents.len());
+        for a in agents {
+            let id = a.snapshot.agent;
+            let body = match format {
+                OutputFormat::FreePlan => {
+                    let step = step_rule(&mut rules, registry, a.snapshot);
+                    let mut body = format!("{} {step}", lit(&format!("{{\"agent\":{id},\"steps\":[")));
+                    for _ in 1..limits.max_steps {
+                        let _ = write!(body, " ({} {step})?", lit(","));
+                    }
+                    body.push(' ');
+                    body.push_str(&lit("]}"));
+                    body
+                }
+                OutputFormat::Guided => {
+                    if a.options == 0 {
+                        return Err(GrammarError::NoOptions(id));
+                    }
+                    let intent = rules.add("intent", alternatives((1..=a.options).map(|n| n.to_string())));
+                    let say = say_rule(&mut rules, limits.max_say_chars);
+                    format!(
+                        "{} {intent} {} {say} {}",
+                        lit(&format!("{{\"agent\":{id},\"intent\":")),
+                        lit(",\"say\":\""),
+                        lit("\"}")
+                    )
+                }
+                OutputFormat::Line => {
+                    let say = say_rule(&mut rules, limits.max_say_chars);
+                    format!("{} {say} {}", lit(&format!("{{\"agent\":{id},\"say\":\"")), lit("\"}"))
+                }
+            };
+            objects.push(rules.add(&format!("agent-{id}"), body));
+        }
+
+        let mut text = format!("{} ::= {}\n", Grammar::ROOT, objects.join(&format!(" {} ", lit("\n"))));
+        for (name, body) in &rules.list {
+            let _ = writeln!(text, "{name} ::= {body}");
+        }
+        Ok(Grammar { text, order })
+    }
+}
+
+/// Rules in insertion order, with equal bodies shared under the first name given.
+#[derive(Default)]
+struct Rules {
+    list: Vec<(String, String)>,
+    by_body: HashMap<String, usize>,
+}
+
+impl Rules {
+    fn add(&mut self, base: &str, body: String) -> String {
+        if let Some(&i) = self.by_body.get(&body) {
+            return self.list[i].0.clone();
+        }
+        let base: String = base
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        let mut name = base.clone();
+        let mut n = 2;
+        while self.list.iter().any(|(existing, _)| *existing == name) || name == Grammar::ROOT {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        self.by_body.insert(body.clone(), self.list.len());
+        self.list.push((name.clone(), body));
+        name
+    }
+}
+
+fn step_rule(rules: &mut Rules, registry: &ActionRegistry, snapshot: &WorldSnapshot) -> String {
+    let verbs: Vec<String> = registry
+        .available(snapshot)
+        .map(|verb| verb_rule(rules, verb, snapshot))
+        .collect();
+    rules.add("step", verbs.join(" | "))
+}
+
+fn verb_rule(rules: &mut Rules, verb: &VerbSpec, snapshot: &WorldSnapshot) -> String {
+    let mut body = lit(&format!("{{\"act\":\"{}\"", verb.name));
+    for arg in &verb.args {
+        let _ = write!(body, " {} ", lit(&format!(",\"{}\":", arg.name)));
+        match arg.kind.domain(snapshot) {
+            ArgDomain::Entities(ids) => {
+                let name = rules.add(&format!("{}-{}", verb.name, arg.name), alternatives(ids.iter().map(ToString::to_string)));
+                body.push_str(&name);
+            }
+            ArgDomain::Points(points) => {
+                let name = rules.add(
+                    &format!("{}-{}", verb.name, arg.name),
+                    alternatives(points.iter().map(|p| format!("[{},{}]", p.x, p.y))),
+                );
+                body.push_str(&name);
+            }
+            ArgDomain::Cells(b) => {
+                let x = rules.add("x", int_range(i64::from(b.min.x), i64::from(b.max.x)));
+                let y = rules.add("y", int_range(i64::from(b.min.y), i64::from(b.max.y)));
+                let _ = write!(body, "{} {x} {} {y} {}", lit("["), lit(","), lit("]"));
+            }
+            ArgDomain::Ints { min, max } => {
+                body.push_str(&rules.add(&format!("{}-{}", verb.name, arg.name), int_range(min, max)));
+            }
+            ArgDomain::Text { max_chars } => {
+                let chars = char_rule(rules);
+                let _ = write!(body, "{} {chars}{{0,{max_chars}}} {}", lit("\""), lit("\""));
+            }
+        }
+    }
+    body.push(' ');
+    body.push_str(&lit("}"));
+    rules.add(&format!("act-{}", verb.name), body)
+}
+
+fn say_rule(rules: &mut Rules, max_chars: usize) -> String {
+    let chars = char_rule(rules);
+    rules.add("say", format!("{chars}{{1,{max_chars}}}"))
+}
+
+/// A character allowed in model-written text: no quote, backslash, control character or angle
+/// bracket, so the text never needs escaping and cannot spell a chat delimiter.
+fn char_rule(rules: &mut Rules) -> String {
+    rules.add("char", r#"[^"\\<>\x00-\x1F\x7F]"#.to_owned())
+}
+
+fn int_range(min: i64, max: i64) -> String {
+    if max.saturating_sub(min) < MAX_ENUMERATED {
+        alternatives((min..=max).map(|n| n.to_string()))
+    } else {
+        format!("{}? [0-9]{{1,19}}", lit("-"))
+    }
+}
+
+fn alternatives(values: impl Iterator<Item = String>) -> String {
+    let alts: Vec<String> = values.map(|v| lit(&v)).collect();
+    if alts.len() == 1 { alts.into_iter().collect() } else { format!("({})", alts.join(" | ")) }
+}
+
+/// A GBNF string literal.
+fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::tests::{arena_registry, flanking_guard};
+    use crate::snapshot::{EntityId, EntityInfo, Point};
+    use std::path::PathBuf;
+
+    fn golden(name: &str, actual: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        if std::env::var_os("HIVEMIND_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run with HIVEMIND_BLESS=1 to create it", path.display()));
+        assert_eq!(actual, expected, "{} differs; run with HIVEMIND_BLESS=1 if the change is intended", path.display());
+    }
+
+    fn lone_rookie() -> WorldSnapshot {
+        WorldSnapshot::new(AgentId(8), Point::new(1, 1))
+            .with_entity(EntityInfo::new(EntityId(9), "enemy", Point::new(2, 2)))
+    }
+
+    #[test]
+    fn free_plan_grammar_matches_golden() {
+        let (a, b) = (flanking_guard(), lone_rookie());
+        let g = Grammar::build(
+            OutputFormat::FreePlan,
+            &arena_registry(),
+            &[GrammarAgent::new(&a), GrammarAgent::new(&b)],
+            GrammarLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(g.order, vec![AgentId(3), AgentId(8)]);
+        golden("free_plan.gbnf", &g.text);
+    }
+
+    #[test]
+    fn guided_grammar_matches_golden() {
+        let (a, b) = (flanking_guard(), lone_rookie());
+        let g = Grammar::build(
+            OutputFormat::Guided,
+            &arena_registry(),
+            &[GrammarAgent::new(&a).with_options(4), GrammarAgent::new(&b).with_options(3)],
+            GrammarLimits { max_steps: 3, max_say_chars: 60 },
+        )
+        .unwrap();
+        golden("guided.gbnf", &g.text);
+    }
+
+    #[test]
+    fn line_grammar_matches_golden() {
+        let (a, b) = (flanking_guard(), lone_rookie());
+        let g = Grammar::build(
+            OutputFormat::Line,
+            &arena_registry(),
+            &[GrammarAgent::new(&a), GrammarAgent::new(&b)],
+            GrammarLimits::default(),
+        )
+        .unwrap();
+        golden("line.gbnf", &g.text);
+    }
+
+    #[test]
+    fn targets_are_bound_to_each_agents_own_snapshot() {
+        let (a, b) = (flanking_guard(), lone_rookie());
+        let g = Grammar::build(
+            OutputFormat::FreePlan,
+            &arena_registry(),
+            &[GrammarAgent::new(&a), GrammarAgent::new(&b)],
+            GrammarLimits::default(),
+        )
+        .unwrap();
+        let rule = |name: &str| {
+            g.text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ::= ")))
+                .unwrap_or_else(|| panic!("no rule {name} in\n{}", g.text))
+                .to_owned()
+        };
+        // Agent 3 sees enemies 7 and 9; agent 8 sees only 9.
+        assert!(rule("attack-target").contains("\"7\" | \"9\""));
+        assert_eq!(rule("attack-target-2"), "\"9\"");
+        // Agent 8 has no cover and no bounds: no TakeCover, no MoveTo among its steps.
+        let step8 = rule("step-2");
+        assert!(!step8.contains("takecover") && !step8.contains("moveto"), "{step8}");
+        assert!(rule("step").contains("act-takecover"));
+        // The idle verb is always there.
+        assert!(step8.contains("act-wait"));
+    }
+
+    #[test]
+    fn the_step_count_is_bounded() {
+        let a = flanking_guard();
+        let g = Grammar::build(
+            OutputFormat::FreePlan,
+            &arena_registry(),
+            &[GrammarAgent::new(&a)],
+            GrammarLimits { max_steps: 2, max_say_chars: 10 },
+        )
+        .unwrap();
+        let agent = g.text.lines().find(|l| l.starts_with("agent-3 ::=")).unwrap();
+        assert_eq!(agent.matches(r#"("," step)?"#).count(), 1, "{agent}");
+    }
+
+    #[test]
+    fn bad_batches_are_refused() {
+        let a = flanking_guard();
+        let registry = arena_registry();
+        let limits = GrammarLimits::default();
+        assert_eq!(
+            Grammar::build(OutputFormat::Line, &registry, &[], limits),
+            Err(GrammarError::EmptyBatch)
+        );
+        assert_eq!(
+            Grammar::build(OutputFormat::Line, &registry, &[GrammarAgent::new(&a), GrammarAgent::new(&a)], limits),
+            Err(GrammarError::DuplicateAgent(AgentId(3)))
+        );
+        assert_eq!(
+            Grammar::build(OutputFormat::Guided, &registry, &[GrammarAgent::new(&a)], limits),
+            Err(GrammarError::NoOptions(AgentId(3)))
+        );
+    }
+
+    #[test]
+    fn wide_ranges_fall_back_to_digits() {
+        assert_eq!(int_range(0, 2), r#"("0" | "1" | "2")"#);
+        assert_eq!(int_range(0, 100_000), r#""-"? [0-9]{1,19}"#);
+        assert_eq!(lit("{\"a\"}\n"), r#""{\"a\"}\n""#);
+    }
+}

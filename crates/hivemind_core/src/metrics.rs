@@ -1,0 +1,1781 @@
+//! Latency histograms and counters for `hm perf`, the console and Bevy diagnostics.
+//!
+//! [`Metrics`] holds everything the runtime measures about its answers: how long a job waited in
+//! the queue, how long the first step (plans) or first words (lines) took, and how long the whole
+//! answer took, each as a [`Histogram`] per [`RequestKind`] and [`LatencySource`]; tokens per
+//! second; batch sizes; the cache hit rate; answers by [`SourceLabel`]; fallbacks by
+//! [`FallbackReason`]; and repairs. Its [`Display`](fmt::Display) is the table `hm perf` prints.
+//!
+//! # Design
+//!
+//! Recording happens on the game's main thread, once per event, so it must cost about as much as
+//! a few additions. A [`Histogram`] therefore has a fixed set of log-linear buckets (the layout
+//! of HDR histograms: every power of two of microseconds split into 16 equal sub-buckets), so a
+//! record is a `leading_zeros`, a shift and an increment, memory is fixed, and two histograms
+//! merge by adding counts. The price is a bounded relative error, documented on [`Histogram`].
+//! Every key is an enum, so every table is a fixed array indexed by it rather than a map; a
+//! histogram allocates its buckets on its first record and never again, so steady-state
+//! recording does not allocate at all.
+//!
+//! Latency is keyed by ([`RequestKind`], [`LatencySource`]). The source is the backend for a
+//! model's answer and `cache`, `goap` or `template` for the others, because the fallback paths
+//! have latencies too and `hm perf` should show that they are as instant as they are meant to be.
+//! Whether a model's answer was repaired does not split its latency (the repair is a GOAP pass
+//! after decoding); it is counted by [`Metrics::record_answer`] under [`SourceLabel`] instead.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::plan::{BackendId, FallbackReason, PlanSource, RequestKind};
+
+/// Sub-buckets per power of two, as a power of two: 16 sub-buckets.
+const SUB_BUCKET_BITS: u32 = 4;
+/// Sub-buckets per power of two.
+const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
+/// The exponent of the largest tracked power of two: values below 2^32 µs (about 71.6 minutes).
+const MAX_EXPONENT: u32 = 31;
+/// Values below 16 µs get one bucket each; then 16 buckets for each power of two up to 2^31.
+const BUCKETS: usize = SUB_BUCKETS * (MAX_EXPONENT - SUB_BUCKET_BITS + 2) as usize;
+
+const KINDS: usize = RequestKind::ALL.len();
+const REASONS: usize = FallbackReason::ALL.len();
+
+/// How many of the most recent [`Metrics::record_tokens`] calls the recent token rate covers.
+pub const RECENT_TOKEN_RECORDS: usize = 64;
+
+/// How many full-answer latencies per kind [`Metrics::recent_full`] keeps for a live plot.
+pub const RECENT_LATENCY_SAMPLES: usize = 256;
+
+/// Batch sizes below this are counted exactly by [`BatchStats`]; larger ones share one bucket.
+pub const BATCH_SIZES_TRACKED: usize = 64;
+
+/// A fixed-memory histogram of durations with log-linear buckets.
+///
+/// Values are bucketed in whole microseconds: below 16 µs every microsecond has its own bucket,
+/// and above that every power of two is split into 16 equal sub-buckets, up to
+/// [`Histogram::MAX_TRACKED`] (2^32 µs, about 71.6 minutes). That is 464 counters, allocated on
+/// the first record. Recording is O(1) and never allocates after the first record.
+///
+/// # Error bound
+///
+/// [`quantile`](Histogram::quantile) uses the nearest-rank definition: for `n` values it returns
+/// the value of rank `ceil(q * n)` (at least 1) in sorted order. The histogram finds the bucket
+/// that holds that value exactly and answers with the bucket's midpoint, clamped to the exact
+/// [`min`](Histogram::min) and [`max`](Histogram::max) (which are the answers for the first and
+/// last ranks). A bucket starting at `L` µs is at most
+/// `L / 16` µs wide (or 1 µs below 16 µs), so the answer differs from the exact quantile `v` by at
+/// most `max(v / 32, 0.5 µs)`: a relative error of at most [`Histogram::MAX_RELATIVE_ERROR`]
+/// (3.125%) from 16 µs up. Values above [`Histogram::MAX_TRACKED`] are counted in the last bucket,
+/// where this bound does not hold; `count`, `min`, `max` and `mean` are always exact.
+#[derive(Clone)]
+pub struct Histogram {
+    /// Empty until the first record, then `BUCKETS` long.
+    counts: Vec<u64>,
+    count: u64,
+    sum_ns: u128,
+    min_ns: u64,
+    max_ns: u64,
+}
+
+impl Histogram {
+    /// The largest relative error of a quantile, for values from 16 µs to [`Self::MAX_TRACKED`].
+    pub const MAX_RELATIVE_ERROR: f64 = 1.0 / 32.0;
+
+    /// The largest value whose quantiles keep the error bound: 2^32 µs − 1 ns (about 71.6 min).
+    pub const MAX_TRACKED: Duration =
+        Duration::from_nanos((1u64 << (MAX_EXPONENT + 1)) * 1_000 - 1);
+
+    /// An empty histogram. Does not allocate.
+    pub const fn new() -> Self {
+        Histogram {
+            counts: Vec::new(),
+            count: 0,
+            sum_ns: 0,
+            min_ns: u64::MAX,
+            max_ns: 0,
+        }
+    }
+
+    /// Records one duration.
+    #[inline]
+    pub fn record(&mut self, value: Duration) {
+        let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS];
+        }
+        if let Some(slot) = self.counts.get_mut(bucket_index(ns / 1_000)) {
+            *slot += 1;
+        }
+        self.count += 1;
+        self.sum_ns += u128::from(ns);
+        self.min_ns = self.min_ns.min(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The smallest recorded duration, exactly.
+    pub fn min(&self) -> Option<Duration> {
+        (self.count > 0).then(|| Duration::from_nanos(self.min_ns))
+    }
+
+    /// The largest recorded duration, exactly.
+    pub fn max(&self) -> Option<Duration> {
+        (self.count > 0).then(|| Duration::from_nanos(self.max_ns))
+    }
+
+    /// The mean of the recorded durations, exactly (to the nanosecond).
+    pub fn mean(&self) -> Option<Duration> {
+        (self.count > 0).then(|| {
+            let mean = self.sum_ns / u128::from(self.count);
+            Duration::from_nanos(u64::try_from(mean).unwrap_or(u64::MAX))
+        })
+    }
+
+    /// The nearest-rank `q`-quantile, within the [error bound](Histogram#error-bound); `None`
+    /// when empty. `q` is clamped to `0.0..=1.0`, and NaN reads as 0.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = nearest_rank(q, self.count);
+        if rank == 1 {
+            return self.min();
+        }
+        if rank == self.count {
+            return self.max();
+        }
+        let mut seen = 0;
+        for (index, &count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let (lower_us, width_us) = bucket_bounds(index);
+                let mid_ns = lower_us * 1_000 + width_us * 500;
+                return Some(Duration::from_nanos(mid_ns.clamp(self.min_ns, self.max_ns)));
+            }
+        }
+        self.max()
+    }
+
+    /// The median.
+    pub fn p50(&self) -> Option<Duration> {
+        self.quantile(0.50)
+    }
+
+    /// The 95th percentile.
+    pub fn p95(&self) -> Option<Duration> {
+        self.quantile(0.95)
+    }
+
+    /// The 99th percentile.
+    pub fn p99(&self) -> Option<Duration> {
+        self.quantile(0.99)
+    }
+
+    /// Adds every value recorded in `other`, as if it had been recorded here.
+    pub fn merge(&mut self, other: &Histogram) {
+        if other.count == 0 {
+            return;
+        }
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS];
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        self.min_ns = self.min_ns.min(other.min_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
+    /// Forgets every value, keeping the buckets' memory.
+    pub fn clear(&mut self) {
+        self.counts.fill(0);
+        self.count = 0;
+        self.sum_ns = 0;
+        self.min_ns = u64::MAX;
+        self.max_ns = 0;
+    }
+
+    /// The buckets that hold at least one value, in increasing order: each bucket's range and
+    /// count. For drawing a distribution.
+    pub fn nonempty_buckets(&self) -> impl Iterator<Item = (Range<Duration>, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .map(|(index, &count)| {
+                let (lower_us, width_us) = bucket_bounds(index);
+                (
+                    Duration::from_micros(lower_us)..Duration::from_micros(lower_us + width_us),
+                    count,
+                )
+            })
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new()
+    }
+}
+
+impl PartialEq for Histogram {
+    fn eq(&self, other: &Self) -> bool {
+        // An empty histogram may or may not have allocated its buckets; either way they are zero.
+        self.count == other.count
+            && self.sum_ns == other.sum_ns
+            && self.min_ns == other.min_ns
+            && self.max_ns == other.max_ns
+            && (self.count == 0 || self.counts == other.counts)
+    }
+}
+
+impl Eq for Histogram {}
+
+impl fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Histogram")
+            .field("count", &self.count)
+            .field("min", &self.min())
+            .field("p50", &self.p50())
+            .field("p99", &self.p99())
+            .field("max", &self.max())
+            .finish()
+    }
+}
+
+/// `n=42 p50=12.3ms p95=40.1ms p99=52.0ms max=60.0ms`, or `n=0`.
+impl fmt::Display for Histogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n={}", self.count)?;
+        if let (Some(p50), Some(p95), Some(p99), Some(max)) =
+            (self.p50(), self.p95(), self.p99(), self.max())
+        {
+            write!(
+                f,
+                " p50={} p95={} p99={} max={}",
+                HumanDuration(p50),
+                HumanDuration(p95),
+                HumanDuration(p99),
+                HumanDuration(max)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The bucket of a value in whole microseconds.
+#[inline]
+fn bucket_index(us: u64) -> usize {
+    if us < SUB_BUCKETS as u64 {
+        return us as usize;
+    }
+    let exponent = 63 - us.leading_zeros();
+    if exponent > MAX_EXPONENT {
+        return BUCKETS - 1;
+    }
+    let shift = exponent - SUB_BUCKET_BITS;
+    let sub = (us >> shift) as usize & (SUB_BUCKETS - 1);
+    (exponent - SUB_BUCKET_BITS + 1) as usize * SUB_BUCKETS + sub
+}
+
+/// The lower bound and width of a bucket, in microseconds.
+fn bucket_bounds(index: usize) -> (u64, u64) {
+    if index < SUB_BUCKETS {
+        return (index as u64, 1);
+    }
+    let shift = index / SUB_BUCKETS - 1;
+    let sub = index % SUB_BUCKETS;
+    (((SUB_BUCKETS + sub) as u64) << shift, 1 << shift)
+}
+
+/// The 1-based nearest rank of quantile `q` among `n > 0` values.
+fn nearest_rank(q: f64, n: u64) -> u64 {
+    let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
+    ((q * n as f64).ceil() as u64).clamp(1, n)
+}
+
+/// Where an answer's latency was measured: a backend, or one of the fallback paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LatencySource {
+    /// A model's answer from this backend, repaired or not.
+    Backend(BackendId),
+    /// A cached answer re-bound to the current snapshot.
+    Cache,
+    /// The GOAP planner.
+    Goap,
+    /// A dialogue template.
+    Template,
+}
+
+impl LatencySource {
+    /// How many sources there are.
+    pub const COUNT: usize = BackendId::ALL.len() + 3;
+
+    /// Every source: the backends in [`BackendId::ALL`] order, then cache, GOAP and template.
+    pub const ALL: [LatencySource; Self::COUNT] = [
+        LatencySource::Backend(BackendId::Scripted),
+        LatencySource::Backend(BackendId::Replay),
+        LatencySource::Backend(BackendId::Local),
+        LatencySource::Backend(BackendId::Remote),
+        LatencySource::Backend(BackendId::Router),
+        LatencySource::Cache,
+        LatencySource::Goap,
+        LatencySource::Template,
+    ];
+
+    /// The backend's name, or `cache`, `goap` or `template`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LatencySource::Backend(backend) => backend.as_str(),
+            LatencySource::Cache => "cache",
+            LatencySource::Goap => "goap",
+            LatencySource::Template => "template",
+        }
+    }
+
+    /// The position in [`LatencySource::ALL`].
+    fn index(self) -> usize {
+        match self {
+            LatencySource::Backend(backend) => backend as usize,
+            LatencySource::Cache => BackendId::ALL.len(),
+            LatencySource::Goap => BackendId::ALL.len() + 1,
+            LatencySource::Template => BackendId::ALL.len() + 2,
+        }
+    }
+}
+
+impl From<BackendId> for LatencySource {
+    fn from(backend: BackendId) -> Self {
+        LatencySource::Backend(backend)
+    }
+}
+
+impl From<PlanSource> for LatencySource {
+    fn from(source: PlanSource) -> Self {
+        match source {
+            PlanSource::Llm { backend, .. } => LatencySource::Backend(backend),
+            PlanSource::Cache => LatencySource::Cache,
+            PlanSource::Goap => LatencySource::Goap,
+            PlanSource::Template => LatencySource::Template,
+        }
+    }
+}
+
+impl fmt::Display for LatencySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.label())
+    }
+}
+
+/// Where an answer came from, at the grain of [`PlanSource::label`]: answers are counted by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceLabel {
+    /// A model wrote it, unrepaired.
+    Llm,
+    /// A model wrote it and GOAP repaired it.
+    LlmRepaired,
+    /// A cached answer.
+    Cache,
+    /// The GOAP planner.
+    Goap,
+    /// A dialogue template.
+    Template,
+}
+
+impl SourceLabel {
+    /// How many labels there are.
+    pub const COUNT: usize = 5;
+
+    /// Every label, in declaration order.
+    pub const ALL: [SourceLabel; Self::COUNT] = [
+        SourceLabel::Llm,
+        SourceLabel::LlmRepaired,
+        SourceLabel::Cache,
+        SourceLabel::Goap,
+        SourceLabel::Template,
+    ];
+
+    /// The same label as [`PlanSource::label`]: `llm`, `llm+repair`, `cache`, `goap`, `template`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceLabel::Llm => "llm",
+            SourceLabel::LlmRepaired => "llm+repair",
+            SourceLabel::Cache => "cache",
+            SourceLabel::Goap => "goap",
+            SourceLabel::Template => "template",
+        }
+    }
+}
+
+impl From<PlanSource> for SourceLabel {
+    fn from(source: PlanSource) -> Self {
+        match source {
+            PlanSource::Llm {
+                repaired: false, ..
+            } => SourceLabel::Llm,
+            PlanSource::Llm { repaired: true, .. } => SourceLabel::LlmRepaired,
+            PlanSource::Cache => SourceLabel::Cache,
+            PlanSource::Goap => SourceLabel::Goap,
+            PlanSource::Template => SourceLabel::Template,
+        }
+    }
+}
+
+impl fmt::Display for SourceLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Which moment of a job a latency measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LatencyStage {
+    /// From submission until a worker picked the job up.
+    QueueWait,
+    /// From submission until the first step of a plan or the first words of a line.
+    First,
+    /// From submission until the whole answer.
+    Full,
+}
+
+impl LatencyStage {
+    /// Every stage, in the order a job passes them.
+    pub const ALL: [LatencyStage; 3] = [
+        LatencyStage::QueueWait,
+        LatencyStage::First,
+        LatencyStage::Full,
+    ];
+
+    /// `queue`, `first` or `full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatencyStage::QueueWait => "queue",
+            LatencyStage::First => "first",
+            LatencyStage::Full => "full",
+        }
+    }
+}
+
+/// The three latency histograms of one (kind, source) key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyStats {
+    /// Time spent in the queue before a worker picked the job up.
+    pub queue_wait: Histogram,
+    /// Time to the first step of a plan or the first words of a line.
+    pub first: Histogram,
+    /// Time to the whole answer.
+    pub full: Histogram,
+}
+
+impl LatencyStats {
+    /// The histogram of `stage`.
+    pub fn get(&self, stage: LatencyStage) -> &Histogram {
+        match stage {
+            LatencyStage::QueueWait => &self.queue_wait,
+            LatencyStage::First => &self.first,
+            LatencyStage::Full => &self.full,
+        }
+    }
+
+    /// Whether no stage has a value.
+    pub fn is_empty(&self) -> bool {
+        self.queue_wait.is_empty() && self.first.is_empty() && self.full.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.queue_wait.clear();
+        self.first.clear();
+        self.full.clear();
+    }
+}
+
+/// One full-answer latency in the series behind a live plot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencySample {
+    /// The sample's position in its kind's series: 0, 1, 2, …, never reused, even across
+    /// [`Metrics::reset`], so a plot's x axis only moves forward.
+    pub index: u64,
+    /// The full-answer latency.
+    pub latency: Duration,
+    /// Where the answer came from.
+    pub source: LatencySource,
+}
+
+/// A ring of the last [`RECENT_LATENCY_SAMPLES`] samples of one kind.
+#[derive(Clone, Default)]
+struct RecentLatencies {
+    /// Grows to `RECENT_LATENCY_SAMPLES` once, then is overwritten in place.
+    samples: Vec<LatencySample>,
+    /// Once full, the position of the oldest sample.
+    head: usize,
+    next_index: u64,
+}
+
+impl RecentLatencies {
+    fn push(&mut self, latency: Duration, source: LatencySource) {
+        let sample = LatencySample {
+            index: self.next_index,
+            latency,
+            source,
+        };
+        self.next_index += 1;
+        if self.samples.len() < RECENT_LATENCY_SAMPLES {
+            if self.samples.capacity() == 0 {
+                self.samples.reserve_exact(RECENT_LATENCY_SAMPLES);
+            }
+            self.samples.push(sample);
+        } else if let Some(slot) = self.samples.get_mut(self.head) {
+            *slot = sample;
+            self.head = (self.head + 1) % RECENT_LATENCY_SAMPLES;
+        }
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = LatencySample> + '_ {
+        let (newer, older) = self.samples.split_at(self.head);
+        older.iter().chain(newer).copied()
+    }
+
+    fn clear(&mut self) {
+        self.samples.clear();
+        self.head = 0;
+    }
+}
+
+impl fmt::Debug for RecentLatencies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecentLatencies")
+            .field("len", &self.samples.len())
+            .field("next_index", &self.next_index)
+            .finish()
+    }
+}
+
+/// Tokens per second, generated and prompt, over some span of records.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TokenRates {
+    /// Generated tokens per second of elapsed time; `None` if no time elapsed.
+    pub generated_per_sec: Option<f64>,
+    /// Prompt tokens per second of elapsed time; `None` if no time elapsed.
+    pub prompt_per_sec: Option<f64>,
+}
+
+impl TokenRates {
+    fn of(generated: u64, prompt: u64, elapsed_ns: u128) -> Self {
+        let per_sec = |tokens: u64| {
+            (elapsed_ns > 0).then(|| tokens as f64 / (elapsed_ns as f64 / 1_000_000_000.0))
+        };
+        TokenRates {
+            generated_per_sec: per_sec(generated),
+            prompt_per_sec: per_sec(prompt),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct TokenRecord {
+    generated: u64,
+    prompt: u64,
+    elapsed_ns: u64,
+}
+
+/// Token throughput, over every record and over the last [`RECENT_TOKEN_RECORDS`].
+///
+/// Each record is one job: the tokens it generated, the prompt tokens it processed, and the
+/// wall time it took for both. Each rate is a token count over the whole elapsed time, so it is
+/// throughput, not the speed of one phase.
+#[derive(Clone)]
+pub struct TokenStats {
+    generated: u64,
+    prompt: u64,
+    elapsed_ns: u128,
+    records: u64,
+    window: [TokenRecord; RECENT_TOKEN_RECORDS],
+    /// Where the next record goes.
+    head: usize,
+    len: usize,
+}
+
+impl TokenStats {
+    fn record(&mut self, generated: u64, prompt: u64, elapsed: Duration) {
+        let elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.generated = self.generated.saturating_add(generated);
+        self.prompt = self.prompt.saturating_add(prompt);
+        self.elapsed_ns += u128::from(elapsed_ns);
+        self.records += 1;
+        if let Some(slot) = self.window.get_mut(self.head) {
+            *slot = TokenRecord {
+                generated,
+                prompt,
+                elapsed_ns,
+            };
+        }
+        self.head = (self.head + 1) % RECENT_TOKEN_RECORDS;
+        self.len = (self.len + 1).min(RECENT_TOKEN_RECORDS);
+    }
+
+    /// How many jobs were recorded.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Generated tokens, in total.
+    pub fn generated(&self) -> u64 {
+        self.generated
+    }
+
+    /// Prompt tokens, in total.
+    pub fn prompt(&self) -> u64 {
+        self.prompt
+    }
+
+    /// Elapsed time, in total.
+    pub fn elapsed(&self) -> Duration {
+        let secs = u64::try_from(self.elapsed_ns / 1_000_000_000).unwrap_or(u64::MAX);
+        Duration::new(secs, (self.elapsed_ns % 1_000_000_000) as u32)
+    }
+
+    /// Rates over every record.
+    pub fn cumulative(&self) -> TokenRates {
+        TokenRates::of(self.generated, self.prompt, self.elapsed_ns)
+    }
+
+    /// Rates over the last [`RECENT_TOKEN_RECORDS`] records (or fewer, if fewer were made).
+    pub fn recent(&self) -> TokenRates {
+        let (mut generated, mut prompt, mut elapsed_ns) = (0u64, 0u64, 0u128);
+        for record in self.window.iter().take(self.len) {
+            generated = generated.saturating_add(record.generated);
+            prompt = prompt.saturating_add(record.prompt);
+            elapsed_ns += u128::from(record.elapsed_ns);
+        }
+        TokenRates::of(generated, prompt, elapsed_ns)
+    }
+
+    /// How many records [`recent`](TokenStats::recent) covers.
+    pub fn recent_records(&self) -> usize {
+        self.len
+    }
+}
+
+impl Default for TokenStats {
+    fn default() -> Self {
+        TokenStats {
+            generated: 0,
+            prompt: 0,
+            elapsed_ns: 0,
+            records: 0,
+            window: [TokenRecord::default(); RECENT_TOKEN_RECORDS],
+            head: 0,
+            len: 0,
+        }
+    }
+}
+
+impl fmt::Debug for TokenStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStats")
+            .field("records", &self.records)
+            .field("generated", &self.generated)
+            .field("prompt", &self.prompt)
+            .field("elapsed", &self.elapsed())
+            .field("cumulative", &self.cumulative())
+            .field("recent", &self.recent())
+            .finish()
+    }
+}
+
+/// The sizes of the batches workers decoded.
+///
+/// Sizes below [`BATCH_SIZES_TRACKED`] are counted exactly; larger ones share the last bucket.
+/// `count`, `mean`, `min` and `max` are always exact.
+#[derive(Clone)]
+pub struct BatchStats {
+    counts: [u64; BATCH_SIZES_TRACKED + 1],
+    count: u64,
+    sum: u64,
+    min: usize,
+    max: usize,
+}
+
+impl BatchStats {
+    fn record(&mut self, size: usize) {
+        if let Some(slot) = self.counts.get_mut(size.min(BATCH_SIZES_TRACKED)) {
+            *slot += 1;
+        }
+        self.min = if self.count == 0 {
+            size
+        } else {
+            self.min.min(size)
+        };
+        self.max = self.max.max(size);
+        self.count += 1;
+        self.sum = self.sum.saturating_add(size as u64);
+    }
+
+    /// How many batches were recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The mean batch size.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum as f64 / self.count as f64)
+    }
+
+    /// The smallest batch.
+    pub fn min(&self) -> Option<usize> {
+        (self.count > 0).then_some(self.min)
+    }
+
+    /// The largest batch.
+    pub fn max(&self) -> Option<usize> {
+        (self.count > 0).then_some(self.max)
+    }
+
+    /// The nearest-rank `q`-quantile of batch sizes; `None` when empty. Exact when it is below
+    /// [`BATCH_SIZES_TRACKED`]; a quantile among larger sizes reads as the largest size.
+    pub fn quantile(&self, q: f64) -> Option<usize> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = nearest_rank(q, self.count);
+        let mut seen = 0;
+        for (size, &count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(if size < BATCH_SIZES_TRACKED {
+                    size
+                } else {
+                    self.max
+                });
+            }
+        }
+        Some(self.max)
+    }
+
+    /// The median batch size.
+    pub fn p50(&self) -> Option<usize> {
+        self.quantile(0.50)
+    }
+
+    /// The 95th percentile of batch sizes.
+    pub fn p95(&self) -> Option<usize> {
+        self.quantile(0.95)
+    }
+
+    /// Batches by size: entry `i` counts batches of `i` jobs, and the last entry those of
+    /// [`BATCH_SIZES_TRACKED`] jobs or more.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+}
+
+impl Default for BatchStats {
+    fn default() -> Self {
+        BatchStats {
+            counts: [0; BATCH_SIZES_TRACKED + 1],
+            count: 0,
+            sum: 0,
+            min: 0,
+            max: 0,
+        }
+    }
+}
+
+impl fmt::Debug for BatchStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchStats")
+            .field("count", &self.count)
+            .field("mean", &self.mean())
+            .field("max", &self.max())
+            .finish()
+    }
+}
+
+/// Lookups in the answer cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    hits: u64,
+    misses: u64,
+}
+
+impl CacheStats {
+    /// Lookups that found an answer.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Lookups that did not.
+    pub fn misses(&self) -> u64 {
+        self.misses
+    }
+
+    /// All lookups.
+    pub fn lookups(&self) -> u64 {
+        self.hits + self.misses
+    }
+
+    /// The fraction of lookups that hit, in `0.0..=1.0`; `None` before the first lookup.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let lookups = self.lookups();
+        (lookups > 0).then(|| self.hits as f64 / lookups as f64)
+    }
+}
+
+/// Everything the runtime measures about its answers.
+///
+/// Recording takes `&mut self`, costs a few additions and does not allocate once each key has
+/// been seen; reading is through the accessors, and [`Display`](fmt::Display) prints the whole
+/// table. See the [module docs](self) for how latency is keyed.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    latency: [[LatencyStats; LatencySource::COUNT]; KINDS],
+    recent: [RecentLatencies; KINDS],
+    tokens: TokenStats,
+    batches: BatchStats,
+    cache: CacheStats,
+    answers: [[u64; SourceLabel::COUNT]; KINDS],
+    fallbacks: [[u64; REASONS]; KINDS],
+    repairs: u64,
+}
+
+impl Metrics {
+    /// Empty metrics.
+    pub fn new() -> Self {
+        Metrics::default()
+    }
+
+    /// Records how long a job of `kind` waited in the queue before a worker picked it up.
+    #[inline]
+    pub fn record_queue_wait(
+        &mut self,
+        kind: RequestKind,
+        source: impl Into<LatencySource>,
+        wait: Duration,
+    ) {
+        self.stats_mut(kind, source.into()).queue_wait.record(wait);
+    }
+
+    /// Records the time to the first step of a plan or the first words of a line.
+    #[inline]
+    pub fn record_first(
+        &mut self,
+        kind: RequestKind,
+        source: impl Into<LatencySource>,
+        latency: Duration,
+    ) {
+        self.stats_mut(kind, source.into()).first.record(latency);
+    }
+
+    /// Records the time to a whole answer, and adds it to the kind's [recent
+    /// series](Metrics::recent_full).
+    #[inline]
+    pub fn record_full(
+        &mut self,
+        kind: RequestKind,
+        source: impl Into<LatencySource>,
+        latency: Duration,
+    ) {
+        let source = source.into();
+        self.stats_mut(kind, source).full.record(latency);
+        if let Some(recent) = self.recent.get_mut(kind as usize) {
+            recent.push(latency, source);
+        }
+    }
+
+    /// Records one job's token counts and the wall time it took (see [`TokenStats`]).
+    #[inline]
+    pub fn record_tokens(&mut self, generated: u64, prompt: u64, elapsed: Duration) {
+        self.tokens.record(generated, prompt, elapsed);
+    }
+
+    /// Records the size of one decoded batch.
+    #[inline]
+    pub fn record_batch(&mut self, size: usize) {
+        self.batches.record(size);
+    }
+
+    /// Records one lookup in the answer cache.
+    #[inline]
+    pub fn record_cache(&mut self, hit: bool) {
+        if hit {
+            self.cache.hits += 1;
+        } else {
+            self.cache.misses += 1;
+        }
+    }
+
+    /// Records one answer delivered to the game: its source and, if it stands in for a model's
+    /// answer, why.
+    #[inline]
+    pub fn record_answer(
+        &mut self,
+        kind: RequestKind,
+        source: PlanSource,
+        fallback: Option<FallbackReason>,
+    ) {
+        let kind = kind as usize;
+        if let Some(count) = self
+            .answers
+            .get_mut(kind)
+            .and_then(|row| row.get_mut(SourceLabel::from(source) as usize))
+        {
+            *count += 1;
+        }
+        if let Some(reason) = fallback
+            && let Some(count) = self
+                .fallbacks
+                .get_mut(kind)
+                .and_then(|row| row.get_mut(reason as usize))
+        {
+            *count += 1;
+        }
+    }
+
+    /// Records one GOAP repair of a model's plan.
+    #[inline]
+    pub fn record_repair(&mut self) {
+        self.repairs += 1;
+    }
+
+    /// Forgets everything, keeping allocated memory. The [recent series](Metrics::recent_full)
+    /// are emptied but their sample indices keep counting up.
+    pub fn reset(&mut self) {
+        self.latency
+            .iter_mut()
+            .flatten()
+            .for_each(LatencyStats::clear);
+        self.recent.iter_mut().for_each(RecentLatencies::clear);
+        self.tokens = TokenStats::default();
+        self.batches = BatchStats::default();
+        self.cache = CacheStats::default();
+        self.answers = Default::default();
+        self.fallbacks = Default::default();
+        self.repairs = 0;
+    }
+
+    /// The latency histograms of one key.
+    pub fn latency(&self, kind: RequestKind, source: impl Into<LatencySource>) -> &LatencyStats {
+        &self.latency[kind as usize][source.into().index()]
+    }
+
+    /// Every key with at least one latency, by kind then source (in their `ALL` orders).
+    pub fn latencies(
+        &self,
+    ) -> impl Iterator<Item = (RequestKind, LatencySource, &LatencyStats)> + '_ {
+        RequestKind::ALL
+            .into_iter()
+            .flat_map(|kind| {
+                LatencySource::ALL
+                    .into_iter()
+                    .map(move |source| (kind, source))
+            })
+            .map(|(kind, source)| (kind, source, self.latency(kind, source)))
+            .filter(|(_, _, stats)| !stats.is_empty())
+    }
+
+    /// One stage's latency of `kind` over every source, merged.
+    pub fn latency_by_kind(&self, kind: RequestKind, stage: LatencyStage) -> Histogram {
+        let mut merged = Histogram::new();
+        for stats in &self.latency[kind as usize] {
+            merged.merge(stats.get(stage));
+        }
+        merged
+    }
+
+    /// One stage's latency of `source` over every kind, merged.
+    pub fn latency_by_source(
+        &self,
+        source: impl Into<LatencySource>,
+        stage: LatencyStage,
+    ) -> Histogram {
+        let source = source.into();
+        let mut merged = Histogram::new();
+        for kind in RequestKind::ALL {
+            merged.merge(self.latency(kind, source).get(stage));
+        }
+        merged
+    }
+
+    /// The last [`RECENT_LATENCY_SAMPLES`] full-answer latencies of `kind`, oldest first, with
+    /// increasing [`index`](LatencySample::index).
+    pub fn recent_full(
+        &self,
+        kind: RequestKind,
+    ) -> impl DoubleEndedIterator<Item = LatencySample> + '_ {
+        self.recent[kind as usize].iter()
+    }
+
+    /// Token throughput.
+    pub fn tokens(&self) -> &TokenStats {
+        &self.tokens
+    }
+
+    /// Batch sizes.
+    pub fn batches(&self) -> &BatchStats {
+        &self.batches
+    }
+
+    /// Answer-cache lookups.
+    pub fn cache(&self) -> &CacheStats {
+        &self.cache
+    }
+
+    /// Answers of `kind` from `label`.
+    pub fn answers(&self, kind: RequestKind, label: SourceLabel) -> u64 {
+        self.answers[kind as usize][label as usize]
+    }
+
+    /// Answers of `kind`, from every source.
+    pub fn total_answers(&self, kind: RequestKind) -> u64 {
+        self.answers[kind as usize].iter().sum()
+    }
+
+    /// Answers of `kind` that fell back for `reason`.
+    pub fn fallbacks(&self, kind: RequestKind, reason: FallbackReason) -> u64 {
+        self.fallbacks[kind as usize][reason as usize]
+    }
+
+    /// Answers of every kind that fell back for `reason`.
+    pub fn total_fallbacks(&self, reason: FallbackReason) -> u64 {
+        self.fallbacks.iter().map(|row| row[reason as usize]).sum()
+    }
+
+    /// The fraction of answers of `kind` that carried a fallback reason; `None` before the first.
+    pub fn fallback_rate(&self, kind: RequestKind) -> Option<f64> {
+        let total = self.total_answers(kind);
+        let fallbacks: u64 = self.fallbacks[kind as usize].iter().sum();
+        (total > 0).then(|| fallbacks as f64 / total as f64)
+    }
+
+    /// GOAP repairs of models' plans.
+    pub fn repairs(&self) -> u64 {
+        self.repairs
+    }
+
+    fn stats_mut(&mut self, kind: RequestKind, source: LatencySource) -> &mut LatencyStats {
+        &mut self.latency[kind as usize][source.index()]
+    }
+}
+
+/// The table `hm perf` prints: latency by stage, kind and source, then tokens/s, batch sizes,
+/// the cache, answers by source, fallbacks by reason and repairs.
+impl fmt::Display for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sections = [
+            (LatencyStage::First, "first step / first words"),
+            (LatencyStage::Full, "full answer"),
+            (LatencyStage::QueueWait, "queue wait"),
+        ];
+        for (stage, title) in sections {
+            writeln!(f, "latency: {title}")?;
+            writeln!(
+                f,
+                "  {:<9} {:<9} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                "kind", "source", "n", "p50", "p95", "p99", "max"
+            )?;
+            let mut rows = 0;
+            for (kind, source, stats) in self.latencies() {
+                let histogram = stats.get(stage);
+                if histogram.is_empty() {
+                    continue;
+                }
+                rows += 1;
+                writeln!(
+                    f,
+                    "  {:<9} {:<9} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                    kind.as_str(),
+                    source.label(),
+                    histogram.count(),
+                    OrDash(histogram.p50().map(HumanDuration)),
+                    OrDash(histogram.p95().map(HumanDuration)),
+                    OrDash(histogram.p99().map(HumanDuration)),
+                    OrDash(histogram.max().map(HumanDuration)),
+                )?;
+            }
+            if rows == 0 {
+                writeln!(f, "  (none)")?;
+            }
+            writeln!(f)?;
+        }
+
+        let tokens = &self.tokens;
+        writeln!(
+            f,
+            "{:<12} {:>10} {:>10} {:>10}",
+            "tokens/s", "generated", "prompt", "jobs"
+        )?;
+        let rate = |r: Option<f64>| OrDash(r.map(|r| format!("{r:.1}")));
+        let all = tokens.cumulative();
+        writeln!(
+            f,
+            "  {:<10} {:>10} {:>10} {:>10}",
+            "all",
+            rate(all.generated_per_sec),
+            rate(all.prompt_per_sec),
+            tokens.records()
+        )?;
+        let recent = tokens.recent();
+        writeln!(
+            f,
+            "  {:<10} {:>10} {:>10} {:>10}",
+            format!("last {RECENT_TOKEN_RECORDS}"),
+            rate(recent.generated_per_sec),
+            rate(recent.prompt_per_sec),
+            tokens.recent_records()
+        )?;
+        writeln!(f)?;
+
+        let batches = &self.batches;
+        writeln!(
+            f,
+            "{:<12} n={}  mean={}  p50={}  p95={}  max={}",
+            "batch size",
+            batches.count(),
+            OrDash(batches.mean().map(|m| format!("{m:.2}"))),
+            OrDash(batches.p50()),
+            OrDash(batches.p95()),
+            OrDash(batches.max()),
+        )?;
+        writeln!(
+            f,
+            "{:<12} hits={}  misses={}  hit rate={}",
+            "cache",
+            self.cache.hits(),
+            self.cache.misses(),
+            OrDash(self.cache.hit_rate().map(Percent)),
+        )?;
+        writeln!(f)?;
+
+        write!(f, "{:<12}", "answers")?;
+        for label in SourceLabel::ALL {
+            write!(f, " {:>10}", label.as_str())?;
+        }
+        writeln!(f, " {:>10}", "fallback")?;
+        for kind in RequestKind::ALL {
+            write!(f, "  {:<10}", kind.as_str())?;
+            for label in SourceLabel::ALL {
+                write!(f, " {:>10}", self.answers(kind, label))?;
+            }
+            writeln!(f, " {:>10}", OrDash(self.fallback_rate(kind).map(Percent)))?;
+        }
+        writeln!(f)?;
+
+        write!(f, "{:<12}", "fallbacks")?;
+        for reason in FallbackReason::ALL {
+            write!(f, " {:>13}", reason.as_str())?;
+        }
+        writeln!(f)?;
+        for kind in RequestKind::ALL {
+            write!(f, "  {:<10}", kind.as_str())?;
+            for reason in FallbackReason::ALL {
+                write!(f, " {:>13}", self.fallbacks(kind, reason))?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f)?;
+
+        writeln!(f, "{:<12} {}", "repairs", self.repairs)
+    }
+}
+
+/// A duration with three significant digits and a unit: `850ns`, `412µs`, `12.3ms`, `1.20s`.
+///
+/// Honours width and alignment, so it can sit in a fixed-width table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0.as_nanos();
+        let text = if ns < 1_000 {
+            format!("{ns}ns")
+        } else if ns < 999_500 {
+            format!("{}µs", (ns + 500) / 1_000)
+        } else {
+            let ms = ns as f64 / 1_000_000.0;
+            if ms < 999.5 {
+                three_digits(ms, "ms")
+            } else {
+                three_digits(ms / 1_000.0, "s")
+            }
+        };
+        f.pad(&text)
+    }
+}
+
+fn three_digits(value: f64, unit: &str) -> String {
+    if value < 9.995 {
+        format!("{value:.2}{unit}")
+    } else if value < 99.95 {
+        format!("{value:.1}{unit}")
+    } else {
+        format!("{value:.0}{unit}")
+    }
+}
+
+/// A fraction as a percentage with one decimal.
+struct Percent(f64);
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&format!("{:.1}%", self.0 * 100.0))
+    }
+}
+
+/// A value, or `-` when there is none, padded either way.
+struct OrDash<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(value) => f.pad(&value.to_string()),
+            None => f.pad("-"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn micros(us: u64) -> Duration {
+        Duration::from_micros(us)
+    }
+
+    /// The nearest-rank quantile of `values`, which must be sorted and non-empty.
+    fn exact_quantile(sorted: &[Duration], q: f64) -> Duration {
+        let rank = nearest_rank(q, sorted.len() as u64);
+        sorted[rank as usize - 1]
+    }
+
+    /// Durations spread evenly over orders of magnitude, from 0 to about 36 minutes.
+    fn durations() -> impl Strategy<Value = Vec<Duration>> {
+        let one = (0u32..42, any::<u64>())
+            .prop_map(|(bits, raw)| Duration::from_nanos(raw & ((1u64 << bits) - 1)));
+        prop::collection::vec(one, 1..300)
+    }
+
+    proptest! {
+        #[test]
+        fn quantiles_stay_within_the_documented_error(
+            mut values in durations(),
+            q in 0.0f64..=1.0,
+        ) {
+            let mut histogram = Histogram::new();
+            for &value in &values {
+                histogram.record(value);
+            }
+            values.sort_unstable();
+            for q in [0.0, 0.5, 0.95, 0.99, 1.0, q] {
+                let exact = exact_quantile(&values, q);
+                let Some(estimate) = histogram.quantile(q) else {
+                    return Err(TestCaseError::fail("a non-empty histogram has quantiles"));
+                };
+                let error = estimate.abs_diff(exact);
+                let bound = exact.mul_f64(Histogram::MAX_RELATIVE_ERROR).max(Duration::from_nanos(500));
+                prop_assert!(
+                    error <= bound,
+                    "q={q}: estimate {estimate:?}, exact {exact:?}, error {error:?} > {bound:?}"
+                );
+            }
+            prop_assert_eq!(histogram.min(), values.first().copied());
+            prop_assert_eq!(histogram.max(), values.last().copied());
+            prop_assert_eq!(histogram.count(), values.len() as u64);
+        }
+
+        #[test]
+        fn merging_equals_recording_everything(values in durations(), split in 0usize..300) {
+            let split = split.min(values.len());
+            let (mut first_half, mut second_half, mut everything) =
+                (Histogram::new(), Histogram::new(), Histogram::new());
+            for (i, &value) in values.iter().enumerate() {
+                if i < split { first_half.record(value) } else { second_half.record(value) }
+                everything.record(value);
+            }
+            first_half.merge(&second_half);
+            prop_assert_eq!(&first_half, &everything);
+            prop_assert_eq!(first_half.p99(), everything.p99());
+            prop_assert_eq!(first_half.mean(), everything.mean());
+        }
+    }
+
+    #[test]
+    fn buckets_cover_the_range_without_gaps() {
+        let mut expected_lower = 0;
+        for index in 0..BUCKETS {
+            let (lower, width) = bucket_bounds(index);
+            assert_eq!(lower, expected_lower, "bucket {index}");
+            assert_eq!(bucket_index(lower), index);
+            assert_eq!(bucket_index(lower + width - 1), index);
+            assert!(
+                width == 1 || lower >= 16 * width,
+                "bucket {index} is too wide"
+            );
+            expected_lower = lower + width;
+        }
+        assert_eq!(
+            Duration::from_micros(expected_lower) - Duration::from_nanos(1),
+            Histogram::MAX_TRACKED
+        );
+        assert_eq!(bucket_index(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn an_empty_histogram_has_no_statistics() {
+        let histogram = Histogram::new();
+        assert!(histogram.is_empty());
+        assert_eq!(histogram.quantile(0.5), None);
+        assert_eq!(histogram.p99(), None);
+        assert_eq!(
+            (histogram.min(), histogram.max(), histogram.mean()),
+            (None, None, None)
+        );
+        assert_eq!(histogram.to_string(), "n=0");
+    }
+
+    #[test]
+    fn small_values_are_within_half_a_microsecond_and_the_ends_are_exact() {
+        let mut histogram = Histogram::new();
+        for us in 1..=15 {
+            histogram.record(micros(us));
+        }
+        // The median, 8 µs, lies in the bucket [8 µs, 9 µs), answered by its midpoint.
+        assert_eq!(histogram.p50(), Some(Duration::from_nanos(8_500)));
+        assert_eq!(histogram.quantile(0.0), Some(micros(1)));
+        assert_eq!(histogram.quantile(1.0), Some(micros(15)));
+        assert_eq!(histogram.quantile(f64::NAN), Some(micros(1)));
+        assert_eq!(histogram.mean(), Some(micros(8)));
+    }
+
+    #[test]
+    fn clearing_forgets_values_and_keeps_memory() {
+        let mut histogram = Histogram::new();
+        histogram.record(Duration::from_millis(40));
+        histogram.clear();
+        assert_eq!(histogram, Histogram::new());
+        assert_eq!(histogram.p50(), None);
+        histogram.record(Duration::from_millis(3));
+        assert_eq!(histogram.min(), Some(Duration::from_millis(3)));
+        assert_eq!(histogram.nonempty_buckets().count(), 1);
+    }
+
+    #[test]
+    fn values_beyond_the_range_saturate_but_max_stays_exact() {
+        let mut histogram = Histogram::new();
+        let stuck_worker = Duration::from_secs(5 * 3600);
+        histogram.record(stuck_worker);
+        histogram.record(Duration::MAX);
+        assert_eq!(histogram.count(), 2);
+        assert_eq!(histogram.max(), Some(Duration::from_nanos(u64::MAX)));
+        assert_eq!(histogram.min(), Some(stuck_worker));
+        assert!(histogram.p50().is_some_and(|p50| p50 >= stuck_worker));
+    }
+
+    #[test]
+    fn source_indices_follow_their_all_orders() {
+        for (i, kind) in RequestKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i);
+        }
+        for (i, source) in LatencySource::ALL.into_iter().enumerate() {
+            assert_eq!(source.index(), i);
+        }
+        for (i, label) in SourceLabel::ALL.into_iter().enumerate() {
+            assert_eq!(label as usize, i);
+        }
+        for (i, reason) in FallbackReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i);
+        }
+        for source in [
+            PlanSource::Llm {
+                backend: BackendId::Remote,
+                repaired: true,
+            },
+            PlanSource::Cache,
+            PlanSource::Goap,
+            PlanSource::Template,
+        ] {
+            assert_eq!(SourceLabel::from(source).as_str(), source.label());
+        }
+    }
+
+    #[test]
+    fn kinds_and_sources_are_kept_apart() {
+        let mut metrics = Metrics::new();
+        metrics.record_full(
+            RequestKind::Plan,
+            BackendId::Local,
+            Duration::from_millis(120),
+        );
+        metrics.record_full(
+            RequestKind::Plan,
+            BackendId::Remote,
+            Duration::from_millis(900),
+        );
+        metrics.record_full(
+            RequestKind::Dialogue,
+            BackendId::Local,
+            Duration::from_millis(40),
+        );
+        metrics.record_first(RequestKind::Plan, LatencySource::Goap, micros(300));
+        metrics.record_queue_wait(RequestKind::Plan, BackendId::Local, micros(50));
+        let repaired = PlanSource::Llm {
+            backend: BackendId::Local,
+            repaired: true,
+        };
+        metrics.record_full(RequestKind::Plan, repaired, Duration::from_millis(130));
+
+        let local_plans = metrics.latency(RequestKind::Plan, BackendId::Local);
+        assert_eq!(local_plans.full.count(), 2);
+        assert_eq!(local_plans.full.min(), Some(Duration::from_millis(120)));
+        assert_eq!(local_plans.queue_wait.count(), 1);
+        assert!(local_plans.first.is_empty());
+        assert_eq!(
+            metrics
+                .latency(RequestKind::Plan, BackendId::Remote)
+                .full
+                .count(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .latency(RequestKind::Dialogue, BackendId::Local)
+                .full
+                .max(),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(
+            metrics
+                .latency(RequestKind::Plan, LatencySource::Goap)
+                .first
+                .count(),
+            1
+        );
+        assert!(
+            metrics
+                .latency(RequestKind::Banter, BackendId::Local)
+                .is_empty()
+        );
+
+        let keys: Vec<_> = metrics
+            .latencies()
+            .map(|(kind, source, _)| (kind, source))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (
+                    RequestKind::Dialogue,
+                    LatencySource::Backend(BackendId::Local)
+                ),
+                (RequestKind::Plan, LatencySource::Backend(BackendId::Local)),
+                (RequestKind::Plan, LatencySource::Backend(BackendId::Remote)),
+                (RequestKind::Plan, LatencySource::Goap),
+            ]
+        );
+        assert_eq!(
+            metrics
+                .latency_by_kind(RequestKind::Plan, LatencyStage::Full)
+                .count(),
+            3
+        );
+        assert_eq!(
+            metrics
+                .latency_by_source(BackendId::Local, LatencyStage::Full)
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn cache_hit_rate_is_hits_over_lookups() {
+        let mut metrics = Metrics::new();
+        assert_eq!(metrics.cache().hit_rate(), None);
+        for hit in [true, false, false, true, false] {
+            metrics.record_cache(hit);
+        }
+        assert_eq!(metrics.cache().hits(), 2);
+        assert_eq!(metrics.cache().lookups(), 5);
+        assert_eq!(metrics.cache().hit_rate(), Some(0.4));
+    }
+
+    #[test]
+    fn answers_are_counted_by_source_and_fallbacks_by_reason() {
+        let mut metrics = Metrics::new();
+        let local = PlanSource::Llm {
+            backend: BackendId::Local,
+            repaired: false,
+        };
+        let repaired = PlanSource::Llm {
+            backend: BackendId::Local,
+            repaired: true,
+        };
+        metrics.record_answer(RequestKind::Plan, local, None);
+        metrics.record_answer(RequestKind::Plan, repaired, None);
+        metrics.record_repair();
+        metrics.record_answer(
+            RequestKind::Plan,
+            PlanSource::Goap,
+            Some(FallbackReason::Deadline),
+        );
+        metrics.record_answer(
+            RequestKind::Plan,
+            PlanSource::Goap,
+            Some(FallbackReason::Deadline),
+        );
+        metrics.record_answer(
+            RequestKind::Dialogue,
+            PlanSource::Template,
+            Some(FallbackReason::Parse),
+        );
+
+        assert_eq!(metrics.answers(RequestKind::Plan, SourceLabel::Llm), 1);
+        assert_eq!(
+            metrics.answers(RequestKind::Plan, SourceLabel::LlmRepaired),
+            1
+        );
+        assert_eq!(metrics.answers(RequestKind::Plan, SourceLabel::Goap), 2);
+        assert_eq!(metrics.answers(RequestKind::Dialogue, SourceLabel::Goap), 0);
+        assert_eq!(metrics.total_answers(RequestKind::Plan), 4);
+        assert_eq!(
+            metrics.fallbacks(RequestKind::Plan, FallbackReason::Deadline),
+            2
+        );
+        assert_eq!(
+            metrics.fallbacks(RequestKind::Plan, FallbackReason::Parse),
+            0
+        );
+        assert_eq!(metrics.total_fallbacks(FallbackReason::Parse), 1);
+        assert_eq!(metrics.fallback_rate(RequestKind::Plan), Some(0.5));
+        assert_eq!(metrics.fallback_rate(RequestKind::Banter), None);
+        assert_eq!(metrics.repairs(), 1);
+    }
+
+    #[test]
+    fn token_rates_are_cumulative_and_over_the_recent_window() {
+        let mut metrics = Metrics::new();
+        assert_eq!(metrics.tokens().cumulative(), TokenRates::default());
+        // A slow start, then RECENT_TOKEN_RECORDS fast jobs that push it out of the window.
+        metrics.record_tokens(10, 100, Duration::from_secs(1));
+        for _ in 0..RECENT_TOKEN_RECORDS {
+            metrics.record_tokens(40, 400, Duration::from_millis(500));
+        }
+        let tokens = metrics.tokens();
+        assert_eq!(tokens.records(), RECENT_TOKEN_RECORDS as u64 + 1);
+        assert_eq!(tokens.generated(), 10 + 40 * RECENT_TOKEN_RECORDS as u64);
+        assert_eq!(
+            tokens.elapsed(),
+            Duration::from_secs(1 + RECENT_TOKEN_RECORDS as u64 / 2)
+        );
+        let all = tokens.cumulative();
+        let expected = (10.0 + 40.0 * 64.0) / 33.0;
+        assert!(
+            all.generated_per_sec
+                .is_some_and(|rate| (rate - expected).abs() < 1e-9)
+        );
+        assert!(
+            all.prompt_per_sec
+                .is_some_and(|rate| (rate - 10.0 * expected).abs() < 1e-9)
+        );
+        assert_eq!(tokens.recent_records(), RECENT_TOKEN_RECORDS);
+        assert_eq!(
+            tokens.recent(),
+            TokenRates {
+                generated_per_sec: Some(80.0),
+                prompt_per_sec: Some(800.0)
+            }
+        );
+    }
+
+    #[test]
+    fn batch_sizes_have_mean_max_and_quantiles() {
+        let mut metrics = Metrics::new();
+        assert_eq!(metrics.batches().mean(), None);
+        for size in [1, 4, 4, 8, 3, 100] {
+            metrics.record_batch(size);
+        }
+        let batches = metrics.batches();
+        assert_eq!(batches.count(), 6);
+        assert_eq!(batches.mean(), Some(20.0));
+        assert_eq!((batches.min(), batches.max()), (Some(1), Some(100)));
+        assert_eq!(batches.p50(), Some(4));
+        assert_eq!(batches.quantile(1.0), Some(100));
+        assert_eq!(batches.counts()[4], 2);
+        assert_eq!(batches.counts()[BATCH_SIZES_TRACKED], 1);
+    }
+
+    #[test]
+    fn the_recent_series_keeps_the_last_samples_in_order() {
+        let mut metrics = Metrics::new();
+        let total = RECENT_LATENCY_SAMPLES as u64 + 10;
+        for i in 0..total {
+            metrics.record_full(RequestKind::Banter, LatencySource::Template, micros(i));
+        }
+        metrics.record_full(
+            RequestKind::Plan,
+            BackendId::Local,
+            Duration::from_millis(80),
+        );
+        let banter: Vec<_> = metrics.recent_full(RequestKind::Banter).collect();
+        assert_eq!(banter.len(), RECENT_LATENCY_SAMPLES);
+        assert_eq!(banter.first().map(|s| s.index), Some(10));
+        assert_eq!(
+            banter.last().map(|s| (s.index, s.latency)),
+            Some((total - 1, micros(total - 1)))
+        );
+        assert!(
+            banter
+                .windows(2)
+                .all(|pair| pair[1].index == pair[0].index + 1)
+        );
+        assert!(
+            banter
+                .iter()
+                .all(|s| s.index == s.latency.as_micros() as u64)
+        );
+        assert_eq!(metrics.recent_full(RequestKind::Plan).count(), 1);
+
+        metrics.reset();
+        assert_eq!(metrics.recent_full(RequestKind::Banter).count(), 0);
+        metrics.record_full(RequestKind::Banter, LatencySource::Template, micros(5));
+        assert_eq!(
+            metrics
+                .recent_full(RequestKind::Banter)
+                .map(|s| s.index)
+                .next(),
+            Some(total)
+        );
+    }
+
+    #[test]
+    fn reset_forgets_everything() {
+        let mut metrics = Metrics::new();
+        metrics.record_full(
+            RequestKind::Plan,
+            BackendId::Local,
+            Duration::from_millis(80),
+        );
+        metrics.record_tokens(5, 50, Duration::from_millis(10));
+        metrics.record_batch(3);
+        metrics.record_cache(true);
+        metrics.record_answer(
+            RequestKind::Plan,
+            PlanSource::Goap,
+            Some(FallbackReason::Overflow),
+        );
+        metrics.record_repair();
+        metrics.reset();
+        assert_eq!(metrics.latencies().count(), 0);
+        assert_eq!(metrics.tokens().records(), 0);
+        assert_eq!(metrics.tokens().recent_records(), 0);
+        assert_eq!(metrics.batches().count(), 0);
+        assert_eq!(metrics.cache().lookups(), 0);
+        assert_eq!(metrics.total_answers(RequestKind::Plan), 0);
+        assert_eq!(metrics.total_fallbacks(FallbackReason::Overflow), 0);
+        assert_eq!(metrics.repairs(), 0);
+    }
+
+    #[test]
+    fn durations_read_like_a_person_would_write_them() {
+        let cases = [
+            (Duration::from_nanos(850), "850ns"),
+            (micros(412), "412µs"),
+            (micros(999_400), "999ms"),
+            (micros(4_560), "4.56ms"),
+            (micros(12_300), "12.3ms"),
+            (Duration::from_millis(1_200), "1.20s"),
+            (Duration::from_secs(75), "75.0s"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(HumanDuration(duration).to_string(), text);
+        }
+        assert_eq!(format!("[{:>7}]", HumanDuration(micros(412))), "[  412µs]");
+    }
+
+    #[test]
+    fn the_report_shows_every_section() {
+        let mut metrics = Metrics::new();
+        for ms in [10, 12, 14, 200] {
+            metrics.record_first(
+                RequestKind::Plan,
+                BackendId::Local,
+                Duration::from_millis(ms),
+            );
+            metrics.record_full(
+                RequestKind::Plan,
+                BackendId::Local,
+                Duration::from_millis(ms * 3),
+            );
+        }
+        metrics.record_full(RequestKind::Banter, LatencySource::Template, micros(412));
+        metrics.record_tokens(32, 512, Duration::from_secs(2));
+        metrics.record_batch(4);
+        metrics.record_cache(true);
+        metrics.record_cache(false);
+        metrics.record_answer(
+            RequestKind::Plan,
+            PlanSource::Goap,
+            Some(FallbackReason::BackendError),
+        );
+        metrics.record_repair();
+
+        let report = metrics.to_string();
+        let lines: Vec<&str> = report.lines().collect();
+        let row = |needle: &[&str]| {
+            lines.iter().any(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                words.starts_with(needle)
+            })
+        };
+        assert!(
+            report.contains("latency: first step / first words"),
+            "{report}"
+        );
+        assert!(report.contains("latency: full answer"), "{report}");
+        assert!(
+            row(&["kind", "source", "n", "p50", "p95", "p99", "max"]),
+            "{report}"
+        );
+        assert!(row(&["plan", "local", "4"]), "{report}");
+        assert!(
+            row(&[
+                "banter", "template", "1", "412µs", "412µs", "412µs", "412µs"
+            ]),
+            "{report}"
+        );
+        assert!(row(&["all", "16.0", "256.0", "1"]), "{report}");
+        assert!(row(&["batch", "size", "n=1", "mean=4.00"]), "{report}");
+        assert!(report.contains("hit rate=50.0%"), "{report}");
+        assert!(
+            row(&["answers", "llm", "llm+repair", "cache", "goap", "template"]),
+            "{report}"
+        );
+        assert!(
+            row(&["plan", "0", "0", "0", "1", "0", "100.0%"]),
+            "{report}"
+        );
+        assert!(
+            row(&["fallbacks", "deadline", "parse", "backend_error"]),
+            "{report}"
+        );
+        assert!(row(&["plan", "0", "0", "1", "0", "0", "0"]), "{report}");
+        assert!(row(&["repairs", "1"]), "{report}");
+        assert!(
+            row(&["queue", "wait"]) || report.contains("latency: queue wait"),
+            "{report}"
+        );
+        assert!(report.contains("(none)"), "{report}");
+    }
+}
