@@ -78,8 +78,13 @@ impl ArgKind {
                 Some(b) if !b.is_empty() => ArgDomain::Cells(b),
                 _ => ArgDomain::Points(Vec::new()),
             },
-            ArgKind::Int { min, max } => ArgDomain::Ints { min: *min, max: *max },
-            ArgKind::Text { max_chars } => ArgDomain::Text { max_chars: *max_chars },
+            ArgKind::Int { min, max } => ArgDomain::Ints {
+                min: *min,
+                max: *max,
+            },
+            ArgKind::Text { max_chars } => ArgDomain::Text {
+                max_chars: *max_chars,
+            },
         }
     }
 
@@ -160,13 +165,18 @@ pub struct VerbSpec {
 impl VerbSpec {
     /// Whether every argument has at least one allowed value in `snapshot`.
     pub fn is_available(&self, snapshot: &WorldSnapshot) -> bool {
-        self.args.iter().all(|a| !a.kind.domain(snapshot).is_empty())
+        self.args
+            .iter()
+            .all(|a| !a.kind.domain(snapshot).is_empty())
     }
 
     /// The verb's signature for prompts: `Attack(target: enemy id)`.
     pub fn signature(&self) -> String {
-        let args: Vec<String> =
-            self.args.iter().map(|a| format!("{}: {}", a.name, a.kind.describe())).collect();
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| format!("{}: {}", a.name, a.kind.describe()))
+            .collect();
         format!("{}({})", self.name, args.join(", "))
     }
 }
@@ -185,16 +195,19 @@ impl ActionRegistry {
     /// Parses a registry from RON and checks it. `origin` names the text in errors.
     pub fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError> {
         let registry: ActionRegistry = parse_ron(text, origin)?;
-        registry
-            .check()
-            .map_err(|message| LoadError::Invalid { origin: origin.to_owned(), message })?;
+        registry.check().map_err(|message| LoadError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })?;
         Ok(registry)
     }
 
     /// Reads, parses and checks a registry file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_ron(&text, &path.display().to_string())
     }
 
@@ -202,7 +215,10 @@ impl ActionRegistry {
         let mut names = BTreeSet::new();
         for verb in &self.verbs {
             if !is_identifier(&verb.name) {
-                return Err(format!("verb name `{}` must be a letter followed by letters, digits or _", verb.name));
+                return Err(format!(
+                    "verb name `{}` must be a letter followed by letters, digits or _",
+                    verb.name
+                ));
             }
             if !names.insert(verb.name.as_str()) {
                 return Err(format!("verb `{}` is declared twice", verb.name));
@@ -210,17 +226,29 @@ impl ActionRegistry {
             let mut args = BTreeSet::new();
             for arg in &verb.args {
                 if !is_identifier(&arg.name) || arg.name == "act" {
-                    return Err(format!("verb `{}`: argument name `{}` is not allowed", verb.name, arg.name));
+                    return Err(format!(
+                        "verb `{}`: argument name `{}` is not allowed",
+                        verb.name, arg.name
+                    ));
                 }
                 if !args.insert(arg.name.as_str()) {
-                    return Err(format!("verb `{}`: argument `{}` is declared twice", verb.name, arg.name));
+                    return Err(format!(
+                        "verb `{}`: argument `{}` is declared twice",
+                        verb.name, arg.name
+                    ));
                 }
                 match &arg.kind {
                     ArgKind::Int { min, max } if min > max => {
-                        return Err(format!("verb `{}`: argument `{}` has min > max", verb.name, arg.name));
+                        return Err(format!(
+                            "verb `{}`: argument `{}` has min > max",
+                            verb.name, arg.name
+                        ));
                     }
                     ArgKind::Text { max_chars: 0 } => {
-                        return Err(format!("verb `{}`: argument `{}` allows no text", verb.name, arg.name));
+                        return Err(format!(
+                            "verb `{}`: argument `{}` allows no text",
+                            verb.name, arg.name
+                        ));
                     }
                     _ => {}
                 }
@@ -228,7 +256,10 @@ impl ActionRegistry {
         }
         match self.verb(&self.idle) {
             Some(v) if v.args.is_empty() => Ok(()),
-            Some(_) => Err(format!("the idle verb `{}` must take no arguments", self.idle)),
+            Some(_) => Err(format!(
+                "the idle verb `{}` must take no arguments",
+                self.idle
+            )),
             None => Err(format!("the idle verb `{}` is not declared", self.idle)),
         }
     }
@@ -252,13 +283,22 @@ impl ActionRegistry {
     }
 
     /// Checks one step against the registry and `snapshot`.
-    pub fn validate_step(&self, step: &PlanStep, snapshot: &WorldSnapshot) -> Result<(), StepError> {
+    pub fn validate_step(
+        &self,
+        step: &PlanStep,
+        snapshot: &WorldSnapshot,
+    ) -> Result<(), StepError> {
         let verb = self
             .verb(&step.verb)
-            .ok_or_else(|| StepError::UnknownVerb { verb: step.verb.clone() })?;
+            .ok_or_else(|| StepError::UnknownVerb {
+                verb: step.verb.clone(),
+            })?;
         for (name, _) in &step.args {
             if !verb.args.iter().any(|a| a.name == *name) {
-                return Err(StepError::UnexpectedArg { verb: verb.name.clone(), arg: name.clone() });
+                return Err(StepError::UnexpectedArg {
+                    verb: verb.name.clone(),
+                    arg: name.clone(),
+                });
             }
         }
         for spec in &verb.args {
@@ -272,9 +312,14 @@ impl ActionRegistry {
     }
 
     /// Checks every step; the error names the first step that fails.
-    pub fn validate_plan(&self, steps: &[PlanStep], snapshot: &WorldSnapshot) -> Result<(), PlanError> {
+    pub fn validate_plan(
+        &self,
+        steps: &[PlanStep],
+        snapshot: &WorldSnapshot,
+    ) -> Result<(), PlanError> {
         for (index, step) in steps.iter().enumerate() {
-            self.validate_step(step, snapshot).map_err(|error| PlanError { index, error })?;
+            self.validate_step(step, snapshot)
+                .map_err(|error| PlanError { index, error })?;
         }
         Ok(())
     }
@@ -286,7 +331,12 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn check_arg(verb: &str, spec: &ArgSpec, value: &ArgValue, snapshot: &WorldSnapshot) -> Result<(), StepError> {
+fn check_arg(
+    verb: &str,
+    spec: &ArgSpec,
+    value: &ArgValue,
+    snapshot: &WorldSnapshot,
+) -> Result<(), StepError> {
     let wrong_type = |expected: &'static str| StepError::WrongType {
         verb: verb.to_owned(),
         arg: spec.name.clone(),
@@ -325,7 +375,11 @@ fn check_arg(verb: &str, spec: &ArgSpec, value: &ArgValue, snapshot: &WorldSnaps
         }
         (ArgKind::Cell, ArgValue::Point(p)) => match snapshot.bounds {
             Some(b) if b.contains(*p) => Ok(()),
-            _ => Err(StepError::OutOfBounds { verb: verb.to_owned(), arg: spec.name.clone(), point: *p }),
+            _ => Err(StepError::OutOfBounds {
+                verb: verb.to_owned(),
+                arg: spec.name.clone(),
+                point: *p,
+            }),
         },
         (ArgKind::Point { .. } | ArgKind::Cell, _) => Err(wrong_type("a point [x,y]")),
         (ArgKind::Int { min, max }, ArgValue::Int(n)) => {
@@ -473,7 +527,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::snapshot::{AgentId, EntityInfo, Health};
 
-    pub(crate) const ARENA_ACTIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/actions.ron");
+    pub(crate) const ARENA_ACTIONS: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/actions.ron");
 
     pub(crate) fn arena_registry() -> ActionRegistry {
         ActionRegistry::load(Path::new(ARENA_ACTIONS)).unwrap()
@@ -503,7 +558,10 @@ pub(crate) mod tests {
             step("MoveTo").with_arg("to", ArgValue::Point(Point::new(19, 13))),
             step("Say").with_arg("text", ArgValue::Text("Hold the line!".into())),
         ];
-        assert_eq!(arena_registry().validate_plan(&plan, &flanking_guard()), Ok(()));
+        assert_eq!(
+            arena_registry().validate_plan(&plan, &flanking_guard()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -512,8 +570,14 @@ pub(crate) mod tests {
         let snapshot = flanking_guard();
         let check = |s: PlanStep| registry.validate_step(&s, &snapshot).unwrap_err();
 
-        assert!(matches!(check(step("Dance")), StepError::UnknownVerb { .. }));
-        assert!(matches!(check(step("Attack")), StepError::MissingArg { .. }));
+        assert!(matches!(
+            check(step("Dance")),
+            StepError::UnknownVerb { .. }
+        ));
+        assert!(matches!(
+            check(step("Attack")),
+            StepError::MissingArg { .. }
+        ));
         // An ally is an entity, but not an enemy.
         assert!(matches!(
             check(step("Attack").with_arg("target", ArgValue::Int(4))),
@@ -548,7 +612,9 @@ pub(crate) mod tests {
     #[test]
     fn plan_errors_name_the_first_bad_step() {
         let plan = [step("Reload"), step("Dance"), step("Fly")];
-        let err = arena_registry().validate_plan(&plan, &flanking_guard()).unwrap_err();
+        let err = arena_registry()
+            .validate_plan(&plan, &flanking_guard())
+            .unwrap_err();
         assert_eq!(err.index, 1);
         assert!(err.to_string().starts_with("step 1: unknown verb `Dance`"));
     }
@@ -557,31 +623,61 @@ pub(crate) mod tests {
     fn verbs_with_nothing_to_act_on_are_unavailable() {
         let registry = arena_registry();
         let alone = WorldSnapshot::new(AgentId(1), Point::new(0, 0));
-        let verbs: Vec<&str> = registry.available(&alone).map(|v| v.name.as_str()).collect();
-        assert!(!verbs.contains(&"Attack") && !verbs.contains(&"TakeCover") && !verbs.contains(&"MoveTo"));
+        let verbs: Vec<&str> = registry
+            .available(&alone)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert!(
+            !verbs.contains(&"Attack")
+                && !verbs.contains(&"TakeCover")
+                && !verbs.contains(&"MoveTo")
+        );
         assert!(verbs.contains(&"Reload") && verbs.contains(&registry.idle.as_str()));
     }
 
     #[test]
     fn domains_are_sorted_and_deduplicated() {
         let snapshot = flanking_guard().with_point("cover", Point::new(3, 4));
-        let kind = ArgKind::Point { set: "cover".into() };
-        assert_eq!(kind.domain(&snapshot), ArgDomain::Points(vec![Point::new(3, 4), Point::new(10, 2)]));
-        let kind = ArgKind::Entity { set: "enemy".into() };
-        assert_eq!(kind.domain(&snapshot), ArgDomain::Entities(vec![EntityId(7), EntityId(9)]));
+        let kind = ArgKind::Point {
+            set: "cover".into(),
+        };
+        assert_eq!(
+            kind.domain(&snapshot),
+            ArgDomain::Points(vec![Point::new(3, 4), Point::new(10, 2)])
+        );
+        let kind = ArgKind::Entity {
+            set: "enemy".into(),
+        };
+        assert_eq!(
+            kind.domain(&snapshot),
+            ArgDomain::Entities(vec![EntityId(7), EntityId(9)])
+        );
     }
 
     #[test]
     fn inconsistent_registries_are_rejected_with_the_verb_named() {
         let dup = r#"(idle: "Wait", verbs: [(name: "Wait"), (name: "Wait")])"#;
         let err = ActionRegistry::from_ron(dup, "dup.ron").unwrap_err();
-        assert!(err.to_string().contains("`Wait` is declared twice"), "{err}");
+        assert!(
+            err.to_string().contains("`Wait` is declared twice"),
+            "{err}"
+        );
 
         let no_idle = r#"(idle: "Wait", verbs: [(name: "Reload")])"#;
-        assert!(ActionRegistry::from_ron(no_idle, "x.ron").unwrap_err().to_string().contains("idle"));
+        assert!(
+            ActionRegistry::from_ron(no_idle, "x.ron")
+                .unwrap_err()
+                .to_string()
+                .contains("idle")
+        );
 
         let bad_range = r#"(idle: "Wait", verbs: [(name: "Wait"), (name: "Aim", args: [(name: "deg", kind: Int(min: 5, max: 1))])])"#;
-        assert!(ActionRegistry::from_ron(bad_range, "x.ron").unwrap_err().to_string().contains("min > max"));
+        assert!(
+            ActionRegistry::from_ron(bad_range, "x.ron")
+                .unwrap_err()
+                .to_string()
+                .contains("min > max")
+        );
 
         let syntax = "(idle: \"Wait\",\n verbs: [(name: Wait)])";
         let err = ActionRegistry::from_ron(syntax, "syntax.ron").unwrap_err();

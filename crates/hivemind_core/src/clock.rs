@@ -68,8 +68,14 @@ pub enum ClockKind {
 
 #[derive(Debug)]
 enum State {
-    Real { origin: Instant, paused_total: Duration, paused_since: Option<Instant> },
-    Virtual { now: Timestamp },
+    Real {
+        origin: Instant,
+        paused_total: Duration,
+        paused_since: Option<Instant>,
+    },
+    Virtual {
+        now: Timestamp,
+    },
 }
 
 /// The shared clock. See the [module docs](self).
@@ -116,7 +122,12 @@ impl Clock {
     }
 
     fn virtual_clock(kind: ClockKind) -> Self {
-        Clock { kind, state: Arc::new(Mutex::new(State::Virtual { now: Timestamp::ZERO })) }
+        Clock {
+            kind,
+            state: Arc::new(Mutex::new(State::Virtual {
+                now: Timestamp::ZERO,
+            })),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -138,7 +149,11 @@ impl Clock {
     /// The current time.
     pub fn now(&self) -> Timestamp {
         match &*self.state() {
-            State::Real { origin, paused_total, paused_since } => {
+            State::Real {
+                origin,
+                paused_total,
+                paused_since,
+            } => {
                 // One reading of the watch, so that a paused clock reads exactly the same twice.
                 let t = Instant::now();
                 let wall = t.saturating_duration_since(*origin);
@@ -153,7 +168,12 @@ impl Clock {
     /// Pauses or resumes a real-time clock; paused spans do not count toward any deadline. A
     /// virtual clock only moves by [`Clock::advance`], so this does nothing to it.
     pub fn set_paused(&self, paused: bool) {
-        if let State::Real { paused_total, paused_since, .. } = &mut *self.state() {
+        if let State::Real {
+            paused_total,
+            paused_since,
+            ..
+        } = &mut *self.state()
+        {
             match (paused, *paused_since) {
                 (true, None) => *paused_since = Some(Instant::now()),
                 (false, Some(since)) => {
@@ -167,7 +187,13 @@ impl Clock {
 
     /// Whether a real-time clock is paused.
     pub fn is_paused(&self) -> bool {
-        matches!(&*self.state(), State::Real { paused_since: Some(_), .. })
+        matches!(
+            &*self.state(),
+            State::Real {
+                paused_since: Some(_),
+                ..
+            }
+        )
     }
 
     /// Moves a virtual clock forward by `dt`. A real-time clock moves by itself, so this does
@@ -190,7 +216,12 @@ impl Clock {
     /// On a real-time clock this is simply [`Clock::now`]. On a virtual clock it is the job's
     /// start plus the time its token counts cost at the configured throughput: the moment the
     /// output would have existed, which does not depend on how fast this machine ran the job.
-    pub fn stamp(&self, job_start: Timestamp, prompt_tokens: u64, generated_tokens: u64) -> Timestamp {
+    pub fn stamp(
+        &self,
+        job_start: Timestamp,
+        prompt_tokens: u64,
+        generated_tokens: u64,
+    ) -> Timestamp {
         match self.kind {
             ClockKind::RealTime => self.now(),
             ClockKind::Lockstep(t) | ClockKind::Manual(t) => {
@@ -210,7 +241,9 @@ pub struct Deadline {
 impl Deadline {
     /// A deadline `budget` after `start`.
     pub fn after(start: Timestamp, budget: Duration) -> Self {
-        Deadline { due: start.after(budget) }
+        Deadline {
+            due: start.after(budget),
+        }
     }
 
     /// Whether something produced at `produced` is in time. Exactly at the deadline counts.
@@ -257,7 +290,10 @@ mod tests {
 
     #[test]
     fn lockstep_stamps_come_from_token_counts() {
-        let t = Throughput { prompt_tokens_per_sec: 1000.0, generated_tokens_per_sec: 100.0 };
+        let t = Throughput {
+            prompt_tokens_per_sec: 1000.0,
+            generated_tokens_per_sec: 100.0,
+        };
         let clock = Clock::lockstep(t);
         let start = Timestamp(1_000_000);
         // 200 prompt tokens at 1000/s and 10 generated at 100/s: 0.2 s + 0.1 s.
@@ -274,7 +310,10 @@ mod tests {
         assert!(!deadline.is_met_by(Timestamp(1_501)));
         assert!(!deadline.has_passed(Timestamp(1_500)));
         assert!(deadline.has_passed(Timestamp(1_501)));
-        assert_eq!(deadline.remaining(Timestamp(1_200)), Duration::from_micros(300));
+        assert_eq!(
+            deadline.remaining(Timestamp(1_200)),
+            Duration::from_micros(300)
+        );
         assert_eq!(deadline.remaining(Timestamp(9_999)), Duration::ZERO);
     }
 
@@ -296,7 +335,10 @@ mod tests {
 
     #[test]
     fn the_mode_comes_from_config() {
-        let config = ClockConfig { mode: ClockMode::Lockstep, ..Default::default() };
+        let config = ClockConfig {
+            mode: ClockMode::Lockstep,
+            ..Default::default()
+        };
         assert!(Clock::from_config(&config).is_virtual());
         assert!(!Clock::from_config(&ClockConfig::default()).is_virtual());
     }

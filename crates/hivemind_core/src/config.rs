@@ -74,8 +74,10 @@ pub enum LoadError {
 
 /// Reads and parses a RON file.
 pub fn load_ron_file<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(parse_ron(&text, &path.display().to_string())?)
 }
 
@@ -103,14 +105,19 @@ impl HivemindConfig {
     /// Parses a config from RON text and checks it. `origin` names the text in errors.
     pub fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError> {
         let config: HivemindConfig = parse_ron(text, origin)?;
-        config.validate().map_err(|message| LoadError::Invalid { origin: origin.to_owned(), message })?;
+        config.validate().map_err(|message| LoadError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })?;
         Ok(config)
     }
 
     /// Reads, parses and checks a config file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_ron(&text, &path.display().to_string())
     }
 
@@ -149,7 +156,9 @@ impl HivemindConfig {
         ] {
             // Written so that NaN fails too.
             let sane = |t: f32, p: f32| t > 0.0 && p > 0.0 && p <= 1.0;
-            if let Sampling::Random { temperature, top_p, .. } = s
+            if let Sampling::Random {
+                temperature, top_p, ..
+            } = s
                 && !sane(*temperature, *top_p)
             {
                 return Err(format!(
@@ -186,7 +195,11 @@ impl Deadlines {
 
 impl Default for Deadlines {
     fn default() -> Self {
-        Deadlines { banter_ms: 20, dialogue_ms: 100, plan_ms: 500 }
+        Deadlines {
+            banter_ms: 20,
+            dialogue_ms: 100,
+            plan_ms: 500,
+        }
     }
 }
 
@@ -245,7 +258,13 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { capacity: 1024, ttl_secs: 30.0, position_quantum: 4, hp_low: 0.34, hp_high: 0.67 }
+        CacheConfig {
+            capacity: 1024,
+            ttl_secs: 30.0,
+            position_quantum: 4,
+            hp_low: 0.34,
+            hp_high: 0.67,
+        }
     }
 }
 
@@ -358,8 +377,17 @@ impl SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        let lively = Sampling::Random { temperature: 0.8, top_k: 40, top_p: 0.95 };
-        SamplingConfig { banter: lively, dialogue: lively, plan: Sampling::Greedy, seed: 0x5eed }
+        let lively = Sampling::Random {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+        };
+        SamplingConfig {
+            banter: lively,
+            dialogue: lively,
+            plan: Sampling::Greedy,
+            seed: 0x5eed,
+        }
     }
 }
 
@@ -434,7 +462,10 @@ impl Throughput {
 impl Default for Throughput {
     fn default() -> Self {
         // The measured single-sequence rates of the default model on two cores (PERF.md).
-        Throughput { prompt_tokens_per_sec: 290.0, generated_tokens_per_sec: 140.0 }
+        Throughput {
+            prompt_tokens_per_sec: 290.0,
+            generated_tokens_per_sec: 140.0,
+        }
     }
 }
 
@@ -446,7 +477,10 @@ mod tests {
     fn defaults_hold_the_documented_deadlines() {
         let d = HivemindConfig::default().deadlines;
         assert_eq!(d.for_kind(RequestKind::Banter), Duration::from_millis(20));
-        assert_eq!(d.for_kind(RequestKind::Dialogue), Duration::from_millis(100));
+        assert_eq!(
+            d.for_kind(RequestKind::Dialogue),
+            Duration::from_millis(100)
+        );
         assert_eq!(d.for_kind(RequestKind::Plan), Duration::from_millis(500));
         assert_eq!(HivemindConfig::default().validate(), Ok(()));
     }
@@ -465,9 +499,11 @@ mod tests {
 
     #[test]
     fn a_partial_file_overrides_only_what_it_names() {
-        let config =
-            HivemindConfig::from_ron("(deadlines: (plan_ms: 250), model: (path: \"m.gguf\"))", "t")
-                .unwrap();
+        let config = HivemindConfig::from_ron(
+            "(deadlines: (plan_ms: 250), model: (path: \"m.gguf\"))",
+            "t",
+        )
+        .unwrap();
         assert_eq!(config.deadlines.plan_ms, 250);
         assert_eq!(config.deadlines.dialogue_ms, 100);
         assert_eq!(config.model.path.as_deref(), Some("m.gguf"));
@@ -476,9 +512,12 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_line_and_column() {
-        let err = HivemindConfig::from_ron("(\n  deadlines: (plan_ms: \"soon\"),\n)", "hivemind.ron")
-            .unwrap_err();
-        let LoadError::Ron(ron) = &err else { panic!("expected a RON error, got {err}") };
+        let err =
+            HivemindConfig::from_ron("(\n  deadlines: (plan_ms: \"soon\"),\n)", "hivemind.ron")
+                .unwrap_err();
+        let LoadError::Ron(ron) = &err else {
+            panic!("expected a RON error, got {err}")
+        };
         assert_eq!((ron.origin.as_str(), ron.line), ("hivemind.ron", 2));
         assert!(err.to_string().starts_with("hivemind.ron:2:"), "{err}");
 
@@ -508,7 +547,10 @@ mod tests {
 
     #[test]
     fn throughput_turns_tokens_into_time() {
-        let t = Throughput { prompt_tokens_per_sec: 100.0, generated_tokens_per_sec: 50.0 };
+        let t = Throughput {
+            prompt_tokens_per_sec: 100.0,
+            generated_tokens_per_sec: 50.0,
+        };
         assert_eq!(t.duration(100, 0), Duration::from_secs(1));
         assert_eq!(t.duration(10, 5), Duration::from_millis(200));
     }

@@ -470,7 +470,7 @@ impl Domain {
             goals,
             goal_ids,
             fact_min_cost,
-            max_touched: index_u32(max_touched, "effects")?,
+            max_touched: u32::try_from(max_touched).unwrap_or(u32::MAX),
             min_cost,
         })
     }
@@ -1033,7 +1033,7 @@ struct StateTable {
 impl StateTable {
     const INITIAL: usize = 256;
     /// A table grown past this by one large search is not kept for the next.
-    const KEEP: usize = 1 << 14;
+    const KEEP: usize = 1 << 12;
 
     fn clear(&mut self) {
         if self.slots.len() > Self::KEEP || self.slots.is_empty() {
@@ -1895,57 +1895,6 @@ mod tests {
                 }
                 Err(_) => {}
             }
-        }
-    }
-
-    #[test]
-    fn perf_probe() {
-        let d = Domain::from_ron(r#"(
-            actions: [
-                (name: "reload", cost: 1.0, pre: [("ammo", Eq, 0), ("in_cover", Eq, 1)], effects: [("ammo", Set, 3)]),
-                (name: "reload_exposed", cost: 3.0, pre: [("ammo", Lt, 3)], effects: [("ammo", Set, 3)]),
-                (name: "attack", cost: 1.0, pre: [("ammo", Gt, 0), ("enemy_visible", Eq, 1), ("in_range", Eq, 1)], effects: [("ammo", Add, -1), ("enemy_hurt", Set, 1)]),
-                (name: "approach", cost: 2.0, pre: [("enemy_visible", Eq, 1)], effects: [("in_range", Set, 1), ("in_cover", Set, 0)]),
-                (name: "scout", cost: 2.0, effects: [("enemy_visible", Set, 1)]),
-                (name: "take_cover", cost: 1.5, pre: [("cover_known", Eq, 1)], effects: [("in_cover", Set, 1), ("in_range", Set, 0)]),
-                (name: "find_cover", cost: 1.0, effects: [("cover_known", Set, 1)]),
-                (name: "heal", cost: 2.0, pre: [("medkits", Gt, 0), ("in_cover", Eq, 1)], effects: [("medkits", Add, -1), ("hp", Add, 1)]),
-                (name: "pickup_medkit", cost: 2.5, pre: [("medkit_seen", Eq, 1)], effects: [("medkits", Add, 1), ("in_cover", Set, 0)]),
-                (name: "call_help", cost: 4.0, pre: [("radio", Eq, 1)], effects: [("ally_near", Set, 1)]),
-            ],
-            goals: [
-                (name: "attack_weakest", conditions: [("enemy_hurt", Eq, 1)]),
-                (name: "take_cover", conditions: [("in_cover", Eq, 1)]),
-                (name: "reload", conditions: [("ammo", Ge, 3)]),
-                (name: "heal", conditions: [("hp", Ge, 2)]),
-                (name: "regroup", conditions: [("in_cover", Eq, 1), ("ammo", Ge, 3), ("hp", Ge, 2)]),
-            ],
-        )"#, "perf").unwrap();
-        let start = d.state_from(&[("hp", 1), ("medkit_seen", 1), ("radio", 1)]).unwrap();
-        let mut planner = Planner::default();
-        for g in d.goals() {
-            let p = planner.plan(&d, &start, g);
-            std::eprintln!("{} {:?}", g.name(), p.map(|p| (names(&d, &p.actions).join(","), p.cost)));
-        }
-        for g in d.goals() {
-            let mut times = vec![];
-            for _ in 0..20000 {
-                let t = std::time::Instant::now();
-                let p = planner.plan(&d, &start, g);
-                times.push(t.elapsed().as_nanos());
-                std::hint::black_box(p).ok();
-            }
-            times.sort();
-            std::eprintln!("{}: p50 {}ns p99 {}ns max {}ns", g.name(), times[10000], times[19800], times[19999]);
-            let mut times = vec![];
-            for _ in 0..20000 {
-                let t = std::time::Instant::now();
-                let p = plan(&d, &start, g);
-                times.push(t.elapsed().as_nanos());
-                std::hint::black_box(p).ok();
-            }
-            times.sort();
-            std::eprintln!("  fresh planner: p50 {}ns p99 {}ns", times[10000], times[19800]);
         }
     }
 }

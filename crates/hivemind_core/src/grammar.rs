@@ -33,7 +33,10 @@ pub struct GrammarLimits {
 
 impl Default for GrammarLimits {
     fn default() -> Self {
-        GrammarLimits { max_steps: 3, max_say_chars: 80 }
+        GrammarLimits {
+            max_steps: 3,
+            max_say_chars: 80,
+        }
     }
 }
 
@@ -53,7 +56,10 @@ pub struct GrammarAgent<'a> {
 impl<'a> GrammarAgent<'a> {
     /// An agent with no guided options.
     pub fn new(snapshot: &'a WorldSnapshot) -> Self {
-        GrammarAgent { snapshot, options: 0 }
+        GrammarAgent {
+            snapshot,
+            options: 0,
+        }
     }
 
     /// Sets the number of guided options, for chaining.
@@ -121,7 +127,8 @@ impl Grammar {
             let body = match format {
                 OutputFormat::FreePlan => {
                     let step = step_rule(&mut rules, registry, a.snapshot);
-                    let mut body = format!("{} {step}", lit(&format!("{{\"agent\":{id},\"steps\":[")));
+                    let mut body =
+                        format!("{} {step}", lit(&format!("{{\"agent\":{id},\"steps\":[")));
                     for _ in 1..limits.max_steps {
                         let _ = write!(body, " ({} {step})?", lit(","));
                     }
@@ -133,7 +140,10 @@ impl Grammar {
                     if a.options == 0 {
                         return Err(GrammarError::NoOptions(id));
                     }
-                    let intent = rules.add("intent", alternatives((1..=a.options).map(|n| n.to_string())));
+                    let intent = rules.add(
+                        "intent",
+                        alternatives((1..=a.options).map(|n| n.to_string())),
+                    );
                     let say = say_rule(&mut rules, limits.max_say_chars);
                     format!(
                         "{} {intent} {} {say} {}",
@@ -144,13 +154,21 @@ impl Grammar {
                 }
                 OutputFormat::Line => {
                     let say = say_rule(&mut rules, limits.max_say_chars);
-                    format!("{} {say} {}", lit(&format!("{{\"agent\":{id},\"say\":\"")), lit("\"}"))
+                    format!(
+                        "{} {say} {}",
+                        lit(&format!("{{\"agent\":{id},\"say\":\"")),
+                        lit("\"}")
+                    )
                 }
             };
             objects.push(rules.add(&format!("agent-{id}"), body));
         }
 
-        let mut text = format!("{} ::= {}\n", Grammar::ROOT, objects.join(&format!(" {} ", lit("\n"))));
+        let mut text = format!(
+            "{} ::= {}\n",
+            Grammar::ROOT,
+            objects.join(&format!(" {} ", lit("\n")))
+        );
         for (name, body) in &rules.list {
             let _ = writeln!(text, "{name} ::= {body}");
         }
@@ -172,7 +190,13 @@ impl Rules {
         }
         let base: String = base
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect();
         let mut name = base.clone();
         let mut n = 2;
@@ -200,7 +224,10 @@ fn verb_rule(rules: &mut Rules, verb: &VerbSpec, snapshot: &WorldSnapshot) -> St
         let _ = write!(body, " {} ", lit(&format!(",\"{}\":", arg.name)));
         match arg.kind.domain(snapshot) {
             ArgDomain::Entities(ids) => {
-                let name = rules.add(&format!("{}-{}", verb.name, arg.name), alternatives(ids.iter().map(ToString::to_string)));
+                let name = rules.add(
+                    &format!("{}-{}", verb.name, arg.name),
+                    alternatives(ids.iter().map(ToString::to_string)),
+                );
                 body.push_str(&name);
             }
             ArgDomain::Points(points) => {
@@ -216,7 +243,9 @@ fn verb_rule(rules: &mut Rules, verb: &VerbSpec, snapshot: &WorldSnapshot) -> St
                 let _ = write!(body, "{} {x} {} {y} {}", lit("["), lit(","), lit("]"));
             }
             ArgDomain::Ints { min, max } => {
-                body.push_str(&rules.add(&format!("{}-{}", verb.name, arg.name), int_range(min, max)));
+                body.push_str(
+                    &rules.add(&format!("{}-{}", verb.name, arg.name), int_range(min, max)),
+                );
             }
             ArgDomain::Text { max_chars } => {
                 let chars = char_rule(rules);
@@ -250,7 +279,11 @@ fn int_range(min: i64, max: i64) -> String {
 
 fn alternatives(values: impl Iterator<Item = String>) -> String {
     let alts: Vec<String> = values.map(|v| lit(&v)).collect();
-    if alts.len() == 1 { alts.into_iter().collect() } else { format!("({})", alts.join(" | ")) }
+    if alts.len() == 1 {
+        alts.into_iter().collect()
+    } else {
+        format!("({})", alts.join(" | "))
+    }
 }
 
 /// A GBNF string literal.
@@ -279,19 +312,33 @@ mod tests {
     use std::path::PathBuf;
 
     fn golden(name: &str, actual: &str) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
         if std::env::var_os("HIVEMIND_BLESS").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, actual).unwrap();
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run with HIVEMIND_BLESS=1 to create it", path.display()));
-        assert_eq!(actual, expected, "{} differs; run with HIVEMIND_BLESS=1 if the change is intended", path.display());
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run with HIVEMIND_BLESS=1 to create it",
+                path.display()
+            )
+        });
+        assert_eq!(
+            actual,
+            expected,
+            "{} differs; run with HIVEMIND_BLESS=1 if the change is intended",
+            path.display()
+        );
     }
 
     fn lone_rookie() -> WorldSnapshot {
-        WorldSnapshot::new(AgentId(8), Point::new(1, 1))
-            .with_entity(EntityInfo::new(EntityId(9), "enemy", Point::new(2, 2)))
+        WorldSnapshot::new(AgentId(8), Point::new(1, 1)).with_entity(EntityInfo::new(
+            EntityId(9),
+            "enemy",
+            Point::new(2, 2),
+        ))
     }
 
     #[test]
@@ -314,8 +361,14 @@ mod tests {
         let g = Grammar::build(
             OutputFormat::Guided,
             &arena_registry(),
-            &[GrammarAgent::new(&a).with_options(4), GrammarAgent::new(&b).with_options(3)],
-            GrammarLimits { max_steps: 3, max_say_chars: 60 },
+            &[
+                GrammarAgent::new(&a).with_options(4),
+                GrammarAgent::new(&b).with_options(3),
+            ],
+            GrammarLimits {
+                max_steps: 3,
+                max_say_chars: 60,
+            },
         )
         .unwrap();
         golden("guided.gbnf", &g.text);
@@ -356,7 +409,10 @@ mod tests {
         assert_eq!(rule("attack-target-2"), "\"9\"");
         // Agent 8 has no cover and no bounds: no TakeCover, no MoveTo among its steps.
         let step8 = rule("step-2");
-        assert!(!step8.contains("takecover") && !step8.contains("moveto"), "{step8}");
+        assert!(
+            !step8.contains("takecover") && !step8.contains("moveto"),
+            "{step8}"
+        );
         assert!(rule("step").contains("act-takecover"));
         // The idle verb is always there.
         assert!(step8.contains("act-wait"));
@@ -369,10 +425,17 @@ mod tests {
             OutputFormat::FreePlan,
             &arena_registry(),
             &[GrammarAgent::new(&a)],
-            GrammarLimits { max_steps: 2, max_say_chars: 10 },
+            GrammarLimits {
+                max_steps: 2,
+                max_say_chars: 10,
+            },
         )
         .unwrap();
-        let agent = g.text.lines().find(|l| l.starts_with("agent-3 ::=")).unwrap();
+        let agent = g
+            .text
+            .lines()
+            .find(|l| l.starts_with("agent-3 ::="))
+            .unwrap();
         assert_eq!(agent.matches(r#"("," step)?"#).count(), 1, "{agent}");
     }
 
@@ -386,11 +449,21 @@ mod tests {
             Err(GrammarError::EmptyBatch)
         );
         assert_eq!(
-            Grammar::build(OutputFormat::Line, &registry, &[GrammarAgent::new(&a), GrammarAgent::new(&a)], limits),
+            Grammar::build(
+                OutputFormat::Line,
+                &registry,
+                &[GrammarAgent::new(&a), GrammarAgent::new(&a)],
+                limits
+            ),
             Err(GrammarError::DuplicateAgent(AgentId(3)))
         );
         assert_eq!(
-            Grammar::build(OutputFormat::Guided, &registry, &[GrammarAgent::new(&a)], limits),
+            Grammar::build(
+                OutputFormat::Guided,
+                &registry,
+                &[GrammarAgent::new(&a)],
+                limits
+            ),
             Err(GrammarError::NoOptions(AgentId(3)))
         );
     }

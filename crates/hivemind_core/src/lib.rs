@@ -24,6 +24,8 @@
 //! text all come back as typed errors.
 
 pub mod action;
+pub mod backend;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod goap;
@@ -34,6 +36,7 @@ pub mod prompt;
 pub mod snapshot;
 pub mod stream;
 pub mod templates;
+pub mod worker;
 
 /// The types most users need.
 pub mod prelude {

@@ -26,7 +26,11 @@ pub enum RequestKind {
 
 impl RequestKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RequestKind; 3] = [RequestKind::Banter, RequestKind::Dialogue, RequestKind::Plan];
+    pub const ALL: [RequestKind; 3] = [
+        RequestKind::Banter,
+        RequestKind::Dialogue,
+        RequestKind::Plan,
+    ];
 
     /// The lower-case name used in config, on the command line and in the console.
     pub fn as_str(self) -> &'static str {
@@ -137,7 +141,9 @@ impl PlanSource {
     /// A short label for HUDs and logs: `llm`, `llm+repair`, `cache`, `goap` or `template`.
     pub fn label(self) -> &'static str {
         match self {
-            PlanSource::Llm { repaired: false, .. } => "llm",
+            PlanSource::Llm {
+                repaired: false, ..
+            } => "llm",
             PlanSource::Llm { repaired: true, .. } => "llm+repair",
             PlanSource::Cache => "cache",
             PlanSource::Goap => "goap",
@@ -150,7 +156,11 @@ impl fmt::Display for PlanSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PlanSource::Llm { backend, repaired } => {
-                write!(f, "llm({backend}{})", if *repaired { ", repaired" } else { "" })
+                write!(
+                    f,
+                    "llm({backend}{})",
+                    if *repaired { ", repaired" } else { "" }
+                )
             }
             other => f.write_str(other.label()),
         }
@@ -275,7 +285,10 @@ pub struct PlanStep {
 impl PlanStep {
     /// A step with no arguments.
     pub fn new(verb: impl Into<String>) -> Self {
-        PlanStep { verb: verb.into(), args: Vec::new() }
+        PlanStep {
+            verb: verb.into(),
+            args: Vec::new(),
+        }
     }
 
     /// Adds an argument, for chaining: `PlanStep::new("Attack").with_arg("target", ArgValue::Int(7))`.
@@ -355,7 +368,13 @@ pub struct Plan {
 impl Plan {
     /// A plan from `source` with no fallback reason and no line.
     pub fn new(agent: AgentId, steps: Vec<PlanStep>, source: PlanSource) -> Self {
-        Plan { agent, steps, source, fallback: None, say: None }
+        Plan {
+            agent,
+            steps,
+            source,
+            fallback: None,
+            say: None,
+        }
     }
 
     /// Sets the fallback reason, for chaining.
@@ -403,7 +422,11 @@ mod tests {
         assert_eq!(step.to_json(), r#"{"act":"TakeCover","at":[3,-4]}"#);
         let say = PlanStep::new("Say").with_arg("text", ArgValue::Text("say \"hi\"".into()));
         assert_eq!(say.to_json(), r#"{"act":"Say","text":"say \"hi\""}"#);
-        let plan = Plan::new(AgentId(3), vec![PlanStep::new("Reload"), say], PlanSource::Goap);
+        let plan = Plan::new(
+            AgentId(3),
+            vec![PlanStep::new("Reload"), say],
+            PlanSource::Goap,
+        );
         assert_eq!(
             plan.to_json(),
             r#"{"agent":3,"steps":[{"act":"Reload"},{"act":"Say","text":"say \"hi\""}]}"#
@@ -413,9 +436,13 @@ mod tests {
     #[test]
     fn inserting_an_argument_twice_replaces_it() {
         let mut step = PlanStep::new("Attack");
-        step.insert_arg("target", ArgValue::Int(1)).insert_arg("target", ArgValue::Int(2));
+        step.insert_arg("target", ArgValue::Int(1))
+            .insert_arg("target", ArgValue::Int(2));
         assert_eq!(step.args.len(), 1);
-        assert_eq!(step.arg("target").and_then(ArgValue::as_entity), Some(EntityId(2)));
+        assert_eq!(
+            step.arg("target").and_then(ArgValue::as_entity),
+            Some(EntityId(2))
+        );
         assert_eq!(step.to_string(), "Attack(target=2)");
     }
 
@@ -427,7 +454,10 @@ mod tests {
 
     #[test]
     fn sources_have_stable_labels() {
-        let llm = PlanSource::Llm { backend: BackendId::Local, repaired: true };
+        let llm = PlanSource::Llm {
+            backend: BackendId::Local,
+            repaired: true,
+        };
         assert_eq!(llm.label(), "llm+repair");
         assert_eq!(llm.to_string(), "llm(local, repaired)");
         assert_eq!(PlanSource::Goap.to_string(), "goap");

@@ -20,6 +20,7 @@
 //!   object per agent, one per line, in that order.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +132,10 @@ impl PromptLevel {
             h.write(&p.to_le_bytes());
         }
         h.write(text.as_bytes());
-        PromptLevel { key: h.finish(), text }
+        PromptLevel {
+            key: h.finish(),
+            text,
+        }
     }
 }
 
@@ -201,41 +205,52 @@ pub struct AgentRequest<'a> {
     pub task: AgentTask,
 }
 
-/// A prompt for one sequence: its three levels.
+/// A prompt for one sequence: its three levels. The shared levels are reference-counted, so a
+/// prompt is cheap to build and to send to a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SequencePrompt<'t> {
+pub struct SequencePrompt {
     /// The root level, shared by every agent.
-    pub root: &'t PromptLevel,
+    pub root: Arc<PromptLevel>,
     /// The persona level, shared by every agent with that persona.
-    pub persona: &'t PromptLevel,
+    pub persona: Arc<PromptLevel>,
     /// The agent's own block, ending where the answer begins.
     pub agent: PromptLevel,
 }
 
-impl SequencePrompt<'_> {
+impl SequencePrompt {
     /// The whole prompt.
     pub fn text(&self) -> String {
-        [self.root.text.as_str(), &self.persona.text, &self.agent.text].concat()
+        [
+            self.root.text.as_str(),
+            &self.persona.text,
+            &self.agent.text,
+        ]
+        .concat()
     }
 }
 
 /// A prompt in which one sequence answers for a whole batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SharedPrompt<'t> {
+pub struct SharedPrompt {
     /// The root level.
-    pub root: &'t PromptLevel,
+    pub root: Arc<PromptLevel>,
     /// The ensemble level that stands where a persona would.
-    pub ensemble: &'t PromptLevel,
+    pub ensemble: Arc<PromptLevel>,
     /// The batch's block, describing every agent in batch order.
     pub batch: PromptLevel,
     /// The agents, in the order their answers must come.
     pub order: Vec<AgentId>,
 }
 
-impl SharedPrompt<'_> {
+impl SharedPrompt {
     /// The whole prompt.
     pub fn text(&self) -> String {
-        [self.root.text.as_str(), &self.ensemble.text, &self.batch.text].concat()
+        [
+            self.root.text.as_str(),
+            &self.ensemble.text,
+            &self.batch.text,
+        ]
+        .concat()
     }
 }
 
@@ -244,10 +259,10 @@ impl SharedPrompt<'_> {
 pub struct PrefixTree {
     template: ChatTemplate,
     format: OutputFormat,
-    root: PromptLevel,
-    ensemble: PromptLevel,
-    personas: Vec<(String, PromptLevel)>,
-    unknown_persona: PromptLevel,
+    root: Arc<PromptLevel>,
+    ensemble: Arc<PromptLevel>,
+    personas: Vec<(String, Arc<PromptLevel>)>,
+    unknown_persona: Arc<PromptLevel>,
 }
 
 impl PrefixTree {
@@ -258,16 +273,26 @@ impl PrefixTree {
         rules: &PromptRules,
         registry: &ActionRegistry,
     ) -> Self {
-        let root = PromptLevel::new(None, root_text(&template, format, rules, registry));
-        let ensemble = PromptLevel::new(
+        let root = Arc::new(PromptLevel::new(
+            None,
+            root_text(&template, format, rules, registry),
+        ));
+        let ensemble = Arc::new(PromptLevel::new(
             Some(root.key),
             format!(
                 "You speak for several characters at once; each keeps its own voice.{}",
                 template.system_close
             ),
-        );
+        ));
         let unknown_persona = persona_level(&template, &root, "someone", "Speak plainly.");
-        PrefixTree { template, format, root, ensemble, personas: Vec::new(), unknown_persona }
+        PrefixTree {
+            template,
+            format,
+            root,
+            ensemble,
+            personas: Vec::new(),
+            unknown_persona,
+        }
     }
 
     /// Adds a persona, or replaces its voice. Returns whether its level changed (and so must be
@@ -275,7 +300,7 @@ impl PrefixTree {
     pub fn insert_persona(&mut self, persona: &Persona) -> bool {
         let level = persona_level(&self.template, &self.root, &persona.name, &persona.voice);
         match self.personas.iter_mut().find(|(n, _)| *n == persona.name) {
-            Some((_, existing)) if *existing == level => false,
+            Some((_, existing)) if **existing == *level => false,
             Some((_, existing)) => {
                 *existing = level;
                 true
@@ -304,7 +329,7 @@ impl PrefixTree {
     }
 
     /// The level of persona `name`; an unknown persona gets a neutral voice.
-    pub fn persona(&self, name: &str) -> &PromptLevel {
+    pub fn persona(&self, name: &str) -> &Arc<PromptLevel> {
         self.personas
             .iter()
             .find(|(n, _)| n == name)
@@ -313,22 +338,26 @@ impl PrefixTree {
 
     /// Every persona level, in insertion order.
     pub fn personas(&self) -> impl Iterator<Item = (&str, &PromptLevel)> {
-        self.personas.iter().map(|(n, l)| (n.as_str(), l))
+        self.personas.iter().map(|(n, l)| (n.as_str(), &**l))
     }
 
     /// The prompt for one agent in the parallel-sequences layout.
-    pub fn sequence(&self, request: &AgentRequest<'_>) -> SequencePrompt<'_> {
-        let persona = self.persona(request.persona);
+    pub fn sequence(&self, request: &AgentRequest<'_>) -> SequencePrompt {
+        let persona = Arc::clone(self.persona(request.persona));
         let mut text = self.template.user_open.clone();
         write_request(&mut text, request, false);
         text.push_str(&self.template.user_close);
         text.push_str(&self.template.assistant_open);
-        SequencePrompt { root: &self.root, agent: PromptLevel::new(Some(persona.key), text), persona }
+        SequencePrompt {
+            root: Arc::clone(&self.root),
+            agent: PromptLevel::new(Some(persona.key), text),
+            persona,
+        }
     }
 
     /// The prompt for a whole batch in the shared-prompt layout. Answers must come in the order
     /// of `requests`.
-    pub fn shared(&self, requests: &[AgentRequest<'_>]) -> SharedPrompt<'_> {
+    pub fn shared(&self, requests: &[AgentRequest<'_>]) -> SharedPrompt {
         let mut text = self.template.user_open.clone();
         for request in requests {
             write_request(&mut text, request, true);
@@ -336,20 +365,29 @@ impl PrefixTree {
         }
         let order: Vec<AgentId> = requests.iter().map(|r| r.agent).collect();
         let ids: Vec<String> = order.iter().map(ToString::to_string).collect();
-        let _ = write!(text, "Answer for agents {} in this order, one object per line.", ids.join(", "));
+        let _ = write!(
+            text,
+            "Answer for agents {} in this order, one object per line.",
+            ids.join(", ")
+        );
         text.push_str(&self.template.user_close);
         text.push_str(&self.template.assistant_open);
         SharedPrompt {
-            root: &self.root,
-            ensemble: &self.ensemble,
+            root: Arc::clone(&self.root),
+            ensemble: Arc::clone(&self.ensemble),
             batch: PromptLevel::new(Some(self.ensemble.key), text),
             order,
         }
     }
 }
 
-fn persona_level(template: &ChatTemplate, root: &PromptLevel, name: &str, voice: &str) -> PromptLevel {
-    PromptLevel::new(
+fn persona_level(
+    template: &ChatTemplate,
+    root: &PromptLevel,
+    name: &str,
+    voice: &str,
+) -> Arc<PromptLevel> {
+    Arc::new(PromptLevel::new(
         Some(root.key),
         format!(
             "You are {}. {}{}",
@@ -357,7 +395,7 @@ fn persona_level(template: &ChatTemplate, root: &PromptLevel, name: &str, voice:
             escape_untrusted(voice, 400),
             template.system_close
         ),
-    )
+    ))
 }
 
 fn root_text(
@@ -388,8 +426,12 @@ fn root_text(
         }
         OutputFormat::Line => "Answer with a short line: {\"agent\":ID,\"say\":\"...\"}\n",
     });
-    let examples: Vec<&WorkedExample> =
-        rules.examples.iter().filter(|(f, _)| *f == format).map(|(_, e)| e).collect();
+    let examples: Vec<&WorkedExample> = rules
+        .examples
+        .iter()
+        .filter(|(f, _)| *f == format)
+        .map(|(_, e)| e)
+        .collect();
     if !examples.is_empty() {
         out.push_str("Examples:\n");
         for e in examples {
@@ -429,7 +471,10 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
             }
             let _ = write!(out, "Choose for agent {}.", request.agent);
         }
-        AgentTask::Dialogue { history, player_said } => {
+        AgentTask::Dialogue {
+            history,
+            player_said,
+        } => {
             for (who, said) in history {
                 let _ = writeln!(
                     out,
@@ -510,13 +555,24 @@ mod tests {
     }
 
     fn veteran() -> Persona {
-        Persona { name: "veteran".into(), voice: "Gruff and terse.".into() }
+        Persona {
+            name: "veteran".into(),
+            voice: "Gruff and terse.".into(),
+        }
     }
 
     fn tree() -> PrefixTree {
-        PrefixTree::new(ChatTemplate::chatml(), OutputFormat::FreePlan, &rules(), &arena_registry())
-            .with_persona(&veteran())
-            .with_persona(&Persona { name: "rookie".into(), voice: "Nervous, eager.".into() })
+        PrefixTree::new(
+            ChatTemplate::chatml(),
+            OutputFormat::FreePlan,
+            &rules(),
+            &arena_registry(),
+        )
+        .with_persona(&veteran())
+        .with_persona(&Persona {
+            name: "rookie".into(),
+            voice: "Nervous, eager.".into(),
+        })
     }
 
     #[test]
@@ -527,19 +583,39 @@ mod tests {
         assert!(root.contains("- Attack(target: enemy id): shoot a visible enemy"));
         assert!(root.contains("Rules:\n- Reload when ammo is 0.\n"));
         assert!(root.contains("Examples:\nself id=1"));
-        assert!(!root.contains("<|im_end|>"), "the persona level closes the system turn");
+        assert!(
+            !root.contains("<|im_end|>"),
+            "the persona level closes the system turn"
+        );
     }
 
     #[test]
     fn a_sequence_prompt_is_root_then_persona_then_agent() {
         let tree = tree();
         let snapshot = flanking_guard();
-        let request =
-            AgentRequest { agent: AgentId(3), persona: "veteran", snapshot: &snapshot, task: AgentTask::Plan };
+        let request = AgentRequest {
+            agent: AgentId(3),
+            persona: "veteran",
+            snapshot: &snapshot,
+            task: AgentTask::Plan,
+        };
         let prompt = tree.sequence(&request);
-        assert_eq!(prompt.persona.text, "You are veteran. Gruff and terse.<|im_end|>\n");
-        assert!(prompt.agent.text.starts_with("<|im_start|>user\nself id=3 at=(4,5)"));
-        assert!(prompt.agent.text.ends_with("Plan for agent 3.\n<|im_end|>\n<|im_start|>assistant\n"));
+        assert_eq!(
+            prompt.persona.text,
+            "You are veteran. Gruff and terse.<|im_end|>\n"
+        );
+        assert!(
+            prompt
+                .agent
+                .text
+                .starts_with("<|im_start|>user\nself id=3 at=(4,5)")
+        );
+        assert!(
+            prompt
+                .agent
+                .text
+                .ends_with("Plan for agent 3.\n<|im_end|>\n<|im_start|>assistant\n")
+        );
         assert!(prompt.text().starts_with(&tree.root().text));
     }
 
@@ -552,8 +628,16 @@ mod tests {
         assert_ne!(a.persona("veteran").key, a.persona("rookie").key);
         // The same agent text under another persona gets another key: its state differs.
         let snapshot = flanking_guard();
-        let vet = AgentRequest { agent: AgentId(3), persona: "veteran", snapshot: &snapshot, task: AgentTask::Plan };
-        let rookie = AgentRequest { persona: "rookie", ..vet.clone() };
+        let vet = AgentRequest {
+            agent: AgentId(3),
+            persona: "veteran",
+            snapshot: &snapshot,
+            task: AgentTask::Plan,
+        };
+        let rookie = AgentRequest {
+            persona: "rookie",
+            ..vet.clone()
+        };
         let (pv, pr) = (a.sequence(&vet), a.sequence(&rookie));
         assert_eq!(pv.agent.text, pr.agent.text);
         assert_ne!(pv.agent.key, pr.agent.key);
@@ -565,8 +649,14 @@ mod tests {
         let root = tree.root().clone();
         let rookie = tree.persona("rookie").clone();
         let before = tree.persona("veteran").clone();
-        assert!(!tree.insert_persona(&veteran()), "an identical persona changes nothing");
-        assert!(tree.insert_persona(&Persona { name: "veteran".into(), voice: "Calm.".into() }));
+        assert!(
+            !tree.insert_persona(&veteran()),
+            "an identical persona changes nothing"
+        );
+        assert!(tree.insert_persona(&Persona {
+            name: "veteran".into(),
+            voice: "Calm.".into()
+        }));
         assert_ne!(tree.persona("veteran"), &before);
         assert_eq!(tree.root(), &root);
         assert_eq!(tree.persona("rookie"), &rookie);
@@ -579,21 +669,42 @@ mod tests {
         let mut b = flanking_guard();
         b.agent = AgentId(8);
         let requests = [
-            AgentRequest { agent: AgentId(8), persona: "rookie", snapshot: &b, task: AgentTask::Plan },
-            AgentRequest { agent: AgentId(3), persona: "veteran", snapshot: &a, task: AgentTask::Plan },
+            AgentRequest {
+                agent: AgentId(8),
+                persona: "rookie",
+                snapshot: &b,
+                task: AgentTask::Plan,
+            },
+            AgentRequest {
+                agent: AgentId(3),
+                persona: "veteran",
+                snapshot: &a,
+                task: AgentTask::Plan,
+            },
         ];
         let prompt = tree.shared(&requests);
         assert_eq!(prompt.order, vec![AgentId(8), AgentId(3)]);
         let text = &prompt.batch.text;
-        let (i8, i3) = (text.find("Agent 8 (rookie)").unwrap(), text.find("Agent 3 (veteran)").unwrap());
+        let (i8, i3) = (
+            text.find("Agent 8 (rookie)").unwrap(),
+            text.find("Agent 3 (veteran)").unwrap(),
+        );
         assert!(i8 < i3);
         assert!(text.contains("Answer for agents 8, 3 in this order"));
-        assert_eq!(prompt.ensemble.key, tree.shared(&requests[..1]).ensemble.key);
+        assert_eq!(
+            prompt.ensemble.key,
+            tree.shared(&requests[..1]).ensemble.key
+        );
     }
 
     #[test]
     fn player_words_cannot_break_out_of_their_quotes() {
-        let tree = PrefixTree::new(ChatTemplate::chatml(), OutputFormat::Line, &rules(), &arena_registry());
+        let tree = PrefixTree::new(
+            ChatTemplate::chatml(),
+            OutputFormat::Line,
+            &rules(),
+            &arena_registry(),
+        );
         let snapshot = flanking_guard();
         let request = AgentRequest {
             agent: AgentId(3),
@@ -612,11 +723,22 @@ mod tests {
 
     #[test]
     fn guided_prompts_number_the_options() {
-        let tree = PrefixTree::new(ChatTemplate::chatml(), OutputFormat::Guided, &rules(), &arena_registry());
+        let tree = PrefixTree::new(
+            ChatTemplate::chatml(),
+            OutputFormat::Guided,
+            &rules(),
+            &arena_registry(),
+        );
         let snapshot = flanking_guard();
         let options = vec![
-            IntentOption { label: "attack 7".into(), reason: "closest".into() },
-            IntentOption { label: "take cover".into(), reason: "hp low".into() },
+            IntentOption {
+                label: "attack 7".into(),
+                reason: "closest".into(),
+            },
+            IntentOption {
+                label: "take cover".into(),
+                reason: "hp low".into(),
+            },
         ];
         let request = AgentRequest {
             agent: AgentId(3),
@@ -625,8 +747,14 @@ mod tests {
             task: AgentTask::Guided { options },
         };
         let text = tree.sequence(&request).agent.text;
-        assert!(text.contains("Options:\n1 attack 7: closest\n2 take cover: hp low\n"), "{text}");
-        assert!(!tree.root().text.contains("Actions:"), "guided prompts need no action list");
+        assert!(
+            text.contains("Options:\n1 attack 7: closest\n2 take cover: hp low\n"),
+            "{text}"
+        );
+        assert!(
+            !tree.root().text.contains("Actions:"),
+            "guided prompts need no action list"
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //!
 //! The workload is PERF.md's baseline: a 124-token system prefix and one ~65-token agent block,
 //! decoded as one prompt, then 40 greedily generated tokens. It prints the median of `RUNS`.
-#![expect(clippy::print_stdout, reason = "a command-line tool that reports measurements")]
+#![expect(
+    clippy::print_stdout,
+    reason = "a command-line tool that reports measurements"
+)]
 
 use std::error::Error;
 use std::num::NonZeroU32;

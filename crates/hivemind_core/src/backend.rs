@@ -1,0 +1,209 @@
+//! The inference backend trait, the batch a backend runs, and the two backends core ships.
+//!
+//! A backend turns a [`Batch`] into text, stream by stream, and reports it to a [`BatchSink`]
+//! as it is written. The worker pool ([`crate::worker`]) does everything else: it builds the
+//! batch's prompts and grammars, parses the text into steps and words, stamps them on the
+//! [`Clock`](crate::clock::Clock), and answers every job exactly once.
+//!
+//! - [`ScriptedBackend`] answers from a function of each agent's request, deterministically, with
+//!   a latency per token in virtual or real time. Tests, demos and the fallback-only mode use it.
+//! - [`ReplayBackend`] plays back a [`Transcript`] that a [`Recorder`] wrote while another backend
+//!   ran, so a session with a real model can be replayed exactly without one.
+//!
+//! # Design
+//!
+//! A backend is built on its worker's own thread by a [`BackendFactory`], which is the only part
+//! that must be `Send + Sync`: a llama.cpp context borrows its model and both must stay on the
+//! thread that made them. The trait is push-based (the backend calls the sink) so a backend can
+//! interleave many sequences in one decode loop and report each token the moment it exists, and
+//! so cancellation is a question the backend asks between decode steps rather than a signal it
+//! must select on.
+
+mod replay;
+mod scripted;
+
+use std::sync::Arc;
+
+pub use replay::{RecordedStream, Recorder, ReplayBackend, Transcript, TranscriptError};
+pub use scripted::{Latency, Script, ScriptedBackend};
+
+use crate::config::{PromptLayout, Sampling};
+use crate::plan::{BackendId, OutputFormat, RequestKind};
+use crate::prompt::{AgentTask, SequencePrompt, SharedPrompt};
+use crate::snapshot::{AgentId, WorldSnapshot};
+
+/// The id of one job: one agent's request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job#{}", self.0)
+    }
+}
+
+/// Tokens a stream has cost so far. On a lockstep clock they decide when its output existed.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct TokenUsage {
+    /// Prompt tokens processed for this stream (those not served from a cached prefix).
+    pub prompt_tokens: u64,
+    /// Tokens generated for this stream so far.
+    pub generated_tokens: u64,
+}
+
+/// One agent of a batch.
+#[derive(Clone, Debug)]
+pub struct BatchAgent {
+    /// Its job.
+    pub job: JobId,
+    /// The agent.
+    pub agent: AgentId,
+    /// Its persona's key.
+    pub persona: String,
+    /// What it asks.
+    pub task: AgentTask,
+    /// Its snapshot, fitted to the budget: exactly what its prompt shows.
+    pub snapshot: Arc<WorldSnapshot>,
+    /// Its prompt in the parallel-sequences layout.
+    pub prompt: SequencePrompt,
+    /// Its grammar in the parallel-sequences layout (GBNF, start rule `root`).
+    pub grammar: String,
+}
+
+/// The prompt and grammar of a batch in the shared-prompt layout.
+#[derive(Clone, Debug)]
+pub struct SharedStream {
+    /// The multi-agent prompt.
+    pub prompt: SharedPrompt,
+    /// The grammar: every agent's object once, in batch order.
+    pub grammar: String,
+}
+
+/// What a backend runs: the requests of up to `max_batch` agents of one kind.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Unique per pool, increasing in dispatch order.
+    pub id: u64,
+    /// The tick its jobs were submitted in.
+    pub tick: u64,
+    /// The request kind of every job in it.
+    pub kind: RequestKind,
+    /// The output format of every job in it.
+    pub format: OutputFormat,
+    /// How the prompt is laid out.
+    pub layout: PromptLayout,
+    /// How tokens are chosen.
+    pub sampling: Sampling,
+    /// The seed for random sampling, derived from the config's seed and the batch's content.
+    pub seed: u64,
+    /// The agents, in batch order (ascending agent id).
+    pub agents: Vec<BatchAgent>,
+    /// With the shared-prompt layout: the one prompt and grammar for all agents.
+    pub shared: Option<SharedStream>,
+}
+
+impl Batch {
+    /// How many streams a backend writes: one per agent, or one for the shared prompt.
+    pub fn streams(&self) -> usize {
+        if self.shared.is_some() {
+            1
+        } else {
+            self.agents.len()
+        }
+    }
+}
+
+/// Why a backend could not answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The model file is missing or could not be loaded.
+    #[error("no model: {0}")]
+    NoModel(String),
+    /// The request does not fit (prompt longer than the context, too many sequences …).
+    #[error("request does not fit: {0}")]
+    TooLarge(String),
+    /// A transcript has no recording for this prompt.
+    #[error("no recording for this prompt (key {key:016x})")]
+    NoRecording {
+        /// The prompt's key.
+        key: u64,
+    },
+    /// Anything else the backend reports.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where a backend reports what it writes. Streams are numbered from zero; see
+/// [`Batch::streams`].
+pub trait BatchSink {
+    /// `text` was written on `stream`; `usage` is the stream's cumulative cost so far.
+    fn text(&mut self, stream: usize, text: &str, usage: TokenUsage);
+    /// `stream` is finished.
+    fn done(&mut self, stream: usize, usage: TokenUsage);
+    /// `stream` failed; the backend writes nothing more on it.
+    fn error(&mut self, stream: usize, error: BackendError);
+    /// Whether nobody wants `stream` any more; a backend should stop it at the next decode
+    /// step and free what it holds.
+    fn is_cancelled(&self, stream: usize) -> bool;
+}
+
+/// Something that writes answers.
+pub trait InferenceBackend {
+    /// Which backend this is.
+    fn id(&self) -> BackendId;
+
+    /// Runs a batch, reporting every stream's text, end or error to `sink`. Every stream should
+    /// end in `done` or `error`; the pool fails any stream that does neither.
+    ///
+    /// An `Err` fails every stream that has not ended.
+    fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError>;
+}
+
+/// Builds a backend on a worker's thread.
+pub trait BackendFactory: Send + Sync {
+    /// Which backend it builds.
+    fn id(&self) -> BackendId;
+
+    /// Builds one backend; called once per worker, and again after a worker's backend panicked
+    /// or the pool's backend was swapped.
+    fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError>;
+}
+
+/// A [`BackendFactory`] from a closure.
+pub struct FnFactory<F> {
+    id: BackendId,
+    build: F,
+}
+
+impl<F> FnFactory<F>
+where
+    F: Fn() -> Result<Box<dyn InferenceBackend>, BackendError> + Send + Sync,
+{
+    /// A factory for backend `id` that calls `build`.
+    pub fn new(id: BackendId, build: F) -> Arc<Self> {
+        Arc::new(FnFactory { id, build })
+    }
+}
+
+impl<F> BackendFactory for FnFactory<F>
+where
+    F: Fn() -> Result<Box<dyn InferenceBackend>, BackendError> + Send + Sync,
+{
+    fn id(&self) -> BackendId {
+        self.id
+    }
+
+    fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        (self.build)()
+    }
+}
+
+/// The text a stream is prompted with, for backends that send text rather than keep state.
+pub fn stream_prompt(batch: &Batch, stream: usize) -> Option<String> {
+    match &batch.shared {
+        Some(shared) => (stream == 0).then(|| shared.prompt.text()),
+        None => batch.agents.get(stream).map(|a| a.prompt.text()),
+    }
+}

@@ -1,0 +1,181 @@
+//! What the workers need to turn jobs into a batch: prompt trees, the registry, grammar limits.
+
+use std::sync::Arc;
+
+use crate::action::ActionRegistry;
+use crate::backend::{Batch, BatchAgent, SharedStream};
+use crate::config::{HivemindConfig, PromptLayout, SamplingConfig};
+use crate::grammar::{Grammar, GrammarAgent, GrammarError, GrammarLimits};
+use crate::plan::{OutputFormat, RequestKind};
+use crate::prompt::{AgentRequest, AgentTask, ChatTemplate, Persona, PrefixTree, PromptRules};
+use crate::snapshot::WorldSnapshot;
+
+use super::PendingJob;
+
+/// Everything a worker needs to build prompts and grammars, shared by all workers and swapped
+/// whole when the game reloads its assets ([`WorkerPool::set_context`](super::WorkerPool::set_context)).
+#[derive(Clone, Debug)]
+pub struct PromptContext {
+    /// The verbs plans may use.
+    pub registry: Arc<ActionRegistry>,
+    /// How prompts are laid out.
+    pub layout: PromptLayout,
+    /// Bounds for grammars.
+    pub limits: GrammarLimits,
+    /// How tokens are chosen per kind, and the seed.
+    pub sampling: SamplingConfig,
+    /// The most tokens an agent's snapshot may take.
+    pub snapshot_tokens: usize,
+    trees: Vec<PrefixTree>,
+}
+
+impl PromptContext {
+    /// A context with one prefix tree per output format, each holding `personas`.
+    pub fn new(
+        template: &ChatTemplate,
+        rules: &PromptRules,
+        registry: Arc<ActionRegistry>,
+        personas: &[Persona],
+        config: &HivemindConfig,
+    ) -> Self {
+        let trees = [
+            OutputFormat::FreePlan,
+            OutputFormat::Guided,
+            OutputFormat::Line,
+        ]
+        .into_iter()
+        .map(|format| {
+            let mut tree = PrefixTree::new(template.clone(), format, rules, &registry);
+            for p in personas {
+                tree.insert_persona(p);
+            }
+            tree
+        })
+        .collect();
+        PromptContext {
+            registry,
+            layout: config.model.layout,
+            limits: GrammarLimits {
+                max_steps: config.budgets.max_plan_steps,
+                max_say_chars: config.budgets.max_say_chars,
+            },
+            sampling: config.sampling,
+            snapshot_tokens: config.budgets.snapshot_tokens,
+            trees,
+        }
+    }
+
+    /// The prefix tree of `format`.
+    pub fn tree(&self, format: OutputFormat) -> &PrefixTree {
+        // `new` builds one tree per format, in this order.
+        let index = match format {
+            OutputFormat::FreePlan => 0,
+            OutputFormat::Guided => 1,
+            OutputFormat::Line => 2,
+        };
+        &self.trees[index]
+    }
+
+    /// Builds the batch for `jobs` (all of one kind and format, in batch order). A job whose
+    /// grammar cannot be built is returned apart with the reason.
+    pub(super) fn build_batch(
+        &self,
+        id: u64,
+        tick: u64,
+        kind: RequestKind,
+        jobs: &[&PendingJob],
+    ) -> (Batch, Vec<(usize, GrammarError)>) {
+        let format = jobs
+            .first()
+            .map_or(OutputFormat::FreePlan, |j| j.request.task.format());
+        let tree = self.tree(format);
+        let mut failed = Vec::new();
+        let mut agents = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            let snapshot = Arc::new(job.request.snapshot.fit_to_budget(self.snapshot_tokens));
+            let grammar = match self.grammar(format, &[(&snapshot, &job.request.task)]) {
+                Ok(g) => g.text,
+                Err(e) => {
+                    failed.push((i, e));
+                    continue;
+                }
+            };
+            let request = AgentRequest {
+                agent: job.request.agent,
+                persona: &job.request.persona,
+                snapshot: &snapshot,
+                task: job.request.task.clone(),
+            };
+            agents.push(BatchAgent {
+                job: job.id,
+                agent: job.request.agent,
+                persona: job.request.persona.clone(),
+                task: job.request.task.clone(),
+                prompt: tree.sequence(&request),
+                grammar,
+                snapshot,
+            });
+        }
+        let shared = match self.layout {
+            PromptLayout::SharedPrompt if !agents.is_empty() => {
+                let requests: Vec<AgentRequest<'_>> = agents
+                    .iter()
+                    .map(|a| AgentRequest {
+                        agent: a.agent,
+                        persona: &a.persona,
+                        snapshot: &a.snapshot,
+                        task: a.task.clone(),
+                    })
+                    .collect();
+                let pairs: Vec<(&WorldSnapshot, &AgentTask)> =
+                    agents.iter().map(|a| (&*a.snapshot, &a.task)).collect();
+                // Every agent's own grammar built, so the joint one builds too.
+                self.grammar(format, &pairs).ok().map(|g| SharedStream {
+                    prompt: tree.shared(&requests),
+                    grammar: g.text,
+                })
+            }
+            _ => None,
+        };
+        let mut seed = crate::prompt::Fnv64::new();
+        seed.write(&self.sampling.seed.to_le_bytes());
+        seed.write(&tick.to_le_bytes());
+        for a in &agents {
+            seed.write(&a.agent.0.to_le_bytes());
+        }
+        let batch = Batch {
+            id,
+            tick,
+            kind,
+            format,
+            layout: if shared.is_some() {
+                PromptLayout::SharedPrompt
+            } else {
+                PromptLayout::ParallelSequences
+            },
+            sampling: self.sampling.for_kind(kind),
+            seed: seed.finish(),
+            agents,
+            shared,
+        };
+        (batch, failed)
+    }
+
+    fn grammar(
+        &self,
+        format: OutputFormat,
+        agents: &[(&WorldSnapshot, &AgentTask)],
+    ) -> Result<Grammar, GrammarError> {
+        let agents: Vec<GrammarAgent<'_>> = agents
+            .iter()
+            .map(|(snapshot, task)| {
+                let options = match task {
+                    AgentTask::Guided { options } => options.len(),
+                    _ => 0,
+                };
+                GrammarAgent::new(snapshot).with_options(options)
+            })
+            .collect();
+        Grammar::build(format, &self.registry, &agents, self.limits)
+    }
+}

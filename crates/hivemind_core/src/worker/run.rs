@@ -1,0 +1,462 @@
+//! A worker thread: builds its backend, runs batches, parses and stamps what they write.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, PoisonError};
+
+use crossbeam_channel::Receiver;
+
+use super::{
+    CANCELLED, JobFailure, JobOutcome, PendingJob, QUEUED, RUNNING, SHED, Shared, WorkItem,
+    WorkerEvent, WorkerEventKind,
+};
+use crate::action::ActionRegistry;
+use crate::backend::{BackendError, Batch, BatchSink, InferenceBackend, JobId, TokenUsage};
+use crate::clock::{Clock, Deadline, Timestamp};
+use crate::snapshot::{AgentId, WorldSnapshot};
+use crate::stream::{StreamEvent, StreamParser};
+
+struct Built {
+    generation: u64,
+    backend: Box<dyn InferenceBackend>,
+}
+
+pub(super) fn worker_loop(shared: &Shared, work: &Receiver<WorkItem>) {
+    let mut built: Option<Built> = None;
+    while let Ok(item) = work.recv() {
+        shared.waiting.fetch_sub(item.jobs.len(), Ordering::AcqRel);
+        let mut run = Run::new(shared, item);
+        if shared.stopping.load(Ordering::Acquire) {
+            run.fail_unfinished(&JobFailure::Shutdown);
+            continue;
+        }
+        // Everything that touches the backend or model output runs under `catch_unwind`, so a
+        // panic costs this batch's jobs (answered below) and the backend, never the thread.
+        let result = catch_unwind(AssertUnwindSafe(|| run.execute(&mut built)));
+        if let Err(panic) = result {
+            built = None;
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            run.fail_unfinished(&JobFailure::Panicked(message));
+        }
+        let leftover = if shared.stopping.load(Ordering::Acquire) {
+            JobFailure::Shutdown
+        } else {
+            JobFailure::Backend(BackendError::Failed(
+                "the stream ended without an answer".into(),
+            ))
+        };
+        run.fail_unfinished(&leftover);
+    }
+}
+
+/// One job as the worker tracks it.
+struct Slot {
+    id: JobId,
+    agent: AgentId,
+    deadline: Deadline,
+    submitted: Timestamp,
+    state: Arc<AtomicU8>,
+    snapshot: Option<Arc<WorldSnapshot>>,
+    finished: bool,
+    produced: bool,
+    crossed: bool,
+    steps: usize,
+    usage: TokenUsage,
+}
+
+struct Run<'s> {
+    shared: &'s Shared,
+    clock: Clock,
+    item_jobs: Vec<PendingJob>,
+    slots: Vec<Slot>,
+    batch_id: u64,
+    tick: u64,
+    kind: crate::plan::RequestKind,
+}
+
+impl<'s> Run<'s> {
+    fn new(shared: &'s Shared, item: WorkItem) -> Self {
+        let slots = item
+            .jobs
+            .iter()
+            .map(|j| Slot {
+                id: j.id,
+                agent: j.request.agent,
+                deadline: j.request.deadline,
+                submitted: j.submitted,
+                state: Arc::clone(&j.state),
+                snapshot: None,
+                finished: false,
+                produced: false,
+                crossed: false,
+                steps: 0,
+                usage: TokenUsage::default(),
+            })
+            .collect();
+        Run {
+            shared,
+            clock: shared.clock.clone(),
+            batch_id: item.batch_id,
+            tick: item.tick,
+            kind: item.kind,
+            item_jobs: item.jobs,
+            slots,
+        }
+    }
+
+    fn emit(&self, slot: usize, at: Timestamp, kind: WorkerEventKind) {
+        let s = &self.slots[slot];
+        let _ = self.shared.events.send(WorkerEvent {
+            job: s.id,
+            agent: s.agent,
+            at,
+            kind,
+        });
+    }
+
+    fn finish(&mut self, slot: usize, at: Timestamp, outcome: JobOutcome) {
+        if self.slots[slot].finished {
+            return;
+        }
+        self.slots[slot].finished = true;
+        self.emit(slot, at, WorkerEventKind::Finished(outcome));
+    }
+
+    fn fail_unfinished(&mut self, failure: &JobFailure) {
+        let now = self.clock.now();
+        for i in 0..self.slots.len() {
+            if self.slots[i].finished {
+                continue;
+            }
+            let outcome = if self.slots[i].state.load(Ordering::Acquire) == CANCELLED {
+                JobOutcome::Cancelled
+            } else {
+                JobOutcome::Failed(failure.clone())
+            };
+            self.finish(i, now, outcome);
+        }
+    }
+
+    fn execute(&mut self, built: &mut Option<Built>) {
+        let now = self.clock.now();
+        let congested = self.shared.waiting.load(Ordering::Acquire) > 0;
+        // Claim every job; those cancelled or shed while they waited end here.
+        for i in 0..self.slots.len() {
+            let state = &self.slots[i].state;
+            match state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let late = !self.clock.is_virtual() && self.slots[i].deadline.has_passed(now);
+                    if late && congested {
+                        self.finish(i, now, JobOutcome::Failed(JobFailure::Expired));
+                    }
+                }
+                Err(SHED) => self.finish(i, now, JobOutcome::Failed(JobFailure::Overflow)),
+                Err(_) => self.finish(i, now, JobOutcome::Cancelled),
+            }
+        }
+        let live: Vec<usize> = (0..self.slots.len())
+            .filter(|i| !self.slots[*i].finished)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+
+        let (generation, factory) = {
+            let f = self
+                .shared
+                .factory
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            (f.0, Arc::clone(&f.1))
+        };
+        if built.as_ref().is_none_or(|b| b.generation != generation) {
+            *built = None;
+            match factory.build() {
+                Ok(backend) => {
+                    *built = Some(Built {
+                        generation,
+                        backend,
+                    });
+                }
+                Err(e) => {
+                    self.fail_unfinished(&JobFailure::Backend(e));
+                    return;
+                }
+            }
+        }
+        let Some(Built { backend, .. }) = built.as_mut() else {
+            return;
+        };
+        let backend_id = backend.id();
+
+        let context = Arc::clone(
+            &self
+                .shared
+                .context
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let jobs: Vec<&PendingJob> = live.iter().map(|i| &self.item_jobs[*i]).collect();
+        let (batch, failed) = context.build_batch(self.batch_id, self.tick, self.kind, &jobs);
+        for (j, error) in failed {
+            self.finish(
+                live[j],
+                now,
+                JobOutcome::Failed(JobFailure::Invalid(error.to_string())),
+            );
+        }
+        // Map batch agents back to slots.
+        let slot_of: Vec<usize> = batch
+            .agents
+            .iter()
+            .map(|a| {
+                self.slots
+                    .iter()
+                    .position(|s| s.id == a.job)
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        for (a, &slot) in batch.agents.iter().zip(&slot_of) {
+            if let Some(s) = self.slots.get_mut(slot) {
+                s.snapshot = Some(Arc::clone(&a.snapshot));
+            }
+        }
+        let size = batch.agents.len();
+        for &slot in &slot_of {
+            if slot < self.slots.len() {
+                let queue_wait = now.since(self.slots[slot].submitted);
+                let started = WorkerEventKind::Started {
+                    backend: backend_id,
+                    batch: batch.id,
+                    batch_size: size,
+                    queue_wait,
+                };
+                self.emit(slot, now, started);
+            }
+        }
+        if batch.agents.is_empty() {
+            return;
+        }
+
+        let mut sink = Sink::new(self, &batch, slot_of, &context.registry, now);
+        let result = backend.run(&batch, &mut sink);
+        let outcome_of_run = result.err();
+        drop(sink);
+        if let Some(error) = outcome_of_run {
+            self.fail_unfinished(&JobFailure::Backend(error));
+        }
+    }
+}
+
+/// Receives a backend's text for one batch: parses it per stream, validates steps, stamps
+/// events and finishes jobs.
+struct Sink<'r, 's> {
+    run: &'r mut Run<'s>,
+    registry: &'r ActionRegistry,
+    start: Timestamp,
+    /// For each stream: its parser, and the slots it answers for.
+    streams: Vec<(StreamParser, Vec<usize>)>,
+    /// Shared layout: agent id → slot.
+    by_agent: HashMap<AgentId, usize>,
+    events: Vec<StreamEvent>,
+}
+
+impl<'r, 's> Sink<'r, 's> {
+    fn new(
+        run: &'r mut Run<'s>,
+        batch: &Batch,
+        slot_of: Vec<usize>,
+        registry: &'r ActionRegistry,
+        start: Timestamp,
+    ) -> Self {
+        let (streams, by_agent) = if batch.shared.is_some() {
+            let by_agent = batch
+                .agents
+                .iter()
+                .zip(&slot_of)
+                .map(|(a, s)| (a.agent, *s))
+                .collect();
+            (vec![(StreamParser::new(batch.format), slot_of)], by_agent)
+        } else {
+            let streams = batch
+                .agents
+                .iter()
+                .zip(slot_of)
+                .map(|(a, s)| (StreamParser::new(batch.format).with_agent(a.agent), vec![s]))
+                .collect();
+            (streams, HashMap::new())
+        };
+        Sink {
+            run,
+            registry,
+            start,
+            streams,
+            by_agent,
+            events: Vec::new(),
+        }
+    }
+
+    fn slot_for(&self, stream: usize, agent: AgentId) -> Option<usize> {
+        if self.by_agent.is_empty() {
+            self.streams
+                .get(stream)
+                .and_then(|(_, slots)| slots.first().copied())
+        } else {
+            self.by_agent.get(&agent).copied()
+        }
+    }
+
+    fn is_live(&self, slot: usize) -> bool {
+        self.run.slots.get(slot).is_some_and(|s| !s.finished)
+    }
+
+    /// Ends jobs the game cancelled since the last look.
+    fn reap_cancelled(&mut self, stream: usize, at: Timestamp) {
+        let Some((_, slots)) = self.streams.get(stream) else {
+            return;
+        };
+        for slot in slots.clone() {
+            if self.is_live(slot) && self.run.slots[slot].state.load(Ordering::Acquire) == CANCELLED
+            {
+                self.run.finish(slot, at, JobOutcome::Cancelled);
+            }
+        }
+    }
+
+    fn fail_stream(&mut self, stream: usize, failure: &JobFailure, at: Timestamp) {
+        let Some((_, slots)) = self.streams.get(stream) else {
+            return;
+        };
+        for slot in slots.clone() {
+            if self.is_live(slot) {
+                self.run
+                    .finish(slot, at, JobOutcome::Failed(failure.clone()));
+            }
+        }
+    }
+}
+
+impl BatchSink for Sink<'_, '_> {
+    fn text(&mut self, stream: usize, text: &str, usage: TokenUsage) {
+        let at = self
+            .run
+            .clock
+            .stamp(self.start, usage.prompt_tokens, usage.generated_tokens);
+        self.reap_cancelled(stream, at);
+        let Some((parser, slots)) = self.streams.get_mut(stream) else {
+            return;
+        };
+        if parser.error().is_some() {
+            return;
+        }
+        for &slot in slots.iter() {
+            if let Some(s) = self.run.slots.get_mut(slot) {
+                s.usage = usage;
+            }
+        }
+        let fed = parser.feed(text.as_bytes(), &mut self.events);
+        let slots = slots.clone();
+        let events = std::mem::take(&mut self.events);
+        for event in events {
+            let Some(slot) = self.slot_for(stream, event.agent()) else {
+                continue;
+            };
+            if !self.is_live(slot) {
+                continue;
+            }
+            let kind = match event {
+                StreamEvent::Step { step, .. } => {
+                    let s = &self.run.slots[slot];
+                    let check = s
+                        .snapshot
+                        .as_deref()
+                        .map(|snap| self.registry.validate_step(&step, snap));
+                    if let Some(Err(e)) = check {
+                        self.run.finish(
+                            slot,
+                            at,
+                            JobOutcome::Failed(JobFailure::Invalid(format!(
+                                "step {}: {e}",
+                                s.steps
+                            ))),
+                        );
+                        continue;
+                    }
+                    let index = s.steps;
+                    self.run.slots[slot].steps += 1;
+                    WorkerEventKind::Step { index, step }
+                }
+                StreamEvent::Intent { intent, .. } => WorkerEventKind::Intent { intent },
+                StreamEvent::Words { text, .. } => WorkerEventKind::Words { text },
+                StreamEvent::Done { .. } => {
+                    let usage = self.run.slots[slot].usage;
+                    self.run.finish(slot, at, JobOutcome::Completed { usage });
+                    continue;
+                }
+            };
+            let s = &mut self.run.slots[slot];
+            if !s.produced && !s.deadline.is_met_by(at) && self.run.clock.is_virtual() && !s.crossed
+            {
+                s.crossed = true;
+                self.run.emit(slot, at, WorkerEventKind::DeadlineCrossed);
+            }
+            self.run.slots[slot].produced = true;
+            self.run.emit(slot, at, kind);
+        }
+        // A virtual clock also learns of a crossed deadline when nothing was produced.
+        if self.run.clock.is_virtual() {
+            for &slot in &slots {
+                let s = &mut self.run.slots[slot];
+                if !s.finished && !s.produced && !s.crossed && !s.deadline.is_met_by(at) {
+                    s.crossed = true;
+                    self.run.emit(slot, at, WorkerEventKind::DeadlineCrossed);
+                }
+            }
+        }
+        if let Err(e) = fed {
+            self.fail_stream(stream, &JobFailure::Parse(e.to_string()), at);
+        }
+    }
+
+    fn done(&mut self, stream: usize, usage: TokenUsage) {
+        let at = self
+            .run
+            .clock
+            .stamp(self.start, usage.prompt_tokens, usage.generated_tokens);
+        self.reap_cancelled(stream, at);
+        let Some((parser, _)) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let mut rest = Vec::new();
+        let failure = match parser.finish(&mut rest) {
+            Ok(()) => JobFailure::Parse("the output ended before this agent's answer".into()),
+            Err(e) => JobFailure::Parse(e.to_string()),
+        };
+        self.fail_stream(stream, &failure, at);
+    }
+
+    fn error(&mut self, stream: usize, error: BackendError) {
+        let at = self.run.clock.now();
+        self.reap_cancelled(stream, at);
+        self.fail_stream(stream, &JobFailure::Backend(error), at);
+    }
+
+    fn is_cancelled(&self, stream: usize) -> bool {
+        if self.run.shared.stopping.load(Ordering::Acquire) {
+            return true;
+        }
+        self.streams.get(stream).is_none_or(|(_, slots)| {
+            slots.iter().all(|&s| {
+                self.run
+                    .slots
+                    .get(s)
+                    .is_none_or(|s| s.finished || s.state.load(Ordering::Acquire) == CANCELLED)
+            })
+        })
+    }
+}

@@ -1,0 +1,634 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::action::tests::{arena_registry, flanking_guard};
+use crate::backend::{
+    BatchAgent, FnFactory, InferenceBackend, Latency, Recorder, ReplayBackend, Script,
+    ScriptedBackend, Transcript,
+};
+use crate::config::{HivemindConfig, PromptLayout, Throughput};
+use crate::plan::OutputFormat;
+use crate::prompt::{ChatTemplate, Persona, PromptRules};
+use crate::snapshot::Point;
+
+fn context(layout: PromptLayout) -> Arc<PromptContext> {
+    let mut config = HivemindConfig::default();
+    config.model.layout = layout;
+    Arc::new(PromptContext::new(
+        &ChatTemplate::chatml(),
+        &PromptRules {
+            preamble: "You plan for NPCs.".into(),
+            ..Default::default()
+        },
+        Arc::new(arena_registry()),
+        &[Persona {
+            name: "veteran".into(),
+            voice: "Gruff.".into(),
+        }],
+        &config,
+    ))
+}
+
+fn scripted(script: Script, latency: Latency) -> Arc<dyn BackendFactory> {
+    FnFactory::new(BackendId::Scripted, move || {
+        Ok(
+            Box::new(ScriptedBackend::new(Arc::clone(&script)).with_latency(latency))
+                as Box<dyn InferenceBackend>,
+        )
+    })
+}
+
+/// A script that attacks the first enemy in sight, then says something.
+fn attacker() -> Script {
+    Arc::new(|a: &BatchAgent, format: OutputFormat| match format {
+        OutputFormat::FreePlan => {
+            let target = a
+                .snapshot
+                .entities_in("enemy")
+                .map(|e| e.id.0)
+                .min()
+                .unwrap_or(0);
+            format!(
+                "{{\"agent\":{},\"steps\":[{{\"act\":\"Attack\",\"target\":{target}}},{{\"act\":\"Say\",\"text\":\"Got you\"}}]}}",
+                a.agent
+            )
+        }
+        _ => format!("{{\"agent\":{},\"say\":\"Hold the line\"}}", a.agent),
+    })
+}
+
+fn guard(id: u32) -> WorldSnapshot {
+    let mut s = flanking_guard();
+    s.agent = AgentId(id);
+    s.position = Point::new(id as i32 % 20, 5);
+    s
+}
+
+fn plan_request(id: u32, deadline: Deadline) -> JobRequest {
+    JobRequest {
+        agent: AgentId(id),
+        persona: "veteran".into(),
+        task: AgentTask::Plan,
+        snapshot: guard(id),
+        deadline,
+    }
+}
+
+fn batching(workers: usize, max_batch: usize, capacity: usize) -> BatchingConfig {
+    BatchingConfig {
+        workers,
+        max_batch,
+        queue_capacity: capacity,
+        overflow: OverflowPolicy::RejectNew,
+    }
+}
+
+fn far() -> Deadline {
+    Deadline::after(Timestamp::ZERO, Duration::from_secs(3600))
+}
+
+/// Drains until every job in `jobs` has finished (or a generous timeout passes).
+fn drain(pool: &mut WorkerPool, jobs: &BTreeSet<JobId>) -> Vec<WorkerEvent> {
+    let mut events = Vec::new();
+    let mut open = jobs.clone();
+    for _ in 0..2_000 {
+        if open.is_empty() {
+            break;
+        }
+        if let Some(e) = pool.recv_timeout(Duration::from_millis(50)) {
+            if matches!(e.kind, WorkerEventKind::Finished(_)) {
+                open.remove(&e.job);
+            }
+            events.push(e);
+        }
+    }
+    assert!(open.is_empty(), "jobs never finished: {open:?}");
+    events
+}
+
+fn outcome(events: &[WorkerEvent], job: JobId) -> &JobOutcome {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            WorkerEventKind::Finished(o) if e.job == job => Some(o),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_plan_streams_validated_steps_then_finishes() {
+    let mut pool = WorkerPool::new(
+        batching(1, 16, 64),
+        scripted(attacker(), Latency::Virtual),
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let job = pool.submit(plan_request(3, far()), 0);
+    pool.dispatch();
+    let events = drain(&mut pool, &BTreeSet::from([job]));
+    let kinds: Vec<&WorkerEventKind> = events.iter().map(|e| &e.kind).collect();
+    assert!(matches!(
+        kinds[0],
+        WorkerEventKind::Started {
+            backend: BackendId::Scripted,
+            batch_size: 1,
+            ..
+        }
+    ));
+    let WorkerEventKind::Step { index: 0, step } = kinds[1] else {
+        panic!("{kinds:?}")
+    };
+    assert_eq!(step.to_string(), "Attack(target=7)");
+    assert!(matches!(kinds[2], WorkerEventKind::Step { index: 1, .. }));
+    assert!(matches!(
+        kinds[3],
+        WorkerEventKind::Finished(JobOutcome::Completed { .. })
+    ));
+    assert_eq!(kinds.len(), 4);
+    // Stamps come from token counts and only grow.
+    assert!(events.windows(2).all(|w| w[0].at <= w[1].at));
+    assert!(events[1].at > Timestamp::ZERO);
+}
+
+#[test]
+fn batches_are_the_same_whatever_the_number_of_workers() {
+    let run = |workers: usize| {
+        let mut pool = WorkerPool::new(
+            batching(workers, 4, 256),
+            scripted(attacker(), Latency::Virtual),
+            context(PromptLayout::ParallelSequences),
+            Clock::lockstep(Throughput::default()),
+        );
+        let mut jobs = BTreeSet::new();
+        // Submitted out of order, over two ticks.
+        for (tick, ids) in [(0u64, [9u32, 2, 7, 4, 11, 1]), (1, [5, 3, 8, 6, 10, 12])] {
+            for id in ids {
+                jobs.insert(pool.submit(plan_request(id, far()), tick));
+            }
+            pool.dispatch();
+        }
+        let events = drain(&mut pool, &jobs);
+        let mut batches: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        let mut per_job: BTreeMap<u32, Vec<(Timestamp, String)>> = BTreeMap::new();
+        for e in &events {
+            match &e.kind {
+                WorkerEventKind::Started { batch, .. } => {
+                    batches.entry(*batch).or_default().insert(e.agent.0);
+                }
+                other => per_job
+                    .entry(e.agent.0)
+                    .or_default()
+                    .push((e.at, format!("{other:?}"))),
+            }
+        }
+        (batches, per_job)
+    };
+    let one = run(1);
+    assert_eq!(one.0.len(), 4, "two ticks of six jobs in batches of four");
+    assert_eq!(one.0[&0], BTreeSet::from([1, 2, 4, 7]));
+    assert_eq!(one, run(3));
+}
+
+#[test]
+fn a_full_queue_answers_the_newcomer_with_overflow() {
+    let mut pool = WorkerPool::new(
+        batching(1, 16, 2),
+        scripted(attacker(), Latency::Virtual),
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let jobs: BTreeSet<JobId> = (1..=5)
+        .map(|id| pool.submit(plan_request(id, far()), 0))
+        .collect();
+    pool.dispatch();
+    let events = drain(&mut pool, &jobs);
+    let overflowed: Vec<u32> = events
+        .iter()
+        .filter(|e| e.kind == WorkerEventKind::Finished(JobOutcome::Failed(JobFailure::Overflow)))
+        .map(|e| e.agent.0)
+        .collect();
+    assert_eq!(overflowed, vec![3, 4, 5]);
+    assert_eq!(
+        JobFailure::Overflow.fallback_reason(),
+        FallbackReason::Overflow
+    );
+}
+
+#[test]
+fn shedding_ends_the_job_with_the_latest_deadline() {
+    let mut config = batching(1, 16, 2);
+    config.overflow = OverflowPolicy::ShedLatestDeadline;
+    let mut pool = WorkerPool::new(
+        config,
+        scripted(attacker(), Latency::Virtual),
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let at = |ms| Deadline::after(Timestamp::ZERO, Duration::from_millis(ms));
+    let relaxed = pool.submit(plan_request(1, at(900)), 0);
+    let urgent = pool.submit(plan_request(2, at(100)), 0);
+    let newcomer = pool.submit(plan_request(3, at(200)), 0);
+    let too_late = pool.submit(plan_request(4, at(5000)), 0);
+    pool.dispatch();
+    let events = drain(
+        &mut pool,
+        &BTreeSet::from([relaxed, urgent, newcomer, too_late]),
+    );
+    let overflow = JobOutcome::Failed(JobFailure::Overflow);
+    assert_eq!(outcome(&events, relaxed), &overflow);
+    assert_eq!(outcome(&events, too_late), &overflow);
+    assert!(matches!(
+        outcome(&events, urgent),
+        JobOutcome::Completed { .. }
+    ));
+    assert!(matches!(
+        outcome(&events, newcomer),
+        JobOutcome::Completed { .. }
+    ));
+}
+
+#[test]
+fn cancelling_ends_a_job_once_whether_pending_or_running() {
+    let mut pool = WorkerPool::new(
+        batching(1, 16, 64),
+        scripted(
+            attacker(),
+            Latency::Real {
+                prompt: Duration::ZERO,
+                per_token: Duration::from_millis(5),
+            },
+        ),
+        context(PromptLayout::ParallelSequences),
+        Clock::real_time(),
+    );
+    let pending = pool.submit(plan_request(1, far()), 0);
+    pool.cancel(pending);
+    let running = pool.submit(plan_request(2, far()), 0);
+    let bystander = pool.submit(plan_request(3, far()), 0);
+    pool.dispatch();
+    // Wait until the batch has started, then cancel one of its jobs mid-stream.
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e: &WorkerEvent| matches!(e.kind, WorkerEventKind::Started { .. }))
+    {
+        events.extend(pool.recv_timeout(Duration::from_millis(100)));
+    }
+    pool.cancel(running);
+    events.extend(drain(&mut pool, &BTreeSet::from([running, bystander])));
+    assert_eq!(outcome(&events, pending), &JobOutcome::Cancelled);
+    assert_eq!(outcome(&events, running), &JobOutcome::Cancelled);
+    assert!(matches!(
+        outcome(&events, bystander),
+        JobOutcome::Completed { .. }
+    ));
+    for job in [pending, running, bystander] {
+        let finished = events
+            .iter()
+            .filter(|e| e.job == job && matches!(e.kind, WorkerEventKind::Finished(_)))
+            .count();
+        assert_eq!(finished, 1);
+    }
+}
+
+#[test]
+fn a_panicking_backend_fails_its_batch_and_the_worker_recovers() {
+    let script: Script = Arc::new(|a: &BatchAgent, f: OutputFormat| {
+        assert!(a.agent != AgentId(13), "the model fell over");
+        attacker()(a, f)
+    });
+    let mut pool = WorkerPool::new(
+        batching(1, 2, 64),
+        scripted(script, Latency::Virtual),
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let doomed = pool.submit(plan_request(13, far()), 0);
+    let neighbour = pool.submit(plan_request(12, far()), 0);
+    pool.dispatch();
+    let later = pool.submit(plan_request(5, far()), 1);
+    pool.dispatch();
+    let events = drain(&mut pool, &BTreeSet::from([doomed, neighbour, later]));
+    for job in [doomed, neighbour] {
+        let JobOutcome::Failed(failure @ JobFailure::Panicked(message)) = outcome(&events, job)
+        else {
+            panic!("{:?}", outcome(&events, job))
+        };
+        assert!(message.contains("the model fell over"));
+        assert_eq!(failure.fallback_reason(), FallbackReason::BackendError);
+    }
+    assert!(matches!(
+        outcome(&events, later),
+        JobOutcome::Completed { .. }
+    ));
+}
+
+#[test]
+fn the_backend_can_be_swapped_while_running() {
+    let mut pool = WorkerPool::new(
+        batching(2, 16, 64),
+        scripted(attacker(), Latency::Virtual),
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let first = pool.submit(plan_request(1, far()), 0);
+    pool.dispatch();
+    drain(&mut pool, &BTreeSet::from([first]));
+    let transcript = Arc::new(Transcript::new());
+    pool.set_backend(FnFactory::new(BackendId::Replay, move || {
+        Ok(Box::new(ReplayBackend::new(Arc::clone(&transcript))) as Box<dyn InferenceBackend>)
+    }));
+    assert_eq!(pool.backend_id(), BackendId::Replay);
+    let second = pool.submit(plan_request(1, far()), 1);
+    pool.dispatch();
+    let events = drain(&mut pool, &BTreeSet::from([second]));
+    assert!(events.iter().any(|e| matches!(
+        e.kind,
+        WorkerEventKind::Started {
+            backend: BackendId::Replay,
+            ..
+        }
+    )));
+    // The empty transcript has nothing for this prompt.
+    assert!(matches!(
+        outcome(&events, second),
+        JobOutcome::Failed(JobFailure::Backend(BackendError::NoRecording { .. }))
+    ));
+}
+
+#[test]
+fn a_recorded_session_replays_identically() {
+    let transcript = Arc::new(Mutex::new(Transcript::new()));
+    let recorded = Arc::clone(&transcript);
+    let recording = FnFactory::new(BackendId::Scripted, move || {
+        let inner = Box::new(ScriptedBackend::new(attacker()));
+        Ok(Box::new(Recorder::new(inner, Arc::clone(&recorded))) as Box<dyn InferenceBackend>)
+    });
+    let session = |factory: Arc<dyn BackendFactory>| {
+        let mut pool = WorkerPool::new(
+            batching(1, 4, 64),
+            factory,
+            context(PromptLayout::ParallelSequences),
+            Clock::manual(),
+        );
+        let jobs: BTreeSet<JobId> = (1..=6)
+            .map(|id| pool.submit(plan_request(id, far()), 0))
+            .collect();
+        pool.dispatch();
+        drain(&mut pool, &jobs)
+            .into_iter()
+            .filter(|e| !matches!(e.kind, WorkerEventKind::Started { .. }))
+            .map(|e| (e.job, e.at, e.kind))
+            .collect::<Vec<_>>()
+    };
+    let live = session(recording);
+    let path =
+        std::env::temp_dir().join(format!("hivemind-transcript-{}.jsonl", std::process::id()));
+    transcript.lock().unwrap().save(&path).unwrap();
+    let loaded = Arc::new(Transcript::load(&path).unwrap());
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(loaded.streams().len(), 6);
+    let replayed = session(FnFactory::new(BackendId::Replay, move || {
+        Ok(Box::new(ReplayBackend::new(Arc::clone(&loaded))) as Box<dyn InferenceBackend>)
+    }));
+    let sorted = |mut v: Vec<(JobId, Timestamp, WorkerEventKind)>| {
+        v.sort_by_key(|(job, at, _)| (*job, *at));
+        v
+    };
+    assert_eq!(sorted(live), sorted(replayed));
+}
+
+#[test]
+fn an_invalid_step_keeps_the_earlier_ones_and_fails_the_job() {
+    let script: Script = Arc::new(|a: &BatchAgent, _| {
+        format!(
+            "{{\"agent\":{},\"steps\":[{{\"act\":\"Reload\"}},{{\"act\":\"Attack\",\"target\":999}}]}}",
+            a.agent
+        )
+    });
+    let mut pool = WorkerPool::new(
+        batching(1, 16, 64),
+        scripted(script, Latency::Virtual),
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let job = pool.submit(plan_request(3, far()), 0);
+    pool.dispatch();
+    let events = drain(&mut pool, &BTreeSet::from([job]));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, WorkerEventKind::Step { .. }))
+            .count(),
+        1
+    );
+    let JobOutcome::Failed(JobFailure::Invalid(why)) = outcome(&events, job) else {
+        panic!()
+    };
+    assert!(why.contains("999"), "{why}");
+}
+
+#[test]
+fn lockstep_reports_a_crossed_deadline_before_late_output() {
+    // 10 generated tokens per second: the first step needs several, far past a 100 ms deadline.
+    let slow = Throughput {
+        prompt_tokens_per_sec: 1e9,
+        generated_tokens_per_sec: 10.0,
+    };
+    let mut pool = WorkerPool::new(
+        batching(1, 16, 64),
+        scripted(attacker(), Latency::Virtual),
+        context(PromptLayout::ParallelSequences),
+        Clock::lockstep(slow),
+    );
+    let tight = pool.submit(
+        plan_request(
+            3,
+            Deadline::after(Timestamp::ZERO, Duration::from_millis(100)),
+        ),
+        0,
+    );
+    let loose = pool.submit(plan_request(4, far()), 0);
+    pool.dispatch();
+    let events = drain(&mut pool, &BTreeSet::from([tight, loose]));
+    let tight_kinds: Vec<&WorkerEventKind> = events
+        .iter()
+        .filter(|e| e.job == tight)
+        .map(|e| &e.kind)
+        .collect();
+    assert!(
+        matches!(tight_kinds[1], WorkerEventKind::DeadlineCrossed),
+        "{tight_kinds:?}"
+    );
+    assert_eq!(
+        tight_kinds
+            .iter()
+            .filter(|k| matches!(k, WorkerEventKind::DeadlineCrossed))
+            .count(),
+        1
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.job == loose && e.kind == WorkerEventKind::DeadlineCrossed)
+    );
+}
+
+#[test]
+fn the_shared_layout_routes_each_object_to_its_job() {
+    let mut pool = WorkerPool::new(
+        batching(1, 16, 64),
+        scripted(attacker(), Latency::Virtual),
+        context(PromptLayout::SharedPrompt),
+        Clock::manual(),
+    );
+    let jobs: BTreeSet<JobId> = [4, 2, 9]
+        .map(|id| pool.submit(plan_request(id, far()), 0))
+        .into();
+    pool.dispatch();
+    let events = drain(&mut pool, &jobs);
+    for e in &events {
+        if let WorkerEventKind::Step { step, .. } = &e.kind {
+            assert!(step.verb == "Attack" || step.verb == "Say");
+        }
+    }
+    for job in jobs {
+        assert!(matches!(
+            outcome(&events, job),
+            JobOutcome::Completed { .. }
+        ));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.job == job && matches!(e.kind, WorkerEventKind::Step { .. }))
+                .count(),
+            2
+        );
+    }
+}
+
+#[test]
+fn a_backend_that_cannot_be_built_fails_jobs_with_its_reason() {
+    let factory = FnFactory::new(BackendId::Local, || {
+        Err(BackendError::NoModel("models/x.gguf is missing".into()))
+    });
+    let mut pool = WorkerPool::new(
+        batching(1, 16, 64),
+        factory,
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let job = pool.submit(plan_request(3, far()), 0);
+    pool.dispatch();
+    let events = drain(&mut pool, &BTreeSet::from([job]));
+    let JobOutcome::Failed(failure) = outcome(&events, job) else {
+        panic!()
+    };
+    assert_eq!(failure.fallback_reason(), FallbackReason::NoModel);
+}
+
+#[test]
+fn shutdown_answers_everything_still_open() {
+    let mut pool = WorkerPool::new(
+        batching(1, 1, 64),
+        scripted(
+            attacker(),
+            Latency::Real {
+                prompt: Duration::ZERO,
+                per_token: Duration::from_millis(20),
+            },
+        ),
+        context(PromptLayout::ParallelSequences),
+        Clock::real_time(),
+    );
+    let dispatched: Vec<JobId> = (1..=3)
+        .map(|id| pool.submit(plan_request(id, far()), 0))
+        .collect();
+    pool.dispatch();
+    let held = pool.submit(plan_request(9, far()), 1);
+    pool.shutdown();
+    let mut finished = BTreeMap::new();
+    while let Some(e) = pool.try_recv() {
+        if let WorkerEventKind::Finished(o) = e.kind {
+            assert!(
+                finished.insert(e.job, o).is_none(),
+                "two outcomes for {}",
+                e.job
+            );
+        }
+    }
+    for job in dispatched.into_iter().chain([held]) {
+        assert!(finished.contains_key(&job), "{job} got no outcome");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Every job ends exactly once, and nothing follows its end, under random cancels,
+    /// panicking agents, overflow and worker counts.
+    #[test]
+    fn every_job_gets_exactly_one_outcome(
+        workers in 1usize..4,
+        max_batch in 1usize..6,
+        capacity in 4usize..40,
+        ticks in proptest::collection::vec(
+            proptest::collection::vec((0u32..40, any::<bool>(), any::<bool>()), 0..12),
+            1..5,
+        ),
+    ) {
+        let panicky = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&panicky);
+        let script: Script = Arc::new(move |a: &BatchAgent, f: OutputFormat| {
+            if flag.load(Ordering::Relaxed) && a.agent.0 % 7 == 3 {
+                panic!("agent {} tripped", a.agent);
+            }
+            attacker()(a, f)
+        });
+        let mut pool = WorkerPool::new(
+            BatchingConfig { workers, max_batch, queue_capacity: capacity, overflow: OverflowPolicy::ShedLatestDeadline },
+            scripted(script, Latency::Real { prompt: Duration::ZERO, per_token: Duration::from_micros(200) }),
+            context(PromptLayout::ParallelSequences),
+            Clock::real_time(),
+        );
+        let mut jobs = BTreeSet::new();
+        let mut events = Vec::new();
+        for (tick, requests) in ticks.iter().enumerate() {
+            let mut submitted = Vec::new();
+            for (agent, _, _) in requests {
+                let deadline = Deadline::after(pool.clock().now(), Duration::from_millis(u64::from(*agent) * 10));
+                submitted.push(pool.submit(plan_request(*agent, deadline), tick as u64));
+            }
+            for (job, (_, cancel_before, _)) in submitted.iter().zip(requests) {
+                if *cancel_before { pool.cancel(*job); }
+            }
+            pool.dispatch();
+            for (job, (_, _, cancel_after)) in submitted.iter().zip(requests) {
+                if *cancel_after { pool.cancel(*job); }
+            }
+            jobs.extend(submitted);
+            while let Some(e) = pool.try_recv() { events.push(e); }
+        }
+        panicky.store(false, Ordering::Relaxed);
+        let seen: BTreeSet<JobId> = events
+            .iter()
+            .filter(|e| matches!(e.kind, WorkerEventKind::Finished(_)))
+            .map(|e| e.job)
+            .collect();
+        events.extend(drain(&mut pool, &jobs.difference(&seen).copied().collect()));
+        let mut finished = BTreeSet::new();
+        for e in &events {
+            prop_assert!(!finished.contains(&e.job), "{:?} after {} finished", e.kind, e.job);
+            if matches!(e.kind, WorkerEventKind::Finished(_)) {
+                finished.insert(e.job);
+            }
+        }
+        prop_assert_eq!(finished, jobs);
+    }
+}
