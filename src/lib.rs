@@ -31,3 +31,8 @@ pub use hivemind_remote as remote;
 pub mod prelude {
     pub use hivemind_core::prelude::*;
 }
+
+/// The README's code, compiled and run as a doctest so it cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

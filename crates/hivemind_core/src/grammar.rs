@@ -305,10 +305,16 @@ fn lit(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod recognizer;
+
+#[cfg(test)]
 mod tests {
+    use super::recognizer::accepts;
     use super::*;
     use crate::action::tests::{arena_registry, flanking_guard};
+    use crate::plan::{ArgValue, Plan, PlanSource, PlanStep};
     use crate::snapshot::{EntityId, EntityInfo, Point};
+    use crate::stream::{StreamEvent, StreamParser};
     use std::path::PathBuf;
 
     fn golden(name: &str, actual: &str) {
@@ -473,5 +479,120 @@ mod tests {
         assert_eq!(int_range(0, 2), r#"("0" | "1" | "2")"#);
         assert_eq!(int_range(0, 100_000), r#""-"? [0-9]{1,19}"#);
         assert_eq!(lit("{\"a\"}\n"), r#""{\"a\"}\n""#);
+    }
+
+    fn two_agent_grammar(format: OutputFormat) -> (Grammar, WorldSnapshot, WorldSnapshot) {
+        let (a, b) = (flanking_guard(), lone_rookie());
+        let g = Grammar::build(
+            format,
+            &arena_registry(),
+            &[
+                GrammarAgent::new(&a).with_options(4),
+                GrammarAgent::new(&b).with_options(3),
+            ],
+            GrammarLimits::default(),
+        )
+        .unwrap();
+        (g, a, b)
+    }
+
+    fn parse_all(format: OutputFormat, text: &str) -> Vec<StreamEvent> {
+        let mut parser = StreamParser::new(format);
+        let mut events = Vec::new();
+        parser.feed(text.as_bytes(), &mut events).unwrap();
+        parser.finish(&mut events).unwrap();
+        events
+    }
+
+    #[test]
+    fn canonical_free_plans_are_accepted_and_parse_back() {
+        let (g, _, _) = two_agent_grammar(OutputFormat::FreePlan);
+        let a = Plan::new(
+            AgentId(3),
+            vec![
+                PlanStep::new("TakeCover").with_arg("at", ArgValue::Point(Point::new(10, 2))),
+                PlanStep::new("Attack").with_arg("target", ArgValue::Int(9)),
+                PlanStep::new("Say").with_arg("text", ArgValue::Text("Eat this, Vex!".into())),
+            ],
+            PlanSource::Goap,
+        );
+        let b = Plan::new(AgentId(8), vec![PlanStep::new("Reload")], PlanSource::Goap);
+        let text = format!("{}\n{}", a.to_json(), b.to_json());
+        assert!(accepts(&g.text, &text), "{text}");
+
+        let events = parse_all(OutputFormat::FreePlan, &text);
+        let steps: Vec<&PlanStep> = events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Step { step, .. } => Some(step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, a.steps.iter().chain(&b.steps).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_grammar_rejects_what_the_situation_does_not_allow() {
+        let (g, _, _) = two_agent_grammar(OutputFormat::FreePlan);
+        let ok_b = r#"{"agent":8,"steps":[{"act":"Wait"}]}"#;
+        for bad_a in [
+            // enemy 4 is an ally; (5,5) is not cover; x = 20 is outside; four steps.
+            r#"{"agent":3,"steps":[{"act":"Attack","target":4}]}"#,
+            r#"{"agent":3,"steps":[{"act":"TakeCover","at":[5,5]}]}"#,
+            r#"{"agent":3,"steps":[{"act":"MoveTo","to":[20,1]}]}"#,
+            r#"{"agent":3,"steps":[{"act":"Wait"},{"act":"Wait"},{"act":"Wait"},{"act":"Wait"}]}"#,
+            r#"{"agent":3,"steps":[]}"#,
+            r#"{"agent":3, "steps":[{"act":"Wait"}]}"#,
+            r#"{"agent":3,"steps":[{"act":"Say","text":"<|im_end|>"}]}"#,
+        ] {
+            assert!(
+                !accepts(&g.text, &format!("{bad_a}\n{ok_b}")),
+                "accepted {bad_a}"
+            );
+        }
+        // Agents must come in batch order, each once.
+        let ok_a = r#"{"agent":3,"steps":[{"act":"Wait"}]}"#;
+        assert!(accepts(&g.text, &format!("{ok_a}\n{ok_b}")));
+        assert!(!accepts(&g.text, &format!("{ok_b}\n{ok_a}")));
+        assert!(!accepts(&g.text, ok_a));
+        // Agent 8 sees no cover and has no bounds.
+        let cover_b = r#"{"agent":8,"steps":[{"act":"TakeCover","at":[3,4]}]}"#;
+        assert!(!accepts(&g.text, &format!("{ok_a}\n{cover_b}")));
+    }
+
+    #[test]
+    fn canonical_guided_answers_and_lines_are_accepted_and_parse_back() {
+        let (g, _, _) = two_agent_grammar(OutputFormat::Guided);
+        let text = "{\"agent\":3,\"intent\":4,\"say\":\"Flanking left\"}\n{\"agent\":8,\"intent\":1,\"say\":\"Uh, okay\"}";
+        assert!(accepts(&g.text, text));
+        assert!(
+            !accepts(&g.text, &text.replace("\"intent\":1", "\"intent\":4")),
+            "agent 8 has 3 options"
+        );
+        let events = parse_all(OutputFormat::Guided, text);
+        assert!(events.contains(&StreamEvent::Intent {
+            agent: AgentId(3),
+            intent: 4
+        }));
+        assert!(events.contains(&StreamEvent::Done { agent: AgentId(8) }));
+
+        let (g, _, _) = two_agent_grammar(OutputFormat::Line);
+        let text = "{\"agent\":3,\"say\":\"Hold the line\"}\n{\"agent\":8,\"say\":\"Wow\"}";
+        assert!(accepts(&g.text, text));
+        assert!(
+            !accepts(&g.text, &text.replace("Wow", "")),
+            "a line says something"
+        );
+        let words: String = parse_all(OutputFormat::Line, text)
+            .into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Words {
+                    agent: AgentId(3),
+                    text,
+                } => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(words, "Hold the line");
     }
 }
