@@ -1018,7 +1018,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            max_global_rejects: 1 << 16,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn plans_verify_reach_the_goal_and_are_no_dearer_than_brute_force(
