@@ -410,7 +410,7 @@ pub struct Budgets {
 impl Default for Budgets {
     fn default() -> Self {
         Budgets {
-            snapshot_tokens: 96,
+            snapshot_tokens: 128,
             conversation_tokens: 128,
             max_plan_steps: 3,
             max_say_chars: 80,

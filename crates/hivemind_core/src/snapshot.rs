@@ -432,34 +432,47 @@ impl WorldSnapshot {
     }
 
     /// This snapshot with the farthest entities and points dropped until its rendering fits
-    /// `max_tokens` (as counted by [`estimate_tokens`]). The agent's own line and facts are
-    /// always kept. Grammars must be built from the trimmed snapshot, so that a model can only
-    /// target what its prompt shows.
+    /// `max_tokens` (as counted by [`estimate_tokens`]).
+    ///
+    /// The agent's own line and facts are always kept, and the nearest member of every entity
+    /// and point set is dropped only when nothing else is left to drop: an agent with many
+    /// allies still knows where the one objective is. Grammars must be built from the trimmed
+    /// snapshot, so that a model can only target what its prompt shows.
     pub fn fit_to_budget(&self, max_tokens: usize) -> WorldSnapshot {
         let mut fitted = self.clone();
+        let mut keep_last_of_each_set = true;
         while estimate_tokens(&fitted.render()) > max_tokens {
+            let set_size = |set: &str| {
+                fitted.entities.iter().filter(|e| e.set == set).count()
+                    + fitted.points.iter().filter(|p| p.set == set).count()
+            };
+            let droppable = |set: &str| !keep_last_of_each_set || set_size(set) > 1;
+            // Farthest first; among equals the higher id or point, so the choice is total.
             let farthest_entity = fitted
                 .entities
                 .iter()
                 .enumerate()
-                .map(|(i, e)| (self.position.distance_squared(e.position), e.id.0, i))
+                .filter(|(_, e)| droppable(&e.set))
+                .map(|(i, e)| ((self.position.distance_squared(e.position), e.id.0), i))
                 .max();
             let farthest_point = fitted
                 .points
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (self.position.distance_squared(p.at), i))
+                .filter(|(_, p)| droppable(&p.set))
+                .map(|(i, p)| ((self.position.distance_squared(p.at), 0), i))
                 .max();
             match (farthest_entity, farthest_point) {
-                (Some((de, _, i)), Some((dp, _))) if de >= dp => {
+                (Some((de, i)), Some((dp, _))) if de.0 >= dp.0 => {
                     fitted.entities.remove(i);
                 }
                 (_, Some((_, i))) => {
                     fitted.points.remove(i);
                 }
-                (Some((_, _, i)), None) => {
+                (Some((_, i)), None) => {
                     fitted.entities.remove(i);
                 }
+                (None, None) if keep_last_of_each_set => keep_last_of_each_set = false,
                 (None, None) => break,
             }
         }
@@ -658,6 +671,22 @@ mod tests {
         let bare = full.fit_to_budget(0);
         assert!(bare.entities.is_empty() && bare.points.is_empty());
         assert!(bare.render().starts_with("self id=3"));
+    }
+
+    #[test]
+    fn fitting_keeps_one_of_every_set_while_it_can() {
+        let mut crowded = guard().with_point("objective", Point::new(19, 13));
+        for i in 0..10 {
+            crowded =
+                crowded.with_entity(EntityInfo::new(EntityId(20 + i), "ally", Point::new(4, 6)));
+        }
+        let full = estimate_tokens(&crowded.render());
+        let fitted = crowded.fit_to_budget(full / 2);
+        // The objective is the farthest thing of all, yet it is the only one of its set.
+        assert_eq!(fitted.points_in("objective").count(), 1);
+        assert!(fitted.entities_in("ally").count() < 11);
+        assert_eq!(fitted.entities_in("enemy").count().min(1), 1);
+        assert!(estimate_tokens(&fitted.render()) <= full / 2);
     }
 
     #[test]

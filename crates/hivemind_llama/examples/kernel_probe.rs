@@ -62,9 +62,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         prompt_rates.push(tokens.len() as f64 / start.elapsed().as_secs_f64());
 
         let start = Instant::now();
-        let mut pos = tokens.len() as i32;
         let mut logits_at = batch.n_tokens() - 1;
-        for _ in 0..GENERATED {
+        for pos in (tokens.len() as i32..).take(GENERATED) {
             let logits = ctx.get_logits_ith(logits_at);
             let next = logits
                 .iter()
@@ -74,7 +73,6 @@ fn main() -> Result<(), Box<dyn Error>> {
             batch.clear();
             batch.add(llama_cpp_2::token::LlamaToken(next), pos, &[0], true)?;
             ctx.decode(&mut batch)?;
-            pos += 1;
             logits_at = 0;
         }
         gen_rates.push(GENERATED as f64 / start.elapsed().as_secs_f64());

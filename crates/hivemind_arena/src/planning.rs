@@ -1,0 +1,446 @@
+//! GOAP for the arena: symbolic facts from a snapshot, actions bound to concrete steps, and the
+//! fallback plan that answers whenever a model does not.
+//!
+//! The domain is `assets/goap/arena.goap.ron`. Its facts are read from a [`WorldSnapshot`] by
+//! name ([`GoapFacts::read`]), never from the arena's internals, so the same code plans for a
+//! snapshot that came from a test, a recording or another game with the same fact names.
+//!
+//! # Choosing a goal
+//!
+//! [`fallback_goal`] applies these rules, first match wins:
+//!
+//! 1. health below [`HP_LOW_PERCENT`] and a medkit held → `heal`;
+//! 2. no ammo → `reload`;
+//! 3. health low (and no medkit, or rule 1 would have matched) with an enemy in sight →
+//!    `retreat`;
+//! 4. an enemy in sight → `kill_enemy`;
+//! 5. otherwise → `hold_objective`.
+//!
+//! # Binding
+//!
+//! GOAP plans in symbols (`attack`, `take_cover`); [`bind_action`] turns a symbol into a step of
+//! the registry verb whose `goap` name it is, choosing arguments from the snapshot with the same
+//! roles the answer cache uses ([`ArgRole`]): an enemy target is the weakest visible enemy, a
+//! cover point the nearest, a cell the objective's centre. Every bound step is validated against
+//! the registry before it is returned.
+
+use std::cell::RefCell;
+
+use hivemind_core::action::{ActionRegistry, ArgKind};
+use hivemind_core::cache::ArgRole;
+use hivemind_core::goap::{Domain, Planner, State};
+use hivemind_core::plan::{ArgValue, PlanStep};
+use hivemind_core::snapshot::{Fact, WorldSnapshot};
+
+use crate::snapshot::{COVER, ENEMY, OBJECTIVE, fact};
+
+/// Health below this percentage of the maximum counts as low.
+pub const HP_LOW_PERCENT: u32 = 40;
+
+/// The goals of the arena's GOAP domain.
+pub mod goal {
+    /// Hurt an enemy (`enemy_hurt`).
+    pub const KILL_ENEMY: &str = "kill_enemy";
+    /// Stand on a cover point (`in_cover`).
+    pub const TAKE_COVER: &str = "take_cover";
+    /// Fill the magazine.
+    pub const RELOAD: &str = "reload";
+    /// Get out of low health.
+    pub const HEAL: &str = "heal";
+    /// Stand in the objective zone (`at_objective`).
+    pub const HOLD_OBJECTIVE: &str = "hold_objective";
+    /// Get out of sight of every enemy (`safe`).
+    pub const RETREAT: &str = "retreat";
+    /// Nothing: met by the empty plan.
+    pub const IDLE: &str = "idle";
+}
+
+/// The names of the arena domain's facts.
+pub mod goap_fact {
+    /// Shots in the magazine.
+    pub const AMMO: &str = "ammo";
+    /// 1 if an enemy is in sight.
+    pub const ENEMY_VISIBLE: &str = "enemy_visible";
+    /// 1 if standing on a cover point.
+    pub const IN_COVER: &str = "in_cover";
+    /// 1 if health is below [`HP_LOW_PERCENT`](super::HP_LOW_PERCENT).
+    pub const HP_LOW: &str = "hp_low";
+    /// 1 if at least one medkit is held.
+    pub const HAS_MEDKIT: &str = "has_medkit";
+    /// 1 once an enemy has been hurt: the effect attacking aims at, so it always starts at 0.
+    pub const ENEMY_HURT: &str = "enemy_hurt";
+    /// 1 if standing in the objective zone.
+    pub const AT_OBJECTIVE: &str = "at_objective";
+    /// 1 if no enemy is in sight.
+    pub const SAFE: &str = "safe";
+}
+
+/// The symbolic facts GOAP plans over, read from a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoapFacts {
+    /// Shots in the magazine (the `ammo` fact; 0 if absent).
+    pub ammo: i32,
+    /// Whether the snapshot lists an entity in the `enemy` set.
+    pub enemy_visible: bool,
+    /// The `in_cover` fact, or else whether the agent stands on a listed cover point.
+    pub in_cover: bool,
+    /// Whether health is below [`HP_LOW_PERCENT`].
+    pub hp_low: bool,
+    /// Whether the `medkits` fact is above zero.
+    pub has_medkit: bool,
+    /// The `at_objective` fact, or else whether the agent stands on an `objective` point.
+    pub at_objective: bool,
+}
+
+impl GoapFacts {
+    /// Reads the facts from any snapshot that uses the arena's names (see
+    /// [`crate::snapshot`]); missing facts read as zero or false.
+    pub fn read(snapshot: &WorldSnapshot) -> GoapFacts {
+        let at = snapshot.position;
+        let health = snapshot.health;
+        GoapFacts {
+            ammo: snapshot
+                .int_fact(fact::AMMO)
+                .map_or(0, |n| n.clamp(0, i64::from(i32::MAX)) as i32),
+            enemy_visible: snapshot.entities_in(ENEMY).next().is_some(),
+            in_cover: bool_fact(snapshot, fact::IN_COVER)
+                .unwrap_or_else(|| snapshot.points_in(COVER).any(|p| p == at)),
+            hp_low: u64::from(health.current.min(health.max)) * 100
+                < u64::from(health.max.max(1)) * u64::from(HP_LOW_PERCENT),
+            has_medkit: snapshot.int_fact(fact::MEDKITS).is_some_and(|n| n > 0),
+            at_objective: bool_fact(snapshot, fact::AT_OBJECTIVE)
+                .unwrap_or_else(|| snapshot.points_in(OBJECTIVE).any(|p| p == at)),
+        }
+    }
+}
+
+fn bool_fact(snapshot: &WorldSnapshot, key: &str) -> Option<bool> {
+    match snapshot.fact(key)? {
+        Fact::Bool(b) => Some(*b),
+        Fact::Int(n) => Some(*n != 0),
+        Fact::Text(_) => None,
+    }
+}
+
+/// The GOAP state of `snapshot` in `domain`.
+///
+/// Each of the [`goap_fact`] names the domain knows is set from [`GoapFacts::read`]. Facts the
+/// domain does not declare are skipped, and facts it declares beyond these start at zero.
+pub fn goap_state(domain: &Domain, snapshot: &WorldSnapshot) -> State {
+    state_of(domain, &GoapFacts::read(snapshot))
+}
+
+fn state_of(domain: &Domain, facts: &GoapFacts) -> State {
+    let mut state = domain.empty_state();
+    for (name, value) in [
+        (goap_fact::AMMO, facts.ammo),
+        (goap_fact::ENEMY_VISIBLE, i32::from(facts.enemy_visible)),
+        (goap_fact::IN_COVER, i32::from(facts.in_cover)),
+        (goap_fact::HP_LOW, i32::from(facts.hp_low)),
+        (goap_fact::HAS_MEDKIT, i32::from(facts.has_medkit)),
+        (goap_fact::ENEMY_HURT, 0),
+        (goap_fact::AT_OBJECTIVE, i32::from(facts.at_objective)),
+        (goap_fact::SAFE, i32::from(!facts.enemy_visible)),
+    ] {
+        if let Some(id) = domain.fact_id(name) {
+            state.set_fact(id, value);
+        }
+    }
+    state
+}
+
+/// The goal the fallback plan pursues in `snapshot`. See [Choosing a goal](self#choosing-a-goal).
+pub fn fallback_goal(snapshot: &WorldSnapshot) -> &'static str {
+    goal_for(&GoapFacts::read(snapshot))
+}
+
+fn goal_for(facts: &GoapFacts) -> &'static str {
+    if facts.hp_low && facts.has_medkit {
+        goal::HEAL
+    } else if facts.ammo <= 0 {
+        goal::RELOAD
+    } else if facts.hp_low && facts.enemy_visible {
+        goal::RETREAT
+    } else if facts.enemy_visible {
+        goal::KILL_ENEMY
+    } else {
+        goal::HOLD_OBJECTIVE
+    }
+}
+
+/// The step for GOAP action `action` in `snapshot`, or `None` if there is none.
+///
+/// The step's verb is the registry verb whose `goap` name is `action`, with arguments bound by
+/// role (see [Binding](self#binding)). `None` if no verb has that `goap` name, an argument has
+/// no value here (no enemy in sight, no cover listed), or the step does not validate.
+pub fn bind_action(
+    action: &str,
+    snapshot: &WorldSnapshot,
+    registry: &ActionRegistry,
+) -> Option<PlanStep> {
+    let verb = registry
+        .verbs
+        .iter()
+        .find(|v| v.goap.as_deref() == Some(action))?;
+    let mut step = PlanStep::new(verb.name.clone());
+    for arg in &verb.args {
+        let value = match &arg.kind {
+            ArgKind::Entity { set } => ArgRole::WeakestIn(set.clone())
+                .resolve(snapshot)
+                .or_else(|| ArgRole::NearestIn(set.clone()).resolve(snapshot)),
+            ArgKind::Point { set } => ArgRole::NearestPoint(set.clone()).resolve(snapshot),
+            ArgKind::Cell => ArgRole::NearestPoint(OBJECTIVE.to_owned()).resolve(snapshot),
+            ArgKind::Int { min, .. } => Some(ArgValue::Int(*min)),
+            // Nothing to say: GOAP does not write lines.
+            ArgKind::Text { .. } => None,
+        }?;
+        step.args.push((arg.name.clone(), value));
+    }
+    registry.validate_step(&step, snapshot).ok()?;
+    Some(step)
+}
+
+thread_local! {
+    /// The planner's buffers, kept between calls so that planning allocates little.
+    static PLANNER: RefCell<Planner> = RefCell::new(Planner::default());
+}
+
+/// The GOAP answer for `snapshot`: pick a goal ([`fallback_goal`]), plan it with core's A*
+/// planner, and bind each action to a step ([`bind_action`]).
+///
+/// Binding stops at the first action that cannot be bound, keeping the steps before it. If GOAP
+/// finds no plan, the goal already holds, or nothing could be bound, the answer is the
+/// registry's idle step. Every step returned validates against `registry` and `snapshot`.
+pub fn fallback_plan(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+) -> Vec<PlanStep> {
+    let facts = GoapFacts::read(snapshot);
+    let Some(goal) = domain.goal(goal_for(&facts)) else {
+        return vec![registry.idle_step()];
+    };
+    let start = state_of(domain, &facts);
+    let planned = PLANNER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut planner) => planner.plan(domain, &start, goal),
+        Err(_) => Planner::default().plan(domain, &start, goal),
+    });
+    let mut steps = Vec::new();
+    if let Ok(plan) = planned {
+        for &action in &plan.actions {
+            let bound = domain
+                .action_name(action)
+                .and_then(|name| bind_action(name, snapshot, registry));
+            match bound {
+                Some(step) => steps.push(step),
+                None => break,
+            }
+        }
+    }
+    if steps.is_empty() {
+        steps.push(registry.idle_step());
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use hivemind_core::snapshot::{AgentId, EntityId, EntityInfo, Health, Point};
+
+    use super::*;
+    use crate::World;
+    use crate::testing::{assets, play_goap};
+
+    /// A snapshot written by hand, as a game other than the arena might send it.
+    fn flanking_guard() -> WorldSnapshot {
+        WorldSnapshot::new(AgentId(3), Point::new(4, 5))
+            .with_health(Health::new(90, 100))
+            .with_bounds(hivemind_core::snapshot::Bounds::grid(20, 14))
+            .with_fact("ammo", 2)
+            .with_fact("medkits", 0)
+            .with_entity(
+                EntityInfo::new(EntityId(7), ENEMY, Point::new(10, 2))
+                    .with_health(Health::new(80, 100)),
+            )
+            .with_entity(
+                EntityInfo::new(EntityId(9), ENEMY, Point::new(12, 8))
+                    .with_health(Health::new(20, 100)),
+            )
+            .with_point(COVER, Point::new(10, 2))
+            .with_point(COVER, Point::new(3, 4))
+            .with_point(OBJECTIVE, Point::new(10, 7))
+    }
+
+    #[test]
+    fn facts_come_from_any_snapshot_by_name() {
+        let assets = assets();
+        let domain = &assets.domain;
+        let state = goap_state(domain, &flanking_guard());
+        let value = |name| state.value(domain, name).unwrap();
+        assert_eq!(value("ammo"), 2);
+        assert_eq!(value("enemy_visible"), 1);
+        assert_eq!(value("safe"), 0);
+        assert_eq!(value("in_cover"), 0);
+        assert_eq!(value("hp_low"), 0);
+        assert_eq!(value("has_medkit"), 0);
+        assert_eq!(value("enemy_hurt"), 0);
+        assert_eq!(value("at_objective"), 0);
+
+        // Without the facts, cover and objective are inferred from the points.
+        let mut on_the_spot = WorldSnapshot::new(AgentId(1), Point::new(3, 4))
+            .with_health(Health::new(30, 100))
+            .with_point(COVER, Point::new(3, 4));
+        let facts = GoapFacts::read(&on_the_spot);
+        assert!(facts.in_cover && facts.hp_low && !facts.at_objective && !facts.enemy_visible);
+        on_the_spot.insert_fact(fact::IN_COVER, false);
+        assert!(!GoapFacts::read(&on_the_spot).in_cover);
+    }
+
+    #[test]
+    fn actions_bind_to_the_weakest_enemy_the_nearest_cover_and_the_objective() {
+        let assets = assets();
+        let registry = &assets.registry;
+        let guard = flanking_guard();
+        let bind = |action| bind_action(action, &guard, registry);
+        assert_eq!(
+            bind("attack"),
+            Some(PlanStep::new("Attack").with_arg("target", ArgValue::Int(9)))
+        );
+        assert_eq!(
+            bind("take_cover"),
+            Some(PlanStep::new("TakeCover").with_arg("at", ArgValue::Point(Point::new(3, 4))))
+        );
+        assert_eq!(
+            bind("move_to"),
+            Some(PlanStep::new("MoveTo").with_arg("to", ArgValue::Point(Point::new(10, 7))))
+        );
+        for (action, verb) in [
+            ("reload", "Reload"),
+            ("heal", "Heal"),
+            ("retreat", "Retreat"),
+            ("wait", "Wait"),
+        ] {
+            assert_eq!(bind(action), Some(PlanStep::new(verb)));
+        }
+        assert_eq!(bind("dance"), None);
+
+        let alone = WorldSnapshot::new(AgentId(1), Point::new(0, 0));
+        assert_eq!(bind_action("attack", &alone, registry), None);
+        assert_eq!(bind_action("take_cover", &alone, registry), None);
+        assert_eq!(bind_action("move_to", &alone, registry), None);
+    }
+
+    #[test]
+    fn goals_follow_the_documented_rules() {
+        let guard = flanking_guard();
+        assert_eq!(fallback_goal(&guard), goal::KILL_ENEMY);
+        let hurt = guard.clone().with_health(Health::new(30, 100));
+        assert_eq!(fallback_goal(&hurt), goal::RETREAT);
+        let patched = hurt.clone().with_fact("medkits", 1);
+        assert_eq!(fallback_goal(&patched), goal::HEAL);
+        let empty = guard.clone().with_fact("ammo", 0);
+        assert_eq!(fallback_goal(&empty), goal::RELOAD);
+        let mut quiet = guard.clone();
+        quiet.entities.clear();
+        assert_eq!(fallback_goal(&quiet), goal::HOLD_OBJECTIVE);
+    }
+
+    #[test]
+    fn fallback_plans_bind_and_validate() {
+        let assets = assets();
+        let (domain, registry) = (&assets.domain, &assets.registry);
+        let plan = |s: &WorldSnapshot| fallback_plan(domain, registry, s);
+        let guard = flanking_guard();
+        assert_eq!(
+            plan(&guard),
+            [PlanStep::new("Attack").with_arg("target", ArgValue::Int(9))]
+        );
+        assert_eq!(
+            plan(&guard.clone().with_fact("ammo", 0)),
+            [PlanStep::new("Reload")]
+        );
+        let mut quiet = guard.clone();
+        quiet.entities.clear();
+        assert_eq!(
+            plan(&quiet),
+            [PlanStep::new("MoveTo").with_arg("to", ArgValue::Point(Point::new(10, 7)))]
+        );
+        // Holding the objective already: the goal holds, so the agent waits.
+        let holding = quiet.with_fact("at_objective", true);
+        assert_eq!(plan(&holding), [registry.idle_step()]);
+        // Nothing to bind `move_to` to: the idle step.
+        let lost = WorldSnapshot::new(AgentId(1), Point::new(0, 0)).with_fact("ammo", 3);
+        assert_eq!(plan(&lost), [registry.idle_step()]);
+        for s in [&guard, &lost] {
+            assert_eq!(registry.validate_plan(&plan(s), s), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_domain_without_the_goal_falls_back_to_idle() {
+        let assets = assets();
+        let bare = Domain::from_ron("(actions: [(name: \"wait\")])", "bare.ron").unwrap();
+        assert_eq!(
+            fallback_plan(&bare, &assets.registry, &flanking_guard()),
+            [assets.registry.idle_step()]
+        );
+    }
+
+    /// Plays a GOAP-only game and checks every plan: each step validates against the registry
+    /// and the snapshot it was made from, and the world accepts it (`play_goap` unwraps
+    /// `begin_step`). Returns how many plans were made and how many goals of each kind.
+    fn every_plan_validates(seed: u64, ticks: usize) -> (usize, usize) {
+        let assets = assets();
+        let mut world = World::new(crate::ArenaConfig::default().with_seed(seed));
+        let (mut plans, mut attacks) = (0, 0);
+        play_goap(&mut world, &assets, ticks, |world, snapshot, steps| {
+            plans += 1;
+            assert!(!steps.is_empty());
+            assert_eq!(
+                assets.registry.validate_plan(steps, snapshot),
+                Ok(()),
+                "{steps:?} for\n{}",
+                snapshot.render()
+            );
+            for step in steps {
+                assert_eq!(world.validate_step(snapshot.agent, step), Ok(()), "{step}");
+            }
+            attacks += usize::from(steps[0].verb == "Attack");
+        });
+        (plans, attacks)
+    }
+
+    #[test]
+    fn every_fallback_step_validates_for_every_agent_over_a_game() {
+        let (plans, attacks) = every_plan_validates(1, 300);
+        assert!(plans >= 12 * 300 / 4, "{plans} plans");
+        assert!(attacks > 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+        #[test]
+        fn fallback_steps_validate_whatever_the_seed(seed in proptest::prelude::any::<u64>()) {
+            every_plan_validates(seed, 300);
+        }
+    }
+
+    #[test]
+    fn fallback_plans_are_fast() {
+        let assets = assets();
+        let mut world = World::new(crate::ArenaConfig::default());
+        let mut snapshots = Vec::new();
+        play_goap(&mut world, &assets, 100, |_, s, _| {
+            snapshots.push(s.clone());
+        });
+        let start = std::time::Instant::now();
+        for s in &snapshots {
+            std::hint::black_box(fallback_plan(&assets.domain, &assets.registry, s));
+        }
+        let mean = start.elapsed() / u32::try_from(snapshots.len()).unwrap();
+        // The target is 50 µs in an optimised build; a debug build gets ten times that.
+        let limit = if cfg!(debug_assertions) { 500 } else { 50 };
+        assert!(mean.as_micros() < limit, "{mean:?} per plan");
+    }
+}

@@ -1,0 +1,53 @@
+//! Helpers shared by the unit tests: the workspace's assets and a GOAP-only game.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use hivemind_core::plan::PlanStep;
+use hivemind_core::snapshot::WorldSnapshot;
+
+use crate::{ArenaAssets, TickReport, World, fallback_plan};
+
+/// The workspace's `assets/` directory.
+pub(crate) const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+
+pub(crate) fn assets() -> ArenaAssets {
+    ArenaAssets::load(Path::new(ASSETS)).unwrap()
+}
+
+/// Plays `ticks` ticks in which every agent follows GOAP fallback plans, re-planning when its
+/// plan is used up or a step fails. `on_plan` sees every plan with the snapshot it was made from.
+pub(crate) fn play_goap(
+    world: &mut World,
+    assets: &ArenaAssets,
+    ticks: usize,
+    mut on_plan: impl FnMut(&World, &WorldSnapshot, &[PlanStep]),
+) -> Vec<TickReport> {
+    let mut plans: Vec<VecDeque<PlanStep>> = vec![VecDeque::new(); world.agents().len()];
+    let mut reports = Vec::with_capacity(ticks);
+    for _ in 0..ticks {
+        for agent in world.agent_ids() {
+            if !world.is_idle(agent) {
+                continue;
+            }
+            let plan = &mut plans[agent.0 as usize];
+            if plan.is_empty() {
+                let snapshot = world.snapshot(agent);
+                let steps = fallback_plan(&assets.domain, &assets.registry, &snapshot);
+                on_plan(world, &snapshot, &steps);
+                plan.extend(steps);
+            }
+            if let Some(step) = plan.pop_front() {
+                world.begin_step(agent, &step).unwrap();
+            }
+        }
+        let report = world.tick();
+        for finished in &report.finished {
+            if !finished.ok {
+                plans[finished.agent.0 as usize].clear();
+            }
+        }
+        reports.push(report);
+    }
+    reports
+}
