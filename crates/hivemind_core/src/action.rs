@@ -25,7 +25,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LoadError, parse_ron};
+use crate::config::{LoadError, load_with, parse_ron};
 use crate::plan::{ArgValue, PlanStep};
 use crate::snapshot::{Bounds, EntityId, Point, WorldSnapshot};
 
@@ -204,11 +204,7 @@ impl ActionRegistry {
 
     /// Reads, parses and checks a registry file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_ron(&text, &path.display().to_string())
+        load_with(path, Self::from_ron)
     }
 
     fn check(&self) -> Result<(), String> {

@@ -72,13 +72,22 @@ pub enum LoadError {
     },
 }
 
-/// Reads and parses a RON file.
-pub fn load_ron_file<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+/// Reads a file and hands its text, and its path as the origin for errors, to `parse`: the one
+/// way every RON asset of the crate is loaded (`load_with(path, ActionRegistry::from_ron)`).
+pub fn load_with<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &str) -> Result<T, LoadError>,
+) -> Result<T, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
         path: path.to_owned(),
         source,
     })?;
-    Ok(parse_ron(&text, &path.display().to_string())?)
+    parse(&text, &path.display().to_string())
+}
+
+/// Reads and parses a RON file.
+pub fn load_ron_file<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+    load_with(path, |text, origin| Ok(parse_ron(text, origin)?))
 }
 
 /// The whole configuration. See the [module docs](self).
@@ -114,11 +123,7 @@ impl HivemindConfig {
 
     /// Reads, parses and checks a config file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_ron(&text, &path.display().to_string())
+        load_with(path, Self::from_ron)
     }
 
     /// Checks the values that parse but make no sense, such as a batch of zero agents.

@@ -97,7 +97,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-use crate::config::{LoadError, parse_ron};
+use crate::config::{LoadError, load_with, parse_ron};
 
 /// The situations hivemind itself knows. Games may name any others.
 pub mod situation {
@@ -288,11 +288,7 @@ impl TemplateBook {
 
     /// Reads, parses and checks a book file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_ron(&text, &path.display().to_string())
+        load_with(path, Self::from_ron)
     }
 
     /// A line for `situation`, spoken by `persona`, with its slots filled from `slots`, chosen

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LoadError, parse_ron};
+use crate::config::{LoadError, load_with, parse_ron};
 
 /// A fact of a [`Domain`], by its interned index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -294,11 +294,7 @@ impl Domain {
 
     /// Reads, parses and checks a domain file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Domain::from_ron(&text, &path.display().to_string())
+        load_with(path, Domain::from_ron)
     }
 
     pub(super) fn from_file(file: DomainFile) -> Result<Self, String> {
