@@ -64,6 +64,7 @@ use crate::action::{ActionRegistry, ArgKind};
 use crate::clock::Timestamp;
 use crate::config::CacheConfig;
 use crate::plan::{ArgValue, PlanStep, RequestKind};
+use crate::prompt::Fnv64;
 use crate::snapshot::{EntityId, Fact, Point, WorldSnapshot};
 
 /// The agent's health band, as it enters a [`CacheKey`].
@@ -133,11 +134,11 @@ impl FactBucket {
     }
 }
 
-/// FNV-1a, 64 bits: stable across platforms and Rust releases, unlike `DefaultHasher`.
+/// A hash stable across platforms and Rust releases, unlike `DefaultHasher`.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    let mut h = Fnv64::new();
+    h.write(bytes);
+    h.finish()
 }
 
 /// Which answers a situation may share. See the [module docs](self) for what is bucketed and
