@@ -2,13 +2,30 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use hivemind_core::action::ActionRegistry;
+use hivemind_core::config::HivemindConfig;
 pub use hivemind_core::config::LoadError;
 use hivemind_core::goap::Domain;
+use hivemind_core::prompt::{ChatTemplate, Persona, PromptRules};
 use hivemind_core::templates::TemplateBook;
+use hivemind_core::worker::PromptContext;
+use serde::Deserialize;
 
-/// The verbs, the GOAP domain and the dialogue templates of the arena, loaded from one assets
-/// directory and checked against each other.
+/// The root of the prompt tree and the personas under it (`prompt.ron`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptAsset {
+    /// Preamble, rules and worked examples.
+    pub rules: PromptRules,
+    /// The personas agents speak as.
+    #[serde(default)]
+    pub personas: Vec<Persona>,
+}
+
+/// The verbs, the GOAP domain, the dialogue templates and the prompt of the arena, loaded from
+/// one assets directory and checked against each other.
 #[derive(Clone, Debug)]
 pub struct ArenaAssets {
     /// The verbs plans may use (`actions.ron`).
@@ -17,6 +34,8 @@ pub struct ArenaAssets {
     pub domain: Domain,
     /// The banter and dialogue-fallback lines (`dialogue/arena.templates.ron`).
     pub templates: TemplateBook,
+    /// The prompt's rules, examples and personas (`prompt.ron`).
+    pub prompt: PromptAsset,
 }
 
 impl ArenaAssets {
@@ -26,8 +45,10 @@ impl ArenaAssets {
     pub const GOAP: &str = "goap/arena.goap.ron";
     /// The templates' path inside the assets directory.
     pub const TEMPLATES: &str = "dialogue/arena.templates.ron";
+    /// The prompt's path inside the assets directory.
+    pub const PROMPT: &str = "prompt.ron";
 
-    /// Loads the three files from `dir` (the workspace's `assets/`).
+    /// Loads the four files from `dir` (the workspace's `assets/`).
     ///
     /// Besides each file's own checks, every verb's `goap` name must be an action of the
     /// domain, or GOAP could neither bind nor verify that verb; the error then names the
@@ -36,6 +57,7 @@ impl ArenaAssets {
         let registry = ActionRegistry::load(&dir.join(Self::ACTIONS))?;
         let domain = Domain::load(&dir.join(Self::GOAP))?;
         let templates = TemplateBook::load(&dir.join(Self::TEMPLATES))?;
+        let prompt = hivemind_core::config::load_ron_file(&dir.join(Self::PROMPT))?;
         for verb in &registry.verbs {
             if let Some(action) = &verb.goap
                 && domain.action(action).is_none()
@@ -54,7 +76,20 @@ impl ArenaAssets {
             registry,
             domain,
             templates,
+            prompt,
         })
+    }
+
+    /// What workers need to prompt for the arena: its prompt tree in `ChatML` (the default
+    /// model's template), with every persona, sized by `config`.
+    pub fn prompt_context(&self, config: &HivemindConfig) -> PromptContext {
+        PromptContext::new(
+            &ChatTemplate::chatml(),
+            &self.prompt.rules,
+            Arc::new(self.registry.clone()),
+            &self.prompt.personas,
+            config,
+        )
     }
 }
 

@@ -52,6 +52,7 @@ pub mod config;
 pub mod grid;
 pub mod orders;
 pub mod planning;
+pub mod play;
 pub mod snapshot;
 pub mod tick;
 pub mod world;
@@ -59,7 +60,7 @@ pub mod world;
 #[cfg(test)]
 mod testing;
 
-pub use assets::{ArenaAssets, LoadError};
+pub use assets::{ArenaAssets, LoadError, PromptAsset};
 pub use banter::{banter_slots, situation};
 pub use config::ArenaConfig;
 pub use grid::{Grid, Team};

@@ -27,6 +27,7 @@ use std::sync::Arc;
 pub use replay::{RecordedStream, Recorder, ReplayBackend, Transcript, TranscriptError};
 pub use scripted::{Latency, Script, ScriptedBackend};
 
+use crate::clock::Deadline;
 use crate::config::{PromptLayout, Sampling};
 use crate::plan::{BackendId, OutputFormat, RequestKind};
 use crate::prompt::{AgentTask, SequencePrompt, SharedPrompt};
@@ -70,6 +71,8 @@ pub struct BatchAgent {
     pub prompt: SequencePrompt,
     /// Its grammar in the parallel-sequences layout (GBNF, start rule `root`).
     pub grammar: String,
+    /// When its first step or words are due; a backend serves earlier deadlines first.
+    pub deadline: Deadline,
 }
 
 /// The prompt and grammar of a batch in the shared-prompt layout.

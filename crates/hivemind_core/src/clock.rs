@@ -232,7 +232,7 @@ impl Clock {
 }
 
 /// When an answer is due.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Deadline {
     /// The moment the first step (plan), first words (dialogue) or whole line (banter) is due.
     pub due: Timestamp,

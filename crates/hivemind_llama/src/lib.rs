@@ -1,13 +1,317 @@
 //! The in-process llama.cpp inference backend for hivemind.
 //!
+//! ```no_run
+//! use hivemind_core::config::HivemindConfig;
+//! use hivemind_llama::LlamaFactory;
+//!
+//! let config = HivemindConfig::default();
+//! // Checks the model file now; loads it on the first worker that needs it.
+//! let factory = LlamaFactory::from_config(&config)?;
+//! # Ok::<(), hivemind_llama::LlamaError>(())
+//! ```
+//!
+//! Hand the factory to a [`WorkerPool`](hivemind_core::worker::WorkerPool) (or to the Bevy
+//! plugin); each worker builds its own [`LlamaBackend`] from it on its own thread.
+//!
 //! # Design
 //!
 //! llama-cpp-2 states that its API is unstable, so this is the only crate of the workspace that
-//! names it: everything else speaks `hivemind_core`'s backend trait. A llama context borrows its
-//! model, so the pair lives together on one worker thread.
+//! names it: everything else speaks `hivemind_core`'s backend trait.
 //!
-//! # Status
-//!
-//! The backend itself (continuous batching, the prefix key/value tree, grammar-constrained
-//! sampling) is not built yet. The `kernel_probe` example measures this machine's prompt and
-//! generation throughput with the same llama.cpp build the backend will use.
+//! - **One thread, one context.** A llama context borrows its model, so a worker's
+//!   [`LlamaSession`] owns both (the model behind an `Arc`, shared by every worker of a
+//!   factory, loaded once). llama.cpp's process-wide backend is initialised once, in a
+//!   `OnceLock`, and its logs go to `tracing`.
+//! - **The prefix tree is decoded once.** The root level (rules, actions, examples) and each
+//!   branch under it (a persona, or the shared layout's ensemble) are decoded the first time a
+//!   batch needs them, and their key/value state is kept in memory and saved to disk, keyed
+//!   by the model file and the level's hash, so the next start loads it instead. Editing a
+//!   persona changes only that branch's key. Before every batch the cache is emptied and the
+//!   batch's levels restored in a fixed order: a batch's output depends on the batch alone,
+//!   never on what ran before it or on how many workers there are.
+//! - **Continuous batching.** One sequence per stream, branching from its level's cells
+//!   (a unified key/value cache shares them; nothing is copied). Prompts are prefilled in
+//!   deadline order, in chunks, while streams already writing get one token per step; a
+//!   stream joins the decode batch as soon as its prompt is in and leaves it when it ends or
+//!   is cancelled, and the next waiting stream takes its cells.
+//! - **Both layouts.** Parallel sequences (a stream per agent) and the shared prompt (one
+//!   stream answers for the whole batch, in batch order); the batch says which.
+//! - **Grammar on the fast path.** The grammar sampler stays out of the chain: the chain picks
+//!   a token, only that token is checked, and the vocabulary is masked only on a rejection.
+//! - **Nothing aborts.** Every size and id is checked before llama.cpp sees it; see
+//!   [`engine`](crate::engine)'s notes. A missing, truncated or foreign model file is a typed
+//!   [`LlamaError`].
+
+mod engine;
+mod model;
+mod prefix;
+mod sample;
+mod session;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hivemind_core::backend::{BackendError, BackendFactory, Batch, BatchSink, InferenceBackend};
+use hivemind_core::config::{HivemindConfig, Sampling};
+use hivemind_core::plan::{BackendId, OutputFormat};
+use hivemind_core::prompt::Fnv64;
+use llama_cpp_2::model::LlamaModel;
+
+pub use model::{ModelFile, Quantization, quantize};
+pub use prefix::PrefixStats;
+pub use sample::GrammarStats;
+pub use session::{LlamaSession, SessionStats, StreamSpec};
+
+/// Why the local backend cannot run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LlamaError {
+    /// There is no model file at the path.
+    #[error("no model file at {path}: {reason}")]
+    ModelMissing {
+        /// The path.
+        path: PathBuf,
+        /// What the file system said.
+        reason: String,
+    },
+    /// The file is not a GGUF model.
+    #[error("{path} is not a GGUF model: {reason}")]
+    NotGguf {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// llama.cpp could not load the file (truncated, corrupt, or an unknown architecture).
+    #[error("could not load the model {path}: {reason}")]
+    LoadFailed {
+        /// The path.
+        path: PathBuf,
+        /// What llama.cpp said.
+        reason: String,
+    },
+    /// llama.cpp's backend did not start.
+    #[error("llama.cpp did not start: {0}")]
+    Backend(String),
+    /// The context could not be made or used as asked.
+    #[error("llama context: {0}")]
+    Context(String),
+    /// A decode step failed.
+    #[error("decode failed: {0}")]
+    Decode(String),
+    /// Saving or restoring key/value state failed.
+    #[error("key/value state: {0}")]
+    State(String),
+    /// The work does not fit the context.
+    #[error("does not fit: {0}")]
+    TooLarge(String),
+    /// Requantizing a model failed.
+    #[error("could not quantize {path}: {reason}")]
+    Quantize {
+        /// The file concerned.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl From<LlamaError> for BackendError {
+    fn from(e: LlamaError) -> Self {
+        match e {
+            LlamaError::ModelMissing { .. }
+            | LlamaError::NotGguf { .. }
+            | LlamaError::LoadFailed { .. } => BackendError::NoModel(e.to_string()),
+            LlamaError::TooLarge(_) => BackendError::TooLarge(e.to_string()),
+            _ => BackendError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// How the local backend sizes its context and its answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaOptions {
+    /// The GGUF file.
+    pub model: PathBuf,
+    /// Context size in tokens: the prefix levels plus every stream's prompt and answer.
+    pub context_tokens: u32,
+    /// The most tokens one `decode` call takes.
+    pub batch_tokens: u32,
+    /// Inference threads; `None` uses every core.
+    pub threads: Option<u32>,
+    /// Streams decoded together at most; more wait for a free one.
+    pub max_sequences: u32,
+    /// Prompt tokens added to a step while other streams are writing. Smaller keeps their
+    /// tokens coming steadily; larger fills the batch faster.
+    pub prefill_chunk: u32,
+    /// The most tokens one agent's answer may take, per output format.
+    pub plan_tokens: u32,
+    /// The same for guided answers and lines.
+    pub line_tokens: u32,
+    /// Where decoded prefix states are saved; `None` keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl LlamaOptions {
+    /// Options from the game's configuration: the model path (with `HIVEMIND_MODEL`
+    /// honoured), context and batch sizes, threads, one stream per batch slot, and answer
+    /// lengths from the plan and line budgets. Prefix states are saved in a `prefix-state`
+    /// directory beside the model.
+    pub fn from_config(config: &HivemindConfig) -> Self {
+        let model = config.model.resolved_path();
+        let state_dir = model.parent().map(|d| d.join("prefix-state"));
+        let say_tokens = (config.budgets.max_say_chars / 2) as u32;
+        LlamaOptions {
+            context_tokens: config.model.context_tokens,
+            batch_tokens: config.model.batch_tokens,
+            threads: config.model.threads,
+            max_sequences: config.batching.max_batch.clamp(1, 64) as u32,
+            prefill_chunk: config.model.batch_tokens,
+            plan_tokens: 24 + (config.budgets.max_plan_steps as u32) * (12 + say_tokens / 2),
+            line_tokens: 16 + say_tokens,
+            state_dir,
+            model,
+        }
+    }
+
+    /// The most tokens an answer in `format` may take.
+    pub fn max_tokens(&self, format: OutputFormat) -> u32 {
+        match format {
+            OutputFormat::FreePlan => self.plan_tokens,
+            OutputFormat::Guided | OutputFormat::Line => self.line_tokens,
+        }
+    }
+}
+
+/// Builds a [`LlamaBackend`] on each worker's thread, all sharing one loaded model.
+pub struct LlamaFactory {
+    file: ModelFile,
+    options: LlamaOptions,
+    model: Mutex<Option<Arc<LlamaModel>>>,
+}
+
+impl LlamaFactory {
+    /// A factory for `options`. The model file is checked now (so a missing file is reported
+    /// at start) and loaded by the first worker.
+    pub fn new(options: LlamaOptions) -> Result<Arc<Self>, LlamaError> {
+        let file = ModelFile::check(&options.model)?;
+        Ok(Arc::new(LlamaFactory {
+            file,
+            options,
+            model: Mutex::new(None),
+        }))
+    }
+
+    /// [`LlamaFactory::new`] with [`LlamaOptions::from_config`].
+    pub fn from_config(config: &HivemindConfig) -> Result<Arc<Self>, LlamaError> {
+        Self::new(LlamaOptions::from_config(config))
+    }
+
+    /// The checked model file.
+    pub fn file(&self) -> &ModelFile {
+        &self.file
+    }
+
+    /// The options.
+    pub fn options(&self) -> &LlamaOptions {
+        &self.options
+    }
+
+    /// The loaded model, loading it on first use.
+    pub fn model(&self) -> Result<Arc<LlamaModel>, LlamaError> {
+        let mut slot = self
+            .model
+            .lock()
+            .map_err(|_| LlamaError::Backend("a thread panicked while loading the model".into()))?;
+        if let Some(model) = &*slot {
+            return Ok(Arc::clone(model));
+        }
+        let model = self.file.load()?;
+        *slot = Some(Arc::clone(&model));
+        Ok(model)
+    }
+
+    /// A session on the calling thread.
+    pub fn session(&self) -> Result<LlamaSession, LlamaError> {
+        LlamaSession::new(&self.file, self.model()?, self.options.clone())
+    }
+}
+
+impl BackendFactory for LlamaFactory {
+    fn id(&self) -> BackendId {
+        BackendId::Local
+    }
+
+    fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(LlamaBackend {
+            session: self.session()?,
+        }))
+    }
+}
+
+/// The `local` backend: a [`LlamaSession`] behind hivemind's backend trait.
+pub struct LlamaBackend {
+    session: LlamaSession,
+}
+
+impl LlamaBackend {
+    /// The session, for its statistics.
+    pub fn session(&self) -> &LlamaSession {
+        &self.session
+    }
+}
+
+impl InferenceBackend for LlamaBackend {
+    fn id(&self) -> BackendId {
+        BackendId::Local
+    }
+
+    fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
+        let specs = stream_specs(batch, self.session.options());
+        self.session.run(&specs, sink).map_err(BackendError::from)
+    }
+}
+
+/// The streams of `batch`: one per agent, or one for the shared prompt.
+pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
+    let per_agent = options.max_tokens(batch.format);
+    let seed = |stream: usize| {
+        let mut h = Fnv64::new();
+        h.write(&batch.seed.to_le_bytes());
+        h.write(&(stream as u64).to_le_bytes());
+        h.finish()
+    };
+    let sampling: Sampling = batch.sampling;
+    match &batch.shared {
+        Some(shared) => vec![StreamSpec {
+            root: Arc::clone(&shared.prompt.root),
+            branch: Arc::clone(&shared.prompt.ensemble),
+            block: shared.prompt.batch.text.clone(),
+            grammar: Some(shared.grammar.clone()),
+            deadline: batch
+                .agents
+                .iter()
+                .map(|a| a.deadline)
+                .min()
+                .unwrap_or_default(),
+            max_tokens: per_agent.saturating_mul(batch.agents.len().max(1) as u32),
+            sampling,
+            seed: seed(0),
+            ignore_eog: false,
+        }],
+        None => batch
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| StreamSpec {
+                root: Arc::clone(&a.prompt.root),
+                branch: Arc::clone(&a.prompt.persona),
+                block: a.prompt.agent.text.clone(),
+                grammar: Some(a.grammar.clone()),
+                deadline: a.deadline,
+                max_tokens: per_agent,
+                sampling,
+                seed: seed(i),
+                ignore_eog: false,
+            })
+            .collect(),
+    }
+}

@@ -10,7 +10,8 @@ use crate::plan::{OutputFormat, RequestKind};
 use crate::prompt::{AgentRequest, AgentTask, ChatTemplate, Persona, PrefixTree, PromptRules};
 use crate::snapshot::WorldSnapshot;
 
-use super::PendingJob;
+use super::JobRequest;
+use crate::backend::JobId;
 
 /// Everything a worker needs to build prompts and grammars, shared by all workers and swapped
 /// whole when the game reloads its assets ([`WorkerPool::set_context`](super::WorkerPool::set_context)).
@@ -76,24 +77,26 @@ impl PromptContext {
         &self.trees[index]
     }
 
-    /// Builds the batch for `jobs` (all of one kind and format, in batch order). A job whose
-    /// grammar cannot be built is returned apart with the reason.
-    pub(super) fn build_batch(
+    /// Builds the batch `id` of `tick` for `jobs`, exactly as a worker does: snapshots fitted to
+    /// the budget, prompts, grammars and the seed. The jobs must be of one kind (`kind`) and
+    /// output format, in batch order (ascending agent id). A job whose grammar cannot be built
+    /// is left out and returned apart, by index, with the reason.
+    pub fn build_batch(
         &self,
         id: u64,
         tick: u64,
         kind: RequestKind,
-        jobs: &[&PendingJob],
+        jobs: &[(JobId, &JobRequest)],
     ) -> (Batch, Vec<(usize, GrammarError)>) {
         let format = jobs
             .first()
-            .map_or(OutputFormat::FreePlan, |j| j.request.task.format());
+            .map_or(OutputFormat::FreePlan, |(_, j)| j.task.format());
         let tree = self.tree(format);
         let mut failed = Vec::new();
         let mut agents = Vec::with_capacity(jobs.len());
-        for (i, job) in jobs.iter().enumerate() {
-            let snapshot = Arc::new(job.request.snapshot.fit_to_budget(self.snapshot_tokens));
-            let grammar = match self.grammar(format, &[(&snapshot, &job.request.task)]) {
+        for (i, &(job_id, job)) in jobs.iter().enumerate() {
+            let snapshot = Arc::new(job.snapshot.fit_to_budget(self.snapshot_tokens));
+            let grammar = match self.grammar(format, &[(&snapshot, &job.task)]) {
                 Ok(g) => g.text,
                 Err(e) => {
                     failed.push((i, e));
@@ -101,19 +104,20 @@ impl PromptContext {
                 }
             };
             let request = AgentRequest {
-                agent: job.request.agent,
-                persona: &job.request.persona,
+                agent: job.agent,
+                persona: &job.persona,
                 snapshot: &snapshot,
-                task: job.request.task.clone(),
+                task: job.task.clone(),
             };
             agents.push(BatchAgent {
-                job: job.id,
-                agent: job.request.agent,
-                persona: job.request.persona.clone(),
-                task: job.request.task.clone(),
+                job: job_id,
+                agent: job.agent,
+                persona: job.persona.clone(),
+                task: job.task.clone(),
                 prompt: tree.sequence(&request),
                 grammar,
                 snapshot,
+                deadline: job.deadline,
             });
         }
         let shared = match self.layout {

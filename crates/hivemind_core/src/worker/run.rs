@@ -8,8 +8,8 @@ use std::sync::{Arc, PoisonError};
 use crossbeam_channel::Receiver;
 
 use super::{
-    CANCELLED, JobFailure, JobOutcome, PendingJob, QUEUED, RUNNING, SHED, Shared, WorkItem,
-    WorkerEvent, WorkerEventKind,
+    CANCELLED, JobFailure, JobOutcome, JobRequest, PendingJob, QUEUED, RUNNING, SHED, Shared,
+    WorkItem, WorkerEvent, WorkerEventKind,
 };
 use crate::action::ActionRegistry;
 use crate::backend::{BackendError, Batch, BatchSink, InferenceBackend, JobId, TokenUsage};
@@ -201,7 +201,10 @@ impl<'s> Run<'s> {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        let jobs: Vec<&PendingJob> = live.iter().map(|i| &self.item_jobs[*i]).collect();
+        let jobs: Vec<(JobId, &JobRequest)> = live
+            .iter()
+            .map(|i| (self.item_jobs[*i].id, &self.item_jobs[*i].request))
+            .collect();
         let (batch, failed) = context.build_batch(self.batch_id, self.tick, self.kind, &jobs);
         for (j, error) in failed {
             self.finish(

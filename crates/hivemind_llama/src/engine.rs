@@ -1,0 +1,273 @@
+//! The model and its context on one thread, behind checks that keep every llama.cpp assertion
+//! out of reach.
+//!
+//! Each abort path PERF.md lists has one guard here:
+//! - a batch larger than `n_batch`: the one [`LlamaBatch`] is allocated with exactly `n_batch`
+//!   slots and `add` refuses a token past them, so [`Engine::decode`] can never be handed more;
+//! - a sequence id outside `0..n_seq_max` in `seq_cp` or `seq_rm`: ids are [`SeqId`]s, which only
+//!   [`Engine::seq`] makes, after the range check;
+//! - more sequence ids per token than the batch was made for: [`Engine::push`] adds exactly one
+//!   id per token to a batch made for one;
+//! - end of generation on an unfinished grammar: [`crate::sample`] never feeds one to a grammar;
+//! - a missing model path: [`crate::ModelFile::check`] runs before any load.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::LlamaError;
+
+/// llama.cpp's hard limit on sequence ids (`LLAMA_MAX_SEQ`).
+pub(crate) const MAX_SEQUENCES: u32 = 256;
+
+/// A sequence id known to be in range for its engine's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SeqId(i32);
+
+impl SeqId {
+    pub(crate) fn raw(self) -> i32 {
+        self.0
+    }
+}
+
+/// Sizes of an engine's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EngineShape {
+    /// Context size in tokens (key/value cells).
+    pub(crate) n_ctx: u32,
+    /// The most tokens one `decode` call takes.
+    pub(crate) n_batch: u32,
+    /// Sequence ids available.
+    pub(crate) n_seq_max: u32,
+    /// Threads for generation and for prompt processing.
+    pub(crate) threads: i32,
+}
+
+/// A model and one context over it, owned by one thread.
+pub(crate) struct Engine {
+    // Field order matters: the batch and the context borrow the model and are dropped first.
+    batch: LlamaBatch<'static>,
+    ctx: LlamaContext<'static>,
+    model: Arc<LlamaModel>,
+    shape: EngineShape,
+}
+
+impl Engine {
+    /// A context of `shape` over `model`, with a unified key/value cache, so one cell can belong
+    /// to many sequences and a prefix is stored once however many agents branch from it.
+    pub(crate) fn new(model: Arc<LlamaModel>, shape: EngineShape) -> Result<Self, LlamaError> {
+        let backend = crate::model::backend()?;
+        if shape.n_batch == 0 || shape.n_ctx < shape.n_batch {
+            return Err(LlamaError::Context(format!(
+                "batch size {} must be between 1 and the context size {}",
+                shape.n_batch, shape.n_ctx
+            )));
+        }
+        if shape.n_seq_max == 0 || shape.n_seq_max > MAX_SEQUENCES {
+            return Err(LlamaError::Context(format!(
+                "{} sequences asked for; llama.cpp allows 1 to {MAX_SEQUENCES}",
+                shape.n_seq_max
+            )));
+        }
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(shape.n_ctx))
+            .with_n_batch(shape.n_batch)
+            .with_n_ubatch(shape.n_batch)
+            .with_n_seq_max(shape.n_seq_max)
+            .with_kv_unified(true)
+            .with_n_threads(shape.threads)
+            .with_n_threads_batch(shape.threads);
+        // SAFETY: the context borrows the model for as long as it lives. The model sits behind an
+        // `Arc` this struct owns, so it neither moves nor drops while the context exists, and the
+        // context (and the batch) are declared before the `Arc` so they are dropped before it.
+        let model_ref: &'static LlamaModel = unsafe { &*Arc::as_ptr(&model) };
+        let ctx = model_ref
+            .new_context(backend, params)
+            .map_err(|e| LlamaError::Context(e.to_string()))?;
+        let shape = EngineShape {
+            n_ctx: ctx.n_ctx(),
+            n_batch: ctx.n_batch(),
+            ..shape
+        };
+        Ok(Engine {
+            // One sequence id per token: `push` never adds more.
+            batch: LlamaBatch::new(shape.n_batch as usize, 1),
+            ctx,
+            model,
+            shape,
+        })
+    }
+
+    pub(crate) fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    pub(crate) fn shape(&self) -> EngineShape {
+        self.shape
+    }
+
+    /// Sequence id `i`, if the context has it.
+    pub(crate) fn seq(&self, i: u32) -> Result<SeqId, LlamaError> {
+        if i < self.shape.n_seq_max {
+            Ok(SeqId(i as i32))
+        } else {
+            Err(LlamaError::Context(format!(
+                "sequence {i} is out of range (the context has {})",
+                self.shape.n_seq_max
+            )))
+        }
+    }
+
+    /// Tokenizes `text`, reading chat-template markers as the special tokens they are; the
+    /// model's start-of-text token is added when `first` is set.
+    pub(crate) fn tokenize(&self, text: &str, first: bool) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), first, true)
+    }
+
+    /// The bytes a generated token stands for.
+    pub(crate) fn piece(&self, token: LlamaToken) -> Vec<u8> {
+        self.model.vocab().token_to_piece(token, false, None)
+    }
+
+    pub(crate) fn is_eog(&self, token: LlamaToken) -> bool {
+        self.model.vocab().is_eog(token)
+    }
+
+    /// Empties the pending batch.
+    pub(crate) fn clear_batch(&mut self) {
+        self.batch.clear();
+    }
+
+    /// Tokens in the pending batch.
+    pub(crate) fn batch_len(&self) -> usize {
+        self.batch.n_tokens().max(0) as usize
+    }
+
+    /// Room left in the pending batch.
+    pub(crate) fn batch_room(&self) -> usize {
+        (self.shape.n_batch as usize).saturating_sub(self.batch_len())
+    }
+
+    /// Adds one token of `seq` at `pos` to the pending batch; returns its index there, where
+    /// its logits will be if `logits` is set.
+    pub(crate) fn push(
+        &mut self,
+        token: LlamaToken,
+        pos: i32,
+        seq: SeqId,
+        logits: bool,
+    ) -> Result<i32, LlamaError> {
+        let index = self.batch.n_tokens();
+        self.batch
+            .add(token, pos, &[seq.0], logits)
+            .map_err(|e| LlamaError::Context(format!("batch full: {e}")))?;
+        Ok(index)
+    }
+
+    /// Decodes the pending batch.
+    pub(crate) fn decode(&mut self) -> Result<(), LlamaError> {
+        if self.batch_len() == 0 {
+            return Ok(());
+        }
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| LlamaError::Decode(e.to_string()))
+    }
+
+    /// Decodes `tokens` onto `seq` from position `start`, in chunks that fit the batch.
+    pub(crate) fn decode_run(
+        &mut self,
+        tokens: &[LlamaToken],
+        seq: SeqId,
+        start: i32,
+    ) -> Result<(), LlamaError> {
+        for (c, chunk) in tokens.chunks(self.shape.n_batch as usize).enumerate() {
+            self.clear_batch();
+            let base = start + (c * self.shape.n_batch as usize) as i32;
+            for (i, &t) in chunk.iter().enumerate() {
+                self.push(t, base + i as i32, seq, false)?;
+            }
+            self.decode()?;
+        }
+        self.clear_batch();
+        Ok(())
+    }
+
+    /// The logits of the pending batch's token at `index`, which must have asked for them in
+    /// the last `decode`.
+    pub(crate) fn logits(&self, index: i32) -> &[f32] {
+        self.ctx.get_logits_ith(index)
+    }
+
+    /// Empties the key/value cache.
+    pub(crate) fn clear_cache(&mut self) {
+        self.ctx.clear_kv_cache();
+    }
+
+    /// Removes positions `from..to` (`None` = open) of `seq` from the cache.
+    pub(crate) fn seq_rm(&mut self, seq: SeqId, from: Option<u32>, to: Option<u32>) {
+        // Only recurrent models refuse a partial removal; this crate loads transformers.
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq.0 as u32), from, to);
+    }
+
+    /// Makes the cells of `src` at positions `from..to` belong to `dst` as well.
+    pub(crate) fn seq_cp(&mut self, src: SeqId, dst: SeqId, from: Option<u32>, to: Option<u32>) {
+        // Positions come from token counts, far below `i32::MAX`.
+        let _ = self.ctx.copy_kv_cache_seq(src.0, dst.0, from, to);
+    }
+
+    /// The cached state of `seq`.
+    pub(crate) fn save_seq(
+        &self,
+        seq: SeqId,
+    ) -> Result<llama_cpp_2::context::session::SeqState, LlamaError> {
+        self.ctx
+            .state_seq_get(
+                seq.0,
+                llama_cpp_2::context::session::LlamaStateSeqFlags::empty(),
+            )
+            .map_err(|e| LlamaError::State(e.to_string()))
+    }
+
+    /// Restores a state saved by [`Engine::save_seq`] into `seq`.
+    pub(crate) fn restore_seq(
+        &mut self,
+        state: &llama_cpp_2::context::session::SeqState,
+        seq: SeqId,
+    ) -> Result<(), LlamaError> {
+        self.ctx
+            .state_seq_set(state, seq.0)
+            .map_err(|e| LlamaError::State(e.to_string()))
+    }
+
+    /// Writes `seq`'s state and the tokens it holds to `path`.
+    pub(crate) fn save_seq_file(
+        &self,
+        path: &std::path::Path,
+        seq: SeqId,
+        tokens: &[LlamaToken],
+    ) -> Result<(), LlamaError> {
+        self.ctx
+            .state_seq_save_file(path, seq.0, tokens)
+            .map(drop)
+            .map_err(|e| LlamaError::State(e.to_string()))
+    }
+
+    /// Loads a state file written by [`Engine::save_seq_file`] into `seq`; returns its tokens.
+    pub(crate) fn load_seq_file(
+        &mut self,
+        path: &std::path::Path,
+        seq: SeqId,
+        max_tokens: usize,
+    ) -> Result<Vec<LlamaToken>, LlamaError> {
+        self.ctx
+            .state_seq_load_file(path, seq.0, max_tokens)
+            .map(|(tokens, _)| tokens)
+            .map_err(|e| LlamaError::State(e.to_string()))
+    }
+}

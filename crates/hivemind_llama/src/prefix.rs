@@ -1,0 +1,309 @@
+//! The prefix key/value tree: the decoded state of every shared prompt level, kept between
+//! batches and saved to disk.
+//!
+//! A level is the root (rules, actions, examples) or a branch under it (a persona, or the
+//! ensemble of the shared layout). Each node holds only its own level's cells; a branch's state
+//! starts where its root ends. Before every batch [`PrefixStore::restore`] empties the cache
+//! and puts back the root and the batch's branches in a fixed order. A batch therefore always
+//! starts from the same cells in the same places, whatever ran before it and on whichever
+//! worker, which is what makes a lockstep run repeat exactly. Restoring copies memory; it
+//! decodes nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use hivemind_core::prompt::{Fnv64, PromptLevel};
+use llama_cpp_2::context::session::SeqState;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::LlamaError;
+use crate::engine::{Engine, SeqId};
+
+/// Nodes kept in memory before the least recently used are dropped (they stay on disk).
+const MAX_NODES: usize = 64;
+
+/// How the store has served levels, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixStats {
+    /// Levels decoded by the model.
+    pub decoded_levels: u64,
+    /// Prompt tokens those decodes cost.
+    pub decoded_tokens: u64,
+    /// Levels loaded from a saved state file instead.
+    pub loaded_levels: u64,
+    /// Batches started from restored prefix state.
+    pub restores: u64,
+}
+
+struct Node {
+    /// Position of the first cell (the parent's end).
+    start: u32,
+    /// Position after the last cell.
+    end: u32,
+    state: SeqState,
+    last_used: u64,
+}
+
+/// The decoded prefix levels of one model.
+pub(crate) struct PrefixStore {
+    nodes: HashMap<u64, Node>,
+    dir: Option<PathBuf>,
+    model: u64,
+    clock: u64,
+    pub(crate) stats: PrefixStats,
+}
+
+/// Where a restored batch's prefixes are.
+pub(crate) struct Restored {
+    /// Sequence of each branch key.
+    pub(crate) branches: Vec<(u64, SeqId, u32)>,
+    /// Cells the prefixes occupy.
+    pub(crate) cells: u32,
+    /// The first sequence id free for agents.
+    pub(crate) first_free: u32,
+}
+
+impl Restored {
+    /// The sequence and end position of branch `key`.
+    pub(crate) fn branch(&self, key: u64) -> Option<(SeqId, u32)> {
+        self.branches
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|&(_, s, e)| (s, e))
+    }
+}
+
+impl PrefixStore {
+    /// A store for the model with `fingerprint`, saving states under `dir` if given.
+    pub(crate) fn new(model: u64, dir: Option<PathBuf>) -> Self {
+        PrefixStore {
+            nodes: HashMap::new(),
+            dir,
+            model,
+            clock: 0,
+            stats: PrefixStats::default(),
+        }
+    }
+
+    /// Whether level `key` is decoded and in memory.
+    pub(crate) fn contains(&self, key: u64) -> bool {
+        self.nodes.contains_key(&key)
+    }
+
+    /// Makes sure `root` and each of `branches` (children of `root`) is decoded, loading saved
+    /// states where they exist and saving new ones. Leaves the cache in no particular state.
+    pub(crate) fn ensure(
+        &mut self,
+        engine: &mut Engine,
+        root: &PromptLevel,
+        branches: &[&PromptLevel],
+    ) -> Result<(), LlamaError> {
+        self.clock += 1;
+        self.ensure_level(engine, root, None)?;
+        for branch in branches {
+            self.ensure_level(engine, branch, Some(root.key))?;
+        }
+        self.evict();
+        Ok(())
+    }
+
+    fn ensure_level(
+        &mut self,
+        engine: &mut Engine,
+        level: &PromptLevel,
+        parent: Option<u64>,
+    ) -> Result<(), LlamaError> {
+        let clock = self.clock;
+        if let Some(node) = self.nodes.get_mut(&level.key) {
+            node.last_used = clock;
+            return Ok(());
+        }
+        let start = match parent {
+            Some(p) => self.nodes.get(&p).map_or(0, |n| n.end),
+            None => 0,
+        };
+        let tokens = engine.tokenize(&level.text, parent.is_none());
+        let end = start + tokens.len() as u32;
+        let shape = engine.shape();
+        if end + shape.n_batch > shape.n_ctx {
+            return Err(LlamaError::TooLarge(format!(
+                "a prompt prefix of {end} tokens leaves no room in a {}-token context",
+                shape.n_ctx
+            )));
+        }
+        let state = match self.load(engine, level.key, &tokens)? {
+            Some(state) => {
+                self.stats.loaded_levels += 1;
+                state
+            }
+            None => {
+                let state = self.decode(engine, parent, &tokens, start)?;
+                self.stats.decoded_levels += 1;
+                self.stats.decoded_tokens += tokens.len() as u64;
+                self.save(engine, level.key, &tokens, &state, parent.is_some());
+                state
+            }
+        };
+        self.nodes.insert(
+            level.key,
+            Node {
+                start,
+                end,
+                state,
+                last_used: clock,
+            },
+        );
+        Ok(())
+    }
+
+    /// Decodes a level's tokens after its parent and returns the state of its own cells.
+    fn decode(
+        &mut self,
+        engine: &mut Engine,
+        parent: Option<u64>,
+        tokens: &[LlamaToken],
+        start: u32,
+    ) -> Result<SeqState, LlamaError> {
+        let (s0, s1) = (engine.seq(0)?, engine.seq(1)?);
+        engine.clear_cache();
+        let Some(parent) = parent.and_then(|p| self.nodes.get(&p)) else {
+            engine.decode_run(tokens, s0, 0)?;
+            return engine.save_seq(s0);
+        };
+        engine.restore_seq(&parent.state, s0)?;
+        engine.seq_cp(s0, s1, None, None);
+        engine.decode_run(tokens, s1, start as i32)?;
+        // Keep only this level's own cells in the saved state.
+        engine.seq_rm(s1, Some(0), Some(start));
+        engine.save_seq(s1)
+    }
+
+    /// Empties the cache and restores `root` into sequence 0 and each branch into a sequence of
+    /// its own (in key order), sharing the root's cells.
+    pub(crate) fn restore(
+        &mut self,
+        engine: &mut Engine,
+        root: u64,
+        branches: &[u64],
+    ) -> Result<Restored, LlamaError> {
+        let missing = || LlamaError::State("a prefix level was not decoded".into());
+        let mut keys: Vec<u64> = branches.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        engine.clear_cache();
+        let root_node = self.nodes.get(&root).ok_or_else(missing)?;
+        let s0 = engine.seq(0)?;
+        engine.restore_seq(&root_node.state, s0)?;
+        let root_end = root_node.end;
+        let mut cells = root_end;
+        let mut restored = Vec::with_capacity(keys.len());
+        for (i, key) in keys.into_iter().enumerate() {
+            let node = self.nodes.get(&key).ok_or_else(missing)?;
+            let seq = engine.seq(1 + i as u32)?;
+            engine.restore_seq(&node.state, seq)?;
+            engine.seq_cp(s0, seq, Some(0), Some(node.start.min(root_end)));
+            cells += node.end - node.start;
+            restored.push((key, seq, node.end));
+        }
+        self.stats.restores += 1;
+        Ok(Restored {
+            first_free: 1 + restored.len() as u32,
+            branches: restored,
+            cells,
+        })
+    }
+
+    fn evict(&mut self) {
+        while self.nodes.len() > MAX_NODES {
+            let Some(oldest) = self
+                .nodes
+                .iter()
+                .min_by_key(|(k, n)| (n.last_used, **k))
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            self.nodes.remove(&oldest);
+        }
+    }
+
+    fn file(&self, key: u64) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{:016x}-{key:016x}.kv", self.model)))
+    }
+
+    /// Saves a freshly decoded level. Failing to save costs only a later decode, so errors are
+    /// logged, not returned.
+    fn save(
+        &self,
+        engine: &mut Engine,
+        key: u64,
+        tokens: &[LlamaToken],
+        state: &SeqState,
+        branch: bool,
+    ) {
+        let Some(path) = self.file(key) else { return };
+        let result = (|| -> Result<(), LlamaError> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).map_err(|e| LlamaError::State(e.to_string()))?;
+            // The state file is written from a sequence that holds exactly this level's cells.
+            let seq = engine.seq(if branch { 1 } else { 0 })?;
+            engine.clear_cache();
+            engine.restore_seq(state, seq)?;
+            let partial = path.with_extension("kv.part");
+            engine.save_seq_file(&partial, seq, tokens)?;
+            let bytes = std::fs::read(&partial).map_err(|e| LlamaError::State(e.to_string()))?;
+            std::fs::write(checksum_path(&path), format!("{:016x}\n", checksum(&bytes)))
+                .map_err(|e| LlamaError::State(e.to_string()))?;
+            std::fs::rename(&partial, &path).map_err(|e| LlamaError::State(e.to_string()))
+        })();
+        if let Err(e) = result {
+            tracing::warn!("could not save prefix state to {}: {e}", path.display());
+        }
+    }
+
+    /// Loads a saved level if its file is whole and holds exactly `tokens`. A missing,
+    /// truncated or altered file is ignored (and the level decoded again).
+    fn load(
+        &self,
+        engine: &mut Engine,
+        key: u64,
+        tokens: &[LlamaToken],
+    ) -> Result<Option<SeqState>, LlamaError> {
+        let Some(path) = self.file(key) else {
+            return Ok(None);
+        };
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(None);
+        };
+        let expected = std::fs::read_to_string(checksum_path(&path)).unwrap_or_default();
+        if expected.trim() != format!("{:016x}", checksum(&bytes)) {
+            tracing::warn!(
+                "ignoring prefix state {}: checksum mismatch",
+                path.display()
+            );
+            return Ok(None);
+        }
+        let seq = engine.seq(0)?;
+        engine.clear_cache();
+        match engine.load_seq_file(&path, seq, tokens.len()) {
+            Ok(saved) if saved == tokens => engine.save_seq(seq).map(Some),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::warn!("ignoring prefix state {}: {e}", path.display());
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn checksum_path(path: &Path) -> PathBuf {
+    path.with_extension("kv.sum")
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = Fnv64::new();
+    h.write(bytes);
+    h.finish()
+}

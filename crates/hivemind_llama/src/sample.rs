@@ -1,0 +1,254 @@
+//! Choosing the next token: greedy or seeded random sampling, constrained by a GBNF grammar on
+//! llama.cpp's rejection fast path.
+//!
+//! The grammar sampler stays out of the sampling chain. The chain picks a token from the raw
+//! logits; only that one token is tested against the grammar. The whole vocabulary is masked
+//! only when the grammar rejects it, and the final token is accepted by the grammar exactly
+//! once. This is the scheme of llama.cpp's own `common/sampling.cpp`, and it matters because
+//! grammar checks are single-threaded and a full mask costs a pass over 49,152 candidates.
+
+use hivemind_core::config::Sampling;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{Rng, SeedableRng};
+
+/// How often the grammar accepted the first choice, for the benchmark's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrammarStats {
+    /// Tokens chosen.
+    pub tokens: u64,
+    /// Tokens for which the first choice was rejected and the vocabulary was masked.
+    pub masked: u64,
+}
+
+/// One stream's token chooser: its grammar, its random generator and scratch buffers.
+pub(crate) struct TokenChooser {
+    grammar: LlamaSampler,
+    sampling: Sampling,
+    rng: Xoshiro256PlusPlus,
+    one: LlamaTokenDataArray,
+    all: LlamaTokenDataArray,
+    ranked: Vec<(f32, i32)>,
+    pub(crate) stats: GrammarStats,
+}
+
+impl TokenChooser {
+    /// A chooser for `grammar` (GBNF, start rule `root`).
+    pub(crate) fn new(
+        model: &LlamaModel,
+        grammar: &str,
+        sampling: Sampling,
+        seed: u64,
+    ) -> Result<Self, String> {
+        let grammar = LlamaSampler::grammar(model, grammar, "root")
+            .map_err(|e| format!("llama.cpp rejected the grammar: {e}"))?;
+        Ok(TokenChooser {
+            grammar,
+            sampling,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            one: LlamaTokenDataArray::new(Vec::with_capacity(1), false),
+            all: LlamaTokenDataArray::new(Vec::new(), false),
+            ranked: Vec::new(),
+            stats: GrammarStats::default(),
+        })
+    }
+
+    /// Chooses the next token from `logits` and advances the grammar past it. An
+    /// end-of-generation token is returned only when the grammar allows the output to end,
+    /// and it is never fed to the grammar. `None` means the grammar allows no token at all.
+    pub(crate) fn choose(
+        &mut self,
+        logits: &[f32],
+        is_eog: impl Fn(LlamaToken) -> bool,
+    ) -> Option<LlamaToken> {
+        self.stats.tokens += 1;
+        let first = self.pick(logits.iter().copied().enumerate())?;
+        let token = if self.allows(first, logits) {
+            first
+        } else {
+            self.stats.masked += 1;
+            self.all.data.clear();
+            self.all.data.extend(
+                logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+            );
+            self.all.selected = None;
+            self.all.sorted = false;
+            self.grammar.apply(&mut self.all);
+            let allowed: Vec<(usize, f32)> = self
+                .all
+                .data
+                .iter()
+                .filter(|d| d.logit().is_finite())
+                .map(|d| (d.id().0 as usize, d.logit()))
+                .collect();
+            self.pick(allowed.into_iter())?
+        };
+        if !is_eog(token) {
+            // The grammar accepted this exact token above, so `accept` cannot fail.
+            self.grammar.accept(token);
+        }
+        Some(token)
+    }
+
+    fn allows(&mut self, token: LlamaToken, logits: &[f32]) -> bool {
+        let logit = logits.get(token.0 as usize).copied().unwrap_or(0.0);
+        self.one.data.clear();
+        self.one.data.push(LlamaTokenData::new(token, logit, 0.0));
+        self.one.selected = None;
+        self.one.sorted = false;
+        self.grammar.apply(&mut self.one);
+        self.one.data.first().is_some_and(|d| d.logit().is_finite())
+    }
+
+    /// Picks a token from `(id, logit)` candidates by this stream's sampling.
+    fn pick(&mut self, candidates: impl Iterator<Item = (usize, f32)>) -> Option<LlamaToken> {
+        match self.sampling {
+            Sampling::Greedy => candidates
+                .filter(|(_, l)| l.is_finite())
+                // Ties go to the lower id, as in llama.cpp's greedy sampler.
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+                .map(|(i, _)| LlamaToken(i as i32)),
+            Sampling::Random {
+                temperature,
+                top_k,
+                top_p,
+            } => {
+                self.ranked.clear();
+                self.ranked.extend(
+                    candidates
+                        .filter(|(_, l)| l.is_finite())
+                        .map(|(i, l)| (l, i as i32)),
+                );
+                pick_random(&mut self.ranked, temperature, top_k, top_p, &mut self.rng)
+                    .map(LlamaToken)
+            }
+        }
+    }
+}
+
+/// Temperature, top-k and top-p sampling over `(logit, id)` pairs, seeded and portable: the
+/// same candidates and generator state give the same token on every platform.
+fn pick_random(
+    ranked: &mut Vec<(f32, i32)>,
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Option<i32> {
+    if ranked.is_empty() {
+        return None;
+    }
+    let by_logit = |a: &(f32, i32), b: &(f32, i32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let k = match top_k {
+        0 => ranked.len(),
+        k => (k as usize).min(ranked.len()),
+    };
+    if k < ranked.len() {
+        ranked.select_nth_unstable_by(k - 1, by_logit);
+        ranked.truncate(k);
+    }
+    ranked.sort_unstable_by(by_logit);
+    if temperature <= 0.0 {
+        return ranked.first().map(|&(_, id)| id);
+    }
+    let max = ranked[0].0;
+    let mut weights: Vec<f32> = ranked
+        .iter()
+        .map(|&(l, _)| ((l - max) / temperature).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    let mut kept = weights.len();
+    if top_p < 1.0 {
+        let mut mass = 0.0;
+        for (i, w) in weights.iter().enumerate() {
+            mass += w / total;
+            if mass >= top_p {
+                kept = i + 1;
+                break;
+            }
+        }
+    }
+    weights.truncate(kept);
+    let total: f32 = weights.iter().sum();
+    // 24 random bits make a uniform float in [0, 1), the same on every platform.
+    let unit = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+    let mut target = unit * total;
+    for (i, w) in weights.iter().enumerate() {
+        if target < *w {
+            return Some(ranked[i].1);
+        }
+        target -= w;
+    }
+    ranked.get(kept - 1).map(|&(_, id)| id)
+}
+
+/// Turns token pieces into text without splitting a UTF-8 character: bytes of an incomplete
+/// character wait for the next piece.
+#[derive(Default)]
+pub(crate) struct Utf8Pieces {
+    pending: Vec<u8>,
+}
+
+impl Utf8Pieces {
+    /// Adds a piece and returns the text that is complete so far.
+    pub(crate) fn push(&mut self, piece: &[u8]) -> String {
+        self.pending.extend_from_slice(piece);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Bytes that can never become valid: pass them on replaced.
+            Err(_) => {
+                let text = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                return text;
+            }
+        };
+        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_never_split_a_character() {
+        let mut pieces = Utf8Pieces::default();
+        let bytes = "né→x".as_bytes();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&pieces.push(&[*b]));
+        }
+        assert_eq!(out, "né→x");
+        assert_eq!(pieces.push(&[0xff, b'a']), "\u{fffd}a");
+    }
+
+    #[test]
+    fn random_sampling_repeats_with_its_seed_and_respects_top_k() {
+        let logits: Vec<(f32, i32)> = (0..100).map(|i| ((i % 17) as f32, i)).collect();
+        let draw = |seed| {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            (0..50)
+                .map(|_| pick_random(&mut logits.clone(), 0.8, 3, 0.95, &mut rng).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        // The three largest logits are 16 (ids 16, 33, 50, …): top-k keeps the lowest ids.
+        assert!(draw(7).iter().all(|id| [16, 33, 50].contains(id)));
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        assert_eq!(pick_random(&mut Vec::new(), 0.8, 3, 0.9, &mut rng), None);
+        assert_eq!(
+            pick_random(&mut logits.clone(), 0.0, 0, 1.0, &mut rng),
+            Some(16)
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! The decode loop: continuous batching over many streams that branch from the prefix tree.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
+use hivemind_core::clock::Deadline;
+use hivemind_core::config::Sampling;
+use hivemind_core::prompt::PromptLevel;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::engine::{Engine, EngineShape, SeqId};
+use crate::prefix::{PrefixStats, PrefixStore};
+use crate::sample::{GrammarStats, TokenChooser, Utf8Pieces};
+use crate::{LlamaError, LlamaOptions, ModelFile};
+
+/// One stream to write: a prompt that branches from a cached prefix, and how to end it.
+#[derive(Clone, Debug)]
+pub struct StreamSpec {
+    /// The root level, shared by every stream.
+    pub root: Arc<PromptLevel>,
+    /// The branch under the root this stream continues (a persona, or the ensemble).
+    pub branch: Arc<PromptLevel>,
+    /// The stream's own prompt text, after the branch.
+    pub block: String,
+    /// The GBNF grammar the output must match (start rule `root`); `None` writes freely.
+    pub grammar: Option<String>,
+    /// Earlier deadlines are prefilled first.
+    pub deadline: Deadline,
+    /// The most tokens to write.
+    pub max_tokens: u32,
+    /// How tokens are chosen.
+    pub sampling: Sampling,
+    /// The seed of random sampling.
+    pub seed: u64,
+    /// Keep writing through end-of-generation tokens until `max_tokens` (for fixed-shape
+    /// throughput measurements only).
+    pub ignore_eog: bool,
+}
+
+/// What a session has done, for metrics, tests and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Prompt tokens decoded for streams (prefix levels are counted in `prefix`).
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+    /// `decode` calls.
+    pub decodes: u64,
+    /// The prefix tree's work.
+    pub prefix: PrefixStats,
+    /// The grammar fast path's hit rate.
+    pub grammar: GrammarStats,
+}
+
+/// A model, a context over it and the prefix tree, owned by one thread.
+pub struct LlamaSession {
+    engine: Engine,
+    prefix: PrefixStore,
+    options: LlamaOptions,
+    stats: SessionStats,
+}
+
+enum Phase {
+    Prefill { fed: usize },
+    Generate { last: LlamaToken },
+}
+
+struct Slot {
+    stream: usize,
+    /// Place in deadline order.
+    rank: usize,
+    seq: SeqId,
+    prompt: Vec<LlamaToken>,
+    phase: Phase,
+    pos: i32,
+    logits_at: Option<i32>,
+    chooser: Option<TokenChooser>,
+    text: Utf8Pieces,
+    generated: u32,
+    max_tokens: u32,
+    ignore_eog: bool,
+    cells: u32,
+}
+
+impl Slot {
+    fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.prompt.len() as u64,
+            generated_tokens: u64::from(self.generated),
+        }
+    }
+}
+
+impl LlamaSession {
+    /// A session over `model` (loaded from `file`) with a context sized by `options`.
+    pub fn new(
+        file: &ModelFile,
+        model: Arc<LlamaModel>,
+        options: LlamaOptions,
+    ) -> Result<Self, LlamaError> {
+        let threads = options.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
+            |t| t.max(1) as i32,
+        );
+        let per_batch = options.max_sequences.max(1);
+        let shape = EngineShape {
+            n_ctx: options.context_tokens,
+            n_batch: options.batch_tokens,
+            // The root, a branch per stream at most, and a sequence per stream.
+            n_seq_max: (1 + 2 * per_batch).min(crate::engine::MAX_SEQUENCES),
+            threads,
+        };
+        let engine = Engine::new(model, shape)?;
+        let dir = options.state_dir.clone();
+        Ok(LlamaSession {
+            prefix: PrefixStore::new(file.fingerprint(), dir),
+            engine,
+            options,
+            stats: SessionStats::default(),
+        })
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &LlamaOptions {
+        &self.options
+    }
+
+    /// What this session has done so far.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            prefix: self.prefix.stats,
+            ..self.stats
+        }
+    }
+
+    /// Whether prefix level `key` is decoded and ready.
+    pub fn is_warm(&self, key: u64) -> bool {
+        self.prefix.contains(key)
+    }
+
+    /// Decodes (or loads) the root and `branches` ahead of any request.
+    pub fn warm(
+        &mut self,
+        root: &PromptLevel,
+        branches: &[&PromptLevel],
+    ) -> Result<(), LlamaError> {
+        self.prefix.ensure(&mut self.engine, root, branches)
+    }
+
+    /// Whether llama.cpp's grammar sampler accepts `gbnf` (start rule `root`) for this model.
+    pub fn check_grammar(&self, gbnf: &str) -> Result<(), LlamaError> {
+        TokenChooser::new(self.engine.model(), gbnf, Sampling::Greedy, 0)
+            .map(drop)
+            .map_err(LlamaError::Context)
+    }
+
+    /// How many tokens `text` is, as a block after a prefix.
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.engine.tokenize(text, false).len()
+    }
+
+    /// Writes every stream of `specs`, reporting to `sink` by index in `specs`. Streams share
+    /// one root. Prompts are prefilled in deadline order, in chunks, while streams already
+    /// writing keep getting one token per step; a stream joins the decode batch when its prompt
+    /// is in and leaves it when done or cancelled, freeing its cells for the next.
+    ///
+    /// A stream that cannot fit the context fails alone with [`BackendError::TooLarge`]. An
+    /// `Err` means the context failed and every stream that had not ended is lost.
+    pub fn run(
+        &mut self,
+        specs: &[StreamSpec],
+        sink: &mut dyn BatchSink,
+    ) -> Result<(), LlamaError> {
+        let Some(root) = specs.first().map(|s| Arc::clone(&s.root)) else {
+            return Ok(());
+        };
+        if let Some(other) = specs.iter().find(|s| s.root.key != root.key) {
+            return Err(LlamaError::Context(format!(
+                "streams of one run share a root ({:016x} ≠ {:016x})",
+                root.key, other.root.key
+            )));
+        }
+        let mut branches: Vec<&PromptLevel> = Vec::new();
+        for s in specs {
+            if !branches.iter().any(|b| b.key == s.branch.key) {
+                branches.push(&s.branch);
+            }
+        }
+        self.prefix.ensure(&mut self.engine, &root, &branches)?;
+        let keys: Vec<u64> = branches.iter().map(|b| b.key).collect();
+        let restored = self.prefix.restore(&mut self.engine, root.key, &keys)?;
+        let shape = self.engine.shape();
+        let mut free_cells = shape.n_ctx.saturating_sub(restored.cells);
+        let mut free_seqs: Vec<u32> = (restored.first_free..shape.n_seq_max).rev().collect();
+
+        // Streams wait in deadline order; ties keep the batch order.
+        let mut order: Vec<usize> = (0..specs.len()).collect();
+        order.sort_by_key(|&i| (specs[i].deadline, i));
+        let mut waiting: VecDeque<(usize, Vec<LlamaToken>, u32)> = VecDeque::new();
+        for i in order {
+            let spec = &specs[i];
+            let prompt = self.engine.tokenize(&spec.block, false);
+            let start = restored.branch(spec.branch.key).map_or(0, |(_, end)| end);
+            let cells = prompt.len() as u32 + spec.max_tokens;
+            if prompt.is_empty() || cells > free_cells || start + cells > shape.n_ctx {
+                sink.error(
+                    i,
+                    BackendError::TooLarge(format!(
+                        "a prompt of {} tokens and {} to write do not fit the {} free cells of the context",
+                        prompt.len(),
+                        spec.max_tokens,
+                        free_cells
+                    )),
+                );
+                continue;
+            }
+            waiting.push_back((i, prompt, cells));
+        }
+
+        let mut active: Vec<Slot> = Vec::new();
+        let mut admitted = 0;
+        loop {
+            // Admit waiting streams while a sequence and their cells are free.
+            while let Some((_, _, cells)) = waiting.front() {
+                if *cells > free_cells {
+                    break;
+                }
+                let Some(seq_index) = free_seqs.pop() else {
+                    break;
+                };
+                let Some((i, prompt, cells)) = waiting.pop_front() else {
+                    break;
+                };
+                let spec = &specs[i];
+                let seq = self.engine.seq(seq_index)?;
+                let Some((branch_seq, start)) = restored.branch(spec.branch.key) else {
+                    free_seqs.push(seq_index);
+                    sink.error(i, BackendError::Failed("its prompt prefix was lost".into()));
+                    continue;
+                };
+                let chooser = match &spec.grammar {
+                    Some(g) => {
+                        match TokenChooser::new(self.engine.model(), g, spec.sampling, spec.seed) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                free_seqs.push(seq_index);
+                                sink.error(i, BackendError::Failed(e));
+                                continue;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                self.engine.seq_cp(branch_seq, seq, None, None);
+                free_cells -= cells;
+                admitted += 1;
+                active.push(Slot {
+                    stream: i,
+                    rank: admitted,
+                    seq,
+                    prompt,
+                    phase: Phase::Prefill { fed: 0 },
+                    pos: start as i32,
+                    logits_at: None,
+                    chooser,
+                    text: Utf8Pieces::default(),
+                    generated: 0,
+                    max_tokens: spec.max_tokens,
+                    ignore_eog: spec.ignore_eog,
+                    cells,
+                });
+            }
+            if active.is_empty() {
+                for (i, _, _) in waiting.drain(..) {
+                    sink.error(i, BackendError::TooLarge("no room in the context".into()));
+                }
+                break;
+            }
+
+            // Streams nobody wants any more leave before the next step.
+            let mut k = 0;
+            while k < active.len() {
+                if sink.is_cancelled(active[k].stream) {
+                    let slot = active.swap_remove(k);
+                    sink.done(slot.stream, slot.usage());
+                    self.release(&slot, &mut free_cells, &mut free_seqs);
+                } else {
+                    k += 1;
+                }
+            }
+            if active.is_empty() {
+                continue;
+            }
+            // Swap-removal scrambles the order; keep deadline order, so every step's batch is
+            // laid out the same way on every run.
+            active.sort_by_key(|s| s.rank);
+
+            self.fill_step(&mut active)?;
+            self.engine.decode().inspect_err(|e| {
+                for slot in &active {
+                    sink.error(slot.stream, BackendError::Failed(e.to_string()));
+                }
+            })?;
+            self.stats.decodes += 1;
+            self.sample_step(&mut active, sink, &mut free_cells, &mut free_seqs);
+        }
+        // Agents' cells are gone; only the prefix remains, as the next run expects.
+        Ok(())
+    }
+
+    /// Fills the batch for one step: a token for every writing stream, then prompt chunks in
+    /// deadline order.
+    fn fill_step(&mut self, active: &mut [Slot]) -> Result<(), LlamaError> {
+        self.engine.clear_batch();
+        let mut writing = 0;
+        for slot in active.iter_mut() {
+            slot.logits_at = None;
+            if let Phase::Generate { last } = slot.phase {
+                slot.logits_at = Some(self.engine.push(last, slot.pos, slot.seq, true)?);
+                slot.pos += 1;
+                writing += 1;
+            }
+        }
+        let mut budget = self.engine.batch_room();
+        if writing > 0 {
+            budget = budget.min(self.options.prefill_chunk.max(1) as usize);
+        }
+        // `active` is in admission order, which is deadline order.
+        for slot in active.iter_mut() {
+            if budget == 0 {
+                break;
+            }
+            let Phase::Prefill { fed } = slot.phase else {
+                continue;
+            };
+            let take = (slot.prompt.len() - fed).min(budget);
+            for j in fed..fed + take {
+                let last = j + 1 == slot.prompt.len();
+                let at = self.engine.push(slot.prompt[j], slot.pos, slot.seq, last)?;
+                slot.pos += 1;
+                if last {
+                    slot.logits_at = Some(at);
+                }
+            }
+            self.stats.prompt_tokens += take as u64;
+            slot.phase = Phase::Prefill { fed: fed + take };
+            budget -= take;
+        }
+        Ok(())
+    }
+
+    /// Samples a token for every stream that has logits, reports its text, and retires the
+    /// streams that ended.
+    fn sample_step(
+        &mut self,
+        active: &mut Vec<Slot>,
+        sink: &mut dyn BatchSink,
+        free_cells: &mut u32,
+        free_seqs: &mut Vec<u32>,
+    ) {
+        let mut k = 0;
+        while k < active.len() {
+            let slot = &mut active[k];
+            let Some(at) = slot.logits_at else {
+                k += 1;
+                continue;
+            };
+            let logits = self.engine.logits(at);
+            let engine = &self.engine;
+            let token = match &mut slot.chooser {
+                Some(chooser) => chooser.choose(logits, |t| engine.is_eog(t)),
+                None => greedy(logits, slot.ignore_eog.then_some(engine)),
+            };
+            let ended = match token {
+                None => {
+                    sink.error(
+                        slot.stream,
+                        BackendError::Failed("the grammar allows no further token".into()),
+                    );
+                    true
+                }
+                Some(t) if engine.is_eog(t) && !slot.ignore_eog => {
+                    sink.done(slot.stream, slot.usage());
+                    true
+                }
+                Some(t) => {
+                    slot.generated += 1;
+                    self.stats.generated_tokens += 1;
+                    let text = slot.text.push(&engine.piece(t));
+                    if !text.is_empty() {
+                        sink.text(slot.stream, &text, slot.usage());
+                    }
+                    slot.phase = Phase::Generate { last: t };
+                    if slot.generated >= slot.max_tokens {
+                        sink.done(slot.stream, slot.usage());
+                        true
+                    } else {
+                        false
+                    }
+                }
+            };
+            if ended {
+                let slot = active.swap_remove(k);
+                if let Some(c) = &slot.chooser {
+                    self.stats.grammar.tokens += c.stats.tokens;
+                    self.stats.grammar.masked += c.stats.masked;
+                }
+                self.release(&slot, free_cells, free_seqs);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    fn release(&mut self, slot: &Slot, free_cells: &mut u32, free_seqs: &mut Vec<u32>) {
+        self.engine.seq_rm(slot.seq, None, None);
+        *free_cells += slot.cells;
+        free_seqs.push(slot.seq.raw() as u32);
+        // Lowest ids first, so admission is the same whatever order streams ended in.
+        free_seqs.sort_unstable_by(|a, b| b.cmp(a));
+    }
+}
+
+/// The most likely token; with `skip_eog`, the most likely one that does not end generation.
+fn greedy(logits: &[f32], skip_eog: Option<&Engine>) -> Option<LlamaToken> {
+    logits
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| l.is_finite() && skip_eog.is_none_or(|e| !e.is_eog(LlamaToken(*i as i32))))
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| LlamaToken(i as i32))
+}
