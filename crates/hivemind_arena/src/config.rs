@@ -107,7 +107,7 @@ impl Default for ArenaConfig {
             medkit_pickups: true,
             pickup_respawn_ticks: 30,
             max_say_chars: 60,
-            snapshot_cover_points: 6,
+            snapshot_cover_points: 3,
         }
     }
 }

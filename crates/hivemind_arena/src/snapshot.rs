@@ -8,17 +8,20 @@
 //! | points `cover` | the nearest free cover points, at most `snapshot_cover_points` |
 //! | points `objective` | the centre of the objective zone (on the agent's side), where `MoveTo` holds it |
 //! | points `medkit` | medkit pickups lying on the map in sight |
-//! | facts | `ammo`, `medkits`, `in_cover`, `at_objective`, `objective` (text), `team_score`, `enemy_score` |
+//! | facts | `ammo`, `medkits`, `in_cover`, `at_objective` |
 //!
 //! A snapshot renders to a few short lines, since it goes into prompts:
 //!
 //! ```text
-//! self id=0 at=(7,5) hp=65/100 area=(0,0)-(19,13) ammo=2 at_objective=no enemy_score=5 …
+//! self id=0 at=(7,5) hp=65% ammo=2 at_objective=no in_cover=yes medkits=1
 //! ally: 1@(6,5); 2@(5,9)
-//! enemy: 8@(12,5) hp=30/100
+//! enemy: 8@(12,5) hp=30%
 //! cover: (7,5) (8,6) (6,4)
 //! objective: (9,7)
 //! ```
+//!
+//! Everything every agent shares (the objective, the arena's size, the score) belongs in the
+//! prompt's root level, decoded once, not in each agent's block.
 //!
 //! The fact names are the ones [`crate::planning`] reads, so GOAP works from any snapshot with
 //! these names, not only from the arena's own.
@@ -37,8 +40,6 @@ pub const COVER: &str = "cover";
 pub const OBJECTIVE: &str = "objective";
 /// The point set of medkit pickups in sight.
 pub const MEDKIT: &str = "medkit";
-/// What the `objective` fact says.
-pub const OBJECTIVE_TEXT: &str = "hold the center";
 
 /// The names of the facts a snapshot carries.
 pub mod fact {
@@ -50,12 +51,6 @@ pub mod fact {
     pub const IN_COVER: &str = "in_cover";
     /// Whether the agent stands in the objective zone (bool).
     pub const AT_OBJECTIVE: &str = "at_objective";
-    /// The team's objective, in words (text).
-    pub const OBJECTIVE: &str = "objective";
-    /// The agent's team's score (int).
-    pub const TEAM_SCORE: &str = "team_score";
-    /// The other team's score (int).
-    pub const ENEMY_SCORE: &str = "enemy_score";
 }
 
 impl World {
@@ -123,9 +118,6 @@ impl World {
             .with_fact(fact::MEDKITS, me.medkits)
             .with_fact(fact::IN_COVER, in_cover)
             .with_fact(fact::AT_OBJECTIVE, at_objective)
-            .with_fact(fact::OBJECTIVE, OBJECTIVE_TEXT)
-            .with_fact(fact::TEAM_SCORE, self.score(me.team))
-            .with_fact(fact::ENEMY_SCORE, self.score(me.team.opponent()))
     }
 }
 
@@ -168,7 +160,7 @@ mod tests {
         world.place(AgentId(1), Point::new(8, 7)).unwrap();
         let snapshot = world.snapshot(red_scout);
         let cover: Vec<Point> = snapshot.points_in(COVER).collect();
-        assert_eq!(cover.len(), 6);
+        assert_eq!(cover.len(), 3);
         // Its own cell comes first; the ally's cell is left out.
         assert_eq!(cover[0], Point::new(8, 6));
         assert!(!cover.contains(&Point::new(8, 7)));
@@ -184,7 +176,7 @@ mod tests {
         assert_eq!(snapshot.int_fact(fact::MEDKITS), Some(1));
         assert_eq!(snapshot.fact(fact::IN_COVER), Some(&Fact::Bool(true)));
         assert_eq!(snapshot.fact(fact::AT_OBJECTIVE), Some(&Fact::Bool(true)));
-        assert_eq!(snapshot.int_fact(fact::TEAM_SCORE), Some(0));
+        assert_eq!(snapshot.facts.len(), 4, "shared facts stay out of the block");
         assert_eq!(snapshot.bounds, Some(world.grid().bounds()));
         let text = snapshot.render();
         assert!(text.lines().count() <= 5, "{text}");

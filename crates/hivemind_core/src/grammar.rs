@@ -86,6 +86,19 @@ pub enum GrammarError {
     ZeroLimit,
 }
 
+/// The text every answer of `format` for `agent` starts with: its grammar leaves no choice
+/// until after it (for a free plan, up to the first step's verb name).
+///
+/// A backend can decode it with the prompt, in one batched pass, instead of generating it one
+/// token at a time, and report it as the first text of the stream.
+pub fn answer_prefix(format: OutputFormat, agent: AgentId) -> String {
+    match format {
+        OutputFormat::FreePlan => format!("{{\"agent\":{agent},\"steps\":[{{\"act\":\""),
+        OutputFormat::Guided => format!("{{\"agent\":{agent},\"intent\":"),
+        OutputFormat::Line => format!("{{\"agent\":{agent},\"say\":\""),
+    }
+}
+
 /// A generated grammar.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grammar {
@@ -529,6 +542,34 @@ mod tests {
             })
             .collect();
         assert_eq!(steps, a.steps.iter().chain(&b.steps).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_answer_starts_with_the_forced_prefix() {
+        let answers = [
+            (
+                OutputFormat::FreePlan,
+                r#"{"agent":3,"steps":[{"act":"Wait"}]}
+{"agent":8,"steps":[{"act":"Reload"}]}"#,
+            ),
+            (
+                OutputFormat::Guided,
+                "{\"agent\":3,\"intent\":2,\"say\":\"Go\"}\n{\"agent\":8,\"intent\":1,\"say\":\"Ok\"}",
+            ),
+            (
+                OutputFormat::Line,
+                "{\"agent\":3,\"say\":\"Go\"}\n{\"agent\":8,\"say\":\"Ok\"}",
+            ),
+        ];
+        for (format, text) in answers {
+            let (g, _, _) = two_agent_grammar(format);
+            assert!(accepts(&g.text, text), "{text}");
+            let prefix = answer_prefix(format, AgentId(3));
+            assert!(text.starts_with(&prefix), "{format:?}: {prefix}");
+            // Anything else where the prefix stands is refused.
+            let other = text.replacen(&prefix, &prefix.replace('3', "8"), 1);
+            assert!(!accepts(&g.text, &other), "{format:?}");
+        }
     }
 
     #[test]

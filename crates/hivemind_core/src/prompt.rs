@@ -126,7 +126,8 @@ pub struct PromptLevel {
 }
 
 impl PromptLevel {
-    fn new(parent: Option<u64>, text: String) -> Self {
+    /// A level with `text` under the level whose key is `parent` (`None` for a root).
+    pub fn new(parent: Option<u64>, text: String) -> Self {
         let mut h = Fnv64::new();
         if let Some(p) = parent {
             h.write(&p.to_le_bytes());

@@ -358,8 +358,8 @@ impl WorldSnapshot {
     /// size first.
     ///
     /// ```text
-    /// self id=3 at=(4,5) hp=40/100 ammo=0 obj="hold the center"
-    /// enemy: 7@(10,2) hp=50/100; 9@(12,8) hp=20/100
+    /// self id=3 at=(4,5) hp=40% ammo=0 obj="hold the center"
+    /// enemy: 7@(10,2) hp=50%; 9@(12,8) hp=20%
     /// cover: (3,4) (10,2)
     /// ```
     ///
@@ -367,14 +367,8 @@ impl WorldSnapshot {
     /// alphabetical order, so the same situation always renders the same bytes.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(128);
-        let _ = write!(
-            out,
-            "self id={} at={} hp={}/{}",
-            self.agent, self.position, self.health.current, self.health.max
-        );
-        if let Some(b) = self.bounds {
-            let _ = write!(out, " area={}-{}", b.min, b.max);
-        }
+        let _ = write!(out, "self id={} at={} ", self.agent, self.position);
+        write_health(&mut out, self.health);
         write_facts(&mut out, &self.facts);
 
         let mut entities: Vec<&EntityInfo> = self.entities.iter().collect();
@@ -405,7 +399,8 @@ impl WorldSnapshot {
                 let _ = write!(out, " \"{}\"", escape_untrusted(name, MAX_UNTRUSTED_CHARS));
             }
             if let Some(h) = e.health {
-                let _ = write!(out, " hp={}/{}", h.current, h.max);
+                out.push(' ');
+                write_health(&mut out, h);
             }
             write_facts(&mut out, &e.facts);
         }
@@ -482,6 +477,13 @@ impl WorldSnapshot {
 
 /// The longest an untrusted string may be in a prompt, in characters.
 pub const MAX_UNTRUSTED_CHARS: usize = 64;
+
+/// Health as a whole percentage of the maximum: `hp=40%`. Shorter than `40/100` in tokens, and
+/// the same scale for every entity.
+fn write_health(out: &mut String, h: Health) {
+    let percent = u64::from(h.current) * 100 / u64::from(h.max.max(1));
+    let _ = write!(out, "hp={percent}%");
+}
 
 fn write_facts(out: &mut String, facts: &BTreeMap<String, Fact>) {
     for (key, value) in facts {
@@ -573,6 +575,13 @@ pub fn estimate_tokens(text: &str) -> usize {
     let mut tokens = 0;
     let mut run = 0usize;
     for c in text.chars() {
+        if c.is_ascii_digit() {
+            // Small models' tokenizers (SmolLM, Llama 3) split numbers into single digits or
+            // short groups; counting one token per digit keeps the estimate from running short.
+            tokens += run.div_ceil(4) + 1;
+            run = 0;
+            continue;
+        }
         if c.is_alphanumeric() {
             run += c.len_utf8();
             continue;
@@ -613,9 +622,9 @@ mod tests {
     fn renders_compactly_nearest_first_and_sets_in_order() {
         assert_eq!(
             guard().render(),
-            "self id=3 at=(4,5) hp=40/100 area=(0,0)-(19,13) ammo=0 objective=\"hold the center\"\n\
+            "self id=3 at=(4,5) hp=40% ammo=0 objective=\"hold the center\"\n\
              ally: 4@(3,3)\n\
-             enemy: 7@(5,5) hp=50/100; 9@(12,8) hp=20/100\n\
+             enemy: 7@(5,5) hp=50%; 9@(12,8) hp=20%\n\
              cover: (3,4) (10,2)"
         );
     }
@@ -694,7 +703,8 @@ mod tests {
         assert_eq!(estimate_tokens(""), 0);
         assert_eq!(estimate_tokens("hp"), 1);
         assert_eq!(estimate_tokens("objective"), 3);
-        assert_eq!(estimate_tokens("hp=40/100"), 5);
+        // Digits count one each, as small models' tokenizers split them.
+        assert_eq!(estimate_tokens("hp=40/100"), 8);
         assert_eq!(estimate_tokens("a b"), 2);
     }
 }

@@ -55,13 +55,15 @@ pub(crate) struct Engine {
     ctx: LlamaContext<'static>,
     model: Arc<LlamaModel>,
     shape: EngineShape,
+    /// The tokens that end generation, found once.
+    eog: Vec<LlamaToken>,
 }
 
 impl Engine {
     /// A context of `shape` over `model`, with a unified key/value cache, so one cell can belong
     /// to many sequences and a prefix is stored once however many agents branch from it.
     pub(crate) fn new(model: Arc<LlamaModel>, shape: EngineShape) -> Result<Self, LlamaError> {
-        let backend = crate::model::backend()?;
+        let backend = crate::model::llama_backend()?;
         if shape.n_batch == 0 || shape.n_ctx < shape.n_batch {
             return Err(LlamaError::Context(format!(
                 "batch size {} must be between 1 and the context size {}",
@@ -94,7 +96,13 @@ impl Engine {
             n_batch: ctx.n_batch(),
             ..shape
         };
+        let vocab = model_ref.vocab();
+        let eog = (0..model_ref.n_vocab())
+            .map(LlamaToken)
+            .filter(|&t| vocab.is_eog(t))
+            .collect();
         Ok(Engine {
+            eog,
             // One sequence id per token: `push` never adds more.
             batch: LlamaBatch::new(shape.n_batch as usize, 1),
             ctx,
@@ -135,7 +143,7 @@ impl Engine {
     }
 
     pub(crate) fn is_eog(&self, token: LlamaToken) -> bool {
-        self.model.vocab().is_eog(token)
+        self.eog.contains(&token)
     }
 
     /// Empties the pending batch.
@@ -269,5 +277,77 @@ impl Engine {
             .state_seq_load_file(path, seq.0, max_tokens)
             .map(|(tokens, _)| tokens)
             .map_err(|e| LlamaError::State(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ModelFile;
+
+    /// The real model, as `scripts/setup` fetches it.
+    pub(crate) fn model() -> Arc<LlamaModel> {
+        let path = match std::env::var(hivemind_core::config::MODEL_ENV) {
+            Ok(p) if !p.is_empty() => std::path::PathBuf::from(p),
+            _ => std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+                .join(hivemind_core::config::ModelConfig::DEFAULT_PATH),
+        };
+        ModelFile::check(path).unwrap().load().unwrap()
+    }
+
+    fn engine(n_batch: u32, n_seq_max: u32) -> Engine {
+        let shape = EngineShape {
+            n_ctx: 512,
+            n_batch,
+            n_seq_max,
+            threads: 2,
+        };
+        Engine::new(model(), shape).unwrap()
+    }
+
+    #[test]
+    fn sequence_ids_outside_the_context_are_refused_before_llama_cpp_sees_them() {
+        let engine = engine(32, 3);
+        assert!(engine.seq(2).is_ok());
+        assert!(matches!(engine.seq(3), Err(LlamaError::Context(_))));
+        assert!(matches!(engine.seq(u32::MAX), Err(LlamaError::Context(_))));
+        let shape = EngineShape {
+            n_ctx: 512,
+            n_batch: 32,
+            n_seq_max: MAX_SEQUENCES + 1,
+            threads: 1,
+        };
+        assert!(matches!(
+            Engine::new(model(), shape),
+            Err(LlamaError::Context(_))
+        ));
+    }
+
+    #[test]
+    fn a_batch_never_takes_more_than_n_batch_tokens() {
+        let mut engine = engine(8, 2);
+        let seq = engine.seq(0).unwrap();
+        let tokens = engine.tokenize("one two three four five six seven eight nine ten", true);
+        assert!(tokens.len() > 8);
+        for (i, &t) in tokens.iter().take(8).enumerate() {
+            engine.push(t, i as i32, seq, false).unwrap();
+        }
+        assert_eq!(engine.batch_room(), 0);
+        // The ninth token is refused, not written past the batch.
+        assert!(engine.push(tokens[8], 8, seq, false).is_err());
+        engine.decode().unwrap();
+        // A longer run is split into chunks that fit.
+        engine.clear_cache();
+        engine.decode_run(&tokens, seq, 0).unwrap();
+        let bigger = EngineShape {
+            n_ctx: 64,
+            n_batch: 128,
+            n_seq_max: 1,
+            threads: 1,
+        };
+        assert!(matches!(
+            Engine::new(model(), bigger),
+            Err(LlamaError::Context(_))
+        ));
     }
 }

@@ -53,11 +53,12 @@ use std::sync::{Arc, Mutex};
 
 use hivemind_core::backend::{BackendError, BackendFactory, Batch, BatchSink, InferenceBackend};
 use hivemind_core::config::{HivemindConfig, Sampling};
+use hivemind_core::grammar::answer_prefix;
 use hivemind_core::plan::{BackendId, OutputFormat};
 use hivemind_core::prompt::Fnv64;
 use llama_cpp_2::model::LlamaModel;
 
-pub use model::{ModelFile, Quantization, quantize};
+pub use model::{ModelFile, Quantization, llama_backend, quantize};
 pub use prefix::PrefixStats;
 pub use sample::GrammarStats;
 pub use session::{LlamaSession, SessionStats, StreamSpec};
@@ -286,6 +287,12 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
             branch: Arc::clone(&shared.prompt.ensemble),
             block: shared.prompt.batch.text.clone(),
             grammar: Some(shared.grammar.clone()),
+            forced: shared
+                .prompt
+                .order
+                .first()
+                .map(|&a| answer_prefix(batch.format, a))
+                .unwrap_or_default(),
             deadline: batch
                 .agents
                 .iter()
@@ -306,6 +313,7 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
                 branch: Arc::clone(&a.prompt.persona),
                 block: a.prompt.agent.text.clone(),
                 grammar: Some(a.grammar.clone()),
+                forced: answer_prefix(batch.format, a.agent),
                 deadline: a.deadline,
                 max_tokens: per_agent,
                 sampling,

@@ -22,7 +22,9 @@ const GGUF_HEADER_BYTES: u64 = 24;
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
 /// The process's llama.cpp backend, initialised on first use with its logs sent to `tracing`.
-pub(crate) fn backend() -> Result<&'static LlamaBackend, LlamaError> {
+/// llama.cpp can be initialised only once per process; code that calls llama-cpp-2 directly
+/// next to this crate must take the backend from here.
+pub fn llama_backend() -> Result<&'static LlamaBackend, LlamaError> {
     BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
@@ -100,7 +102,7 @@ impl ModelFile {
 
     /// Loads the weights. A truncated or corrupt file gives [`LlamaError::LoadFailed`].
     pub fn load(&self) -> Result<Arc<LlamaModel>, LlamaError> {
-        let backend = backend()?;
+        let backend = llama_backend()?;
         let model = LlamaModel::load_from_file(backend, &self.path, &LlamaModelParams::default())
             .map_err(|e| LlamaError::LoadFailed {
             path: self.path.clone(),
@@ -202,7 +204,7 @@ pub fn quantize(source: &Path, format: Quantization) -> Result<PathBuf, LlamaErr
         return Ok(target);
     }
     ModelFile::check(source)?;
-    backend()?;
+    llama_backend()?;
     let partial = target.with_extension("gguf.part");
     let c_path = |p: &Path| {
         CString::new(p.to_string_lossy().as_bytes()).map_err(|_| LlamaError::Quantize {

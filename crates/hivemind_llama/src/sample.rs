@@ -97,6 +97,20 @@ impl TokenChooser {
         Some(token)
     }
 
+    /// Advances the grammar past `tokens` (text the grammar forces, decoded with the prompt).
+    /// Returns false, having accepted nothing, if the grammar refuses any of them.
+    pub(crate) fn force(&mut self, tokens: &[LlamaToken]) -> bool {
+        for &t in tokens {
+            if !self.allows(t, &[]) {
+                // Back to the grammar's start, as if nothing had been forced.
+                self.grammar.reset();
+                return false;
+            }
+            self.grammar.accept(t);
+        }
+        true
+    }
+
     fn allows(&mut self, token: LlamaToken, logits: &[f32]) -> bool {
         let logit = logits.get(token.0 as usize).copied().unwrap_or(0.0);
         self.one.data.clear();
@@ -250,5 +264,37 @@ mod tests {
             pick_random(&mut logits.clone(), 0.0, 0, 1.0, &mut rng),
             Some(16)
         );
+    }
+}
+
+#[cfg(test)]
+mod grammar_tests {
+    use super::*;
+    use crate::engine::tests::model;
+
+    #[test]
+    fn end_of_generation_waits_for_the_grammar_to_finish() {
+        let model = model();
+        let eog = model.vocab().eos();
+        assert!(model.vocab().is_eog(eog));
+        let mut chooser =
+            TokenChooser::new(&model, "root ::= \"ok\"", Sampling::Greedy, 0).unwrap();
+        let n_vocab = model.n_vocab() as usize;
+        // The model "wants" to stop at once: end of generation has by far the largest logit.
+        let mut logits = vec![0.0f32; n_vocab];
+        logits[eog.0 as usize] = 100.0;
+        let mut text = Vec::new();
+        for _ in 0..8 {
+            let token = chooser
+                .choose(&logits, |t| model.vocab().is_eog(t))
+                .unwrap();
+            if model.vocab().is_eog(token) {
+                break;
+            }
+            text.extend(model.vocab().token_to_piece(token, false, None));
+        }
+        // It could end only once the grammar was complete, and never fed the grammar an end.
+        assert_eq!(String::from_utf8(text).unwrap(), "ok");
+        assert!(chooser.stats.masked >= 1);
     }
 }

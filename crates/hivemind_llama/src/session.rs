@@ -26,6 +26,11 @@ pub struct StreamSpec {
     pub block: String,
     /// The GBNF grammar the output must match (start rule `root`); `None` writes freely.
     pub grammar: Option<String>,
+    /// Text the grammar forces at the start of the answer
+    /// ([`answer_prefix`](hivemind_core::grammar::answer_prefix)). It is decoded with the prompt
+    /// in one batched pass rather than one token per step, and reported as the stream's first
+    /// text. Empty for none.
+    pub forced: String,
     /// Earlier deadlines are prefilled first.
     pub deadline: Deadline,
     /// The most tokens to write.
@@ -78,6 +83,8 @@ struct Slot {
     logits_at: Option<i32>,
     chooser: Option<TokenChooser>,
     text: Utf8Pieces,
+    /// Forced answer text, reported with the first token.
+    forced: String,
     generated: u32,
     max_tokens: u32,
     ignore_eog: bool,
@@ -188,9 +195,13 @@ impl LlamaSession {
                 branches.push(&s.branch);
             }
         }
+        let t0 = std::time::Instant::now();
         self.prefix.ensure(&mut self.engine, &root, &branches)?;
+        let t1 = std::time::Instant::now();
         let keys: Vec<u64> = branches.iter().map(|b| b.key).collect();
         let restored = self.prefix.restore(&mut self.engine, root.key, &keys)?;
+        let t2 = std::time::Instant::now();
+        if std::env::var("HM_PROF").is_ok() { eprintln!("PROF ensure {:?} restore {:?} cells {}", t1-t0, t2-t1, restored.cells); }
         let shape = self.engine.shape();
         let mut free_cells = shape.n_ctx.saturating_sub(restored.cells);
         let mut free_seqs: Vec<u32> = (restored.first_free..shape.n_seq_max).rev().collect();
@@ -203,7 +214,8 @@ impl LlamaSession {
             let spec = &specs[i];
             let prompt = self.engine.tokenize(&spec.block, false);
             let start = restored.branch(spec.branch.key).map_or(0, |(_, end)| end);
-            let cells = prompt.len() as u32 + spec.max_tokens;
+            // Forced answer text joins the prompt: reserve its cells too.
+            let cells = prompt.len() as u32 + spec.forced.len() as u32 + spec.max_tokens;
             if prompt.is_empty() || cells > free_cells || start + cells > shape.n_ctx {
                 sink.error(
                     i,
@@ -240,10 +252,19 @@ impl LlamaSession {
                     sink.error(i, BackendError::Failed("its prompt prefix was lost".into()));
                     continue;
                 };
+                let mut prompt = prompt;
+                let mut forced = String::new();
                 let chooser = match &spec.grammar {
                     Some(g) => {
                         match TokenChooser::new(self.engine.model(), g, spec.sampling, spec.seed) {
-                            Ok(c) => Some(c),
+                            Ok(mut c) => {
+                                let tokens = self.engine.tokenize(&spec.forced, false);
+                                if !tokens.is_empty() && c.force(&tokens) {
+                                    prompt.extend(tokens);
+                                    forced.clone_from(&spec.forced);
+                                }
+                                Some(c)
+                            }
                             Err(e) => {
                                 free_seqs.push(seq_index);
                                 sink.error(i, BackendError::Failed(e));
@@ -266,6 +287,7 @@ impl LlamaSession {
                     logits_at: None,
                     chooser,
                     text: Utf8Pieces::default(),
+                    forced,
                     generated: 0,
                     max_tokens: spec.max_tokens,
                     ignore_eog: spec.ignore_eog,
@@ -298,13 +320,17 @@ impl LlamaSession {
             active.sort_by_key(|s| s.rank);
 
             self.fill_step(&mut active)?;
+            let td = std::time::Instant::now();
+            let nb = self.engine.batch_len();
             self.engine.decode().inspect_err(|e| {
                 for slot in &active {
                     sink.error(slot.stream, BackendError::Failed(e.to_string()));
                 }
             })?;
             self.stats.decodes += 1;
+            let ts = std::time::Instant::now();
             self.sample_step(&mut active, sink, &mut free_cells, &mut free_seqs);
+            if std::env::var("HM_PROF").is_ok() { eprintln!("PROF decode {nb} tokens {:?} sample {:?}", ts-td, ts.elapsed()); }
         }
         // Agents' cells are gone; only the prefix remains, as the next run expects.
         Ok(())
@@ -367,6 +393,10 @@ impl LlamaSession {
                 k += 1;
                 continue;
             };
+            if !slot.forced.is_empty() {
+                let forced = std::mem::take(&mut slot.forced);
+                sink.text(slot.stream, &forced, slot.usage());
+            }
             let logits = self.engine.logits(at);
             let engine = &self.engine;
             let token = match &mut slot.chooser {
