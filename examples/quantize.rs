@@ -19,7 +19,10 @@ use hivemind::llama::{Quantization, quantize};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let source = PathBuf::from(args.next().ok_or("usage: quantize SOURCE.gguf TAG [TAG …]")?);
+    let source = PathBuf::from(
+        args.next()
+            .ok_or("usage: quantize SOURCE.gguf TAG [TAG …]")?,
+    );
     let tags: Vec<String> = args.collect();
     if tags.is_empty() {
         return Err("name at least one quantization: Q8_0, Q4_0, Q4_1 or Q4_K_M".into());

@@ -4,7 +4,6 @@
 //! |---|---|
 //! | `position`, `health`, `bounds` | the agent's cell, its health, the whole grid |
 //! | entities `enemy` | enemies it [sees](World::can_see), with their health |
-//! | entities `ally` | living teammates (a team knows where its own are) |
 //! | points `cover` | the nearest free cover points, at most `snapshot_cover_points` |
 //! | points `objective` | the centre of the objective zone (on the agent's side), where `MoveTo` holds it |
 //! | points `medkit` | medkit pickups lying on the map in sight |
@@ -14,7 +13,6 @@
 //!
 //! ```text
 //! self id=0 at=(7,5) hp=65% ammo=2 at_objective=no in_cover=yes medkits=1
-//! ally: 1@(6,5); 2@(5,9)
 //! enemy: 8@(12,5) hp=30%
 //! cover: (7,5) (8,6) (6,4)
 //! objective: (9,7)
@@ -32,8 +30,6 @@ use crate::world::World;
 
 /// The entity set of visible enemies.
 pub const ENEMY: &str = "enemy";
-/// The entity set of teammates.
-pub const ALLY: &str = "ally";
 /// The point set of cover points.
 pub const COVER: &str = "cover";
 /// The point set holding the objective zone's centre.
@@ -72,19 +68,22 @@ impl World {
                     continue;
                 }
                 let id = EntityId(other.id.0);
-                if other.team == me.team {
-                    snapshot
-                        .entities
-                        .push(EntityInfo::new(id, ALLY, other.position));
-                } else if self.sees(me, other) {
+                // Teammates are left out: no verb acts on them, and every token of an agent's
+                // block is paid for on every request.
+                if other.team != me.team && self.sees(me, other) {
                     snapshot.entities.push(
                         EntityInfo::new(id, ENEMY, other.position).with_health(other.health()),
                     );
                 }
             }
 
-            // Cover points someone it knows of already holds are no use to it.
-            let taken = |p: Point| snapshot.entities.iter().any(|e| e.position == p);
+            // Cover points a teammate or a visible enemy already holds are no use to it.
+            let taken = |p: Point| {
+                snapshot.entities.iter().any(|e| e.position == p)
+                    || self
+                        .agents()
+                        .any(|a| a.alive && a.team == me.team && a.id != me.id && a.position == p)
+            };
             let mut cover: Vec<Point> = self
                 .grid
                 .cover_points()
@@ -129,7 +128,7 @@ mod tests {
     use crate::ArenaConfig;
 
     #[test]
-    fn snapshots_show_only_visible_enemies_with_health_and_all_allies() {
+    fn snapshots_show_only_visible_enemies_with_their_health() {
         let mut world = World::new(ArenaConfig::default());
         let (red_scout, blue_sniper, blue_flanker) = (AgentId(0), AgentId(6), AgentId(7));
         world.place(red_scout, Point::new(6, 6)).unwrap();
@@ -144,8 +143,7 @@ mod tests {
         assert_eq!(enemies.len(), 1, "{}", snapshot.render());
         assert_eq!(enemies[0].id, EntityId(7));
         assert_eq!(enemies[0].health, Some(Health::new(40, 100)));
-        assert_eq!(snapshot.entities_in(ALLY).count(), 5);
-        assert!(snapshot.entities_in(ALLY).all(|e| e.health.is_none()));
+        assert!(snapshot.entities.iter().all(|e| e.set == ENEMY));
         assert!(snapshot.entity(EntityId(6)).is_none());
         assert!(!world.can_see(red_scout, blue_sniper));
         assert!(world.can_see(red_scout, blue_flanker));
@@ -176,7 +174,11 @@ mod tests {
         assert_eq!(snapshot.int_fact(fact::MEDKITS), Some(1));
         assert_eq!(snapshot.fact(fact::IN_COVER), Some(&Fact::Bool(true)));
         assert_eq!(snapshot.fact(fact::AT_OBJECTIVE), Some(&Fact::Bool(true)));
-        assert_eq!(snapshot.facts.len(), 4, "shared facts stay out of the block");
+        assert_eq!(
+            snapshot.facts.len(),
+            4,
+            "shared facts stay out of the block"
+        );
         assert_eq!(snapshot.bounds, Some(world.grid().bounds()));
         let text = snapshot.render();
         assert!(text.lines().count() <= 5, "{text}");

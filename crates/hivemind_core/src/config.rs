@@ -314,7 +314,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// Where the default model lives, relative to the working directory.
-    pub const DEFAULT_PATH: &'static str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    pub const DEFAULT_PATH: &'static str = "models/SmolLM2-135M-Instruct.Q4_0.gguf";
 
     /// The model file to load: [`MODEL_ENV`] if set and not empty, else `path`, else
     /// [`ModelConfig::DEFAULT_PATH`].
@@ -415,7 +415,7 @@ pub struct Budgets {
 impl Default for Budgets {
     fn default() -> Self {
         Budgets {
-            snapshot_tokens: 128,
+            snapshot_tokens: 80,
             conversation_tokens: 128,
             max_plan_steps: 3,
             max_say_chars: 80,

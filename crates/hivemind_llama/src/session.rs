@@ -195,13 +195,9 @@ impl LlamaSession {
                 branches.push(&s.branch);
             }
         }
-        let t0 = std::time::Instant::now();
         self.prefix.ensure(&mut self.engine, &root, &branches)?;
-        let t1 = std::time::Instant::now();
         let keys: Vec<u64> = branches.iter().map(|b| b.key).collect();
         let restored = self.prefix.restore(&mut self.engine, root.key, &keys)?;
-        let t2 = std::time::Instant::now();
-        if std::env::var("HM_PROF").is_ok() { eprintln!("PROF ensure {:?} restore {:?} cells {}", t1-t0, t2-t1, restored.cells); }
         let shape = self.engine.shape();
         let mut free_cells = shape.n_ctx.saturating_sub(restored.cells);
         let mut free_seqs: Vec<u32> = (restored.first_free..shape.n_seq_max).rev().collect();
@@ -320,17 +316,13 @@ impl LlamaSession {
             active.sort_by_key(|s| s.rank);
 
             self.fill_step(&mut active)?;
-            let td = std::time::Instant::now();
-            let nb = self.engine.batch_len();
             self.engine.decode().inspect_err(|e| {
                 for slot in &active {
                     sink.error(slot.stream, BackendError::Failed(e.to_string()));
                 }
             })?;
             self.stats.decodes += 1;
-            let ts = std::time::Instant::now();
             self.sample_step(&mut active, sink, &mut free_cells, &mut free_seqs);
-            if std::env::var("HM_PROF").is_ok() { eprintln!("PROF decode {nb} tokens {:?} sample {:?}", ts-td, ts.elapsed()); }
         }
         // Agents' cells are gone; only the prefix remains, as the next run expects.
         Ok(())

@@ -109,7 +109,12 @@ fn task(format: OutputFormat, i: usize) -> AgentTask {
 }
 
 fn persona(i: usize) -> String {
-    if i.is_multiple_of(2) { "veteran" } else { "rookie" }.into()
+    if i.is_multiple_of(2) {
+        "veteran"
+    } else {
+        "rookie"
+    }
+    .into()
 }
 
 fn requests(arena: &Arena, format: OutputFormat, n: usize, stride: usize) -> Vec<JobRequest> {
