@@ -38,9 +38,11 @@
 //!   stream answers for the whole batch, in batch order); the batch says which.
 //! - **Grammar on the fast path.** The grammar sampler stays out of the chain: the chain picks
 //!   a token, only that token is checked, and the vocabulary is masked only on a rejection.
-//! - **Nothing aborts.** Every size and id is checked before llama.cpp sees it; see
-//!   [`engine`](crate::engine)'s notes. A missing, truncated or foreign model file is a typed
-//!   [`LlamaError`].
+//! - **Nothing aborts.** Every size and id is checked before llama.cpp sees it: the one batch
+//!   is allocated with exactly `n_batch` slots and refuses a token past them, sequence ids are
+//!   made only through a range check, each token carries exactly one sequence id, an end of
+//!   generation is never fed to an unfinished grammar, and the model path is checked before
+//!   any load. A missing, truncated or foreign model file is a typed [`LlamaError`].
 
 mod engine;
 mod model;
