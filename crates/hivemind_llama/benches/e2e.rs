@@ -114,6 +114,30 @@ impl Row {
     fn plans_per_sec(&self) -> f64 {
         self.agents as f64 / self.wall.as_secs_f64()
     }
+
+    /// The row's columns, formatted once for both the table and the CSV: strategy, model,
+    /// agents, wall s, plans/s, prompt and generation tok/s, first step p50 and p95 ms, full
+    /// plan p95 ms, valid %, and `ratio` to naive.
+    fn fields(&self, ratio: f64) -> [String; 12] {
+        let secs = self.wall.as_secs_f64();
+        [
+            self.strategy.clone(),
+            self.model.clone(),
+            self.agents.to_string(),
+            format!("{secs:.2}"),
+            format!("{:.2}", self.plans_per_sec()),
+            format!("{:.0}", self.prompt_tokens as f64 / secs),
+            format!("{:.0}", self.generated_tokens as f64 / secs),
+            ms(percentile(&self.first_step, 50.0)),
+            ms(percentile(&self.first_step, 95.0)),
+            ms(percentile(&self.full_plan, 95.0)),
+            format!(
+                "{:.0}",
+                100.0 * self.valid as f64 / self.agents.max(1) as f64
+            ),
+            format!("{ratio:.2}"),
+        ]
+    }
 }
 
 fn percentile(values: &[Duration], p: f64) -> Option<Duration> {
@@ -547,47 +571,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let secs = r.wall.as_secs_f64();
         let ratio = naive_wall
             .get(&r.agents)
-            .map_or(0.0, |n| n.as_secs_f64() / secs);
-        let valid = 100.0 * r.valid as f64 / r.agents.max(1) as f64;
-        let (p50, p95) = (
-            percentile(&r.first_step, 50.0),
-            percentile(&r.first_step, 95.0),
-        );
-        let full = percentile(&r.full_plan, 95.0);
+            .map_or(0.0, |n| n.as_secs_f64() / r.wall.as_secs_f64());
+        let f = r.fields(ratio);
+        let _ = writeln!(csv, "{}", f.join(","));
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {} / {} | {} | {:.0} % | {:.2}× |",
-            r.strategy,
-            r.model,
-            r.agents,
-            secs,
-            r.plans_per_sec(),
-            r.prompt_tokens as f64 / secs,
-            r.generated_tokens as f64 / secs,
-            ms(p50),
-            ms(p95),
-            ms(full),
-            valid,
-            ratio
-        );
-        let _ = writeln!(
-            csv,
-            "{},{},{},{:.3},{:.3},{:.1},{:.1},{},{},{},{:.1},{:.3}",
-            r.strategy,
-            r.model,
-            r.agents,
-            secs,
-            r.plans_per_sec(),
-            r.prompt_tokens as f64 / secs,
-            r.generated_tokens as f64 / secs,
-            ms(p50),
-            ms(p95),
-            ms(full),
-            valid,
-            ratio
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} % | {}× |",
+            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]
         );
     }
     let _ = writeln!(

@@ -65,13 +65,14 @@ impl ModelFile {
         if meta.len() < GGUF_HEADER_BYTES {
             return Err(not_gguf(format!("only {} bytes long", meta.len())));
         }
-        let mut head = vec![0u8; 64 * 1024];
-        let mut file = std::fs::File::open(path).map_err(|e| LlamaError::ModelMissing {
+        let file = std::fs::File::open(path).map_err(|e| LlamaError::ModelMissing {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let read = read_up_to(&mut file, &mut head).map_err(|e| not_gguf(e.to_string()))?;
-        head.truncate(read);
+        let mut head = Vec::with_capacity(64 * 1024);
+        file.take(64 * 1024)
+            .read_to_end(&mut head)
+            .map_err(|e| not_gguf(e.to_string()))?;
         if !head.starts_with(GGUF_MAGIC) {
             return Err(not_gguf("it does not start with the GGUF magic".into()));
         }
@@ -111,17 +112,6 @@ impl ModelFile {
         })?;
         Ok(Arc::new(model))
     }
-}
-
-fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// A weight format [`quantize`] can write.

@@ -137,10 +137,10 @@ impl PrefixStore {
                 state
             }
             None => {
-                let state = self.decode(engine, parent, &tokens, start)?;
+                let (state, seq) = self.decode(engine, parent, &tokens, start)?;
                 self.stats.decoded_levels += 1;
                 self.stats.decoded_tokens += tokens.len() as u64;
-                self.save(engine, level.key, &tokens, &state, parent.is_some());
+                self.save(engine, level.key, &tokens, seq);
                 state
             }
         };
@@ -156,26 +156,27 @@ impl PrefixStore {
         Ok(())
     }
 
-    /// Decodes a level's tokens after its parent and returns the state of its own cells.
+    /// Decodes a level's tokens after its parent. Returns the state of its own cells and the
+    /// sequence that still holds exactly those cells.
     fn decode(
         &mut self,
         engine: &mut Engine,
         parent: Option<u64>,
         tokens: &[LlamaToken],
         start: u32,
-    ) -> Result<SeqState, LlamaError> {
+    ) -> Result<(SeqState, SeqId), LlamaError> {
         let (s0, s1) = (engine.seq(0)?, engine.seq(1)?);
         engine.clear_cache();
         let Some(parent) = parent.and_then(|p| self.nodes.get(&p)) else {
             engine.decode_run(tokens, s0, 0)?;
-            return engine.save_seq(s0);
+            return Ok((engine.save_seq(s0)?, s0));
         };
         engine.restore_seq(&parent.state, s0)?;
         engine.seq_cp(s0, s1, None, None);
         engine.decode_run(tokens, s1, start as i32)?;
         // Keep only this level's own cells in the saved state.
         engine.seq_rm(s1, Some(0), Some(start));
-        engine.save_seq(s1)
+        Ok((engine.save_seq(s1)?, s1))
     }
 
     /// Empties the cache and restores `root` into sequence 0 and each branch into a sequence of
@@ -233,24 +234,13 @@ impl PrefixStore {
             .map(|d| d.join(format!("{:016x}-{key:016x}.kv", self.model)))
     }
 
-    /// Saves a freshly decoded level. Failing to save costs only a later decode, so errors are
-    /// logged, not returned.
-    fn save(
-        &self,
-        engine: &mut Engine,
-        key: u64,
-        tokens: &[LlamaToken],
-        state: &SeqState,
-        branch: bool,
-    ) {
+    /// Saves a freshly decoded level from `seq`, which holds exactly its cells. Failing to
+    /// save costs only a later decode, so errors are logged, not returned.
+    fn save(&self, engine: &Engine, key: u64, tokens: &[LlamaToken], seq: SeqId) {
         let Some(path) = self.file(key) else { return };
         let result = (|| -> Result<(), LlamaError> {
             let dir = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(|e| LlamaError::State(e.to_string()))?;
-            // The state file is written from a sequence that holds exactly this level's cells.
-            let seq = engine.seq(if branch { 1 } else { 0 })?;
-            engine.clear_cache();
-            engine.restore_seq(state, seq)?;
             let partial = path.with_extension("kv.part");
             engine.save_seq_file(&partial, seq, tokens)?;
             let bytes = std::fs::read(&partial).map_err(|e| LlamaError::State(e.to_string()))?;

@@ -25,10 +25,12 @@ pub struct GrammarStats {
     pub masked: u64,
 }
 
-/// One stream's token chooser: its grammar, its random generator and scratch buffers.
+/// One stream's token chooser: its grammar (if any), its random generator and scratch buffers.
 pub(crate) struct TokenChooser {
-    grammar: LlamaSampler,
+    grammar: Option<LlamaSampler>,
     sampling: Sampling,
+    /// Never choose an end-of-generation token (fixed-length throughput runs).
+    never_end: bool,
     rng: Xoshiro256PlusPlus,
     one: LlamaTokenDataArray,
     all: LlamaTokenDataArray,
@@ -37,18 +39,24 @@ pub(crate) struct TokenChooser {
 }
 
 impl TokenChooser {
-    /// A chooser for `grammar` (GBNF, start rule `root`).
+    /// A chooser by `sampling`, constrained by `grammar` (GBNF, start rule `root`) if given.
     pub(crate) fn new(
         model: &LlamaModel,
-        grammar: &str,
+        grammar: Option<&str>,
         sampling: Sampling,
         seed: u64,
+        never_end: bool,
     ) -> Result<Self, String> {
-        let grammar = LlamaSampler::grammar(model, grammar, "root")
-            .map_err(|e| format!("llama.cpp rejected the grammar: {e}"))?;
+        let grammar = grammar
+            .map(|g| {
+                LlamaSampler::grammar(model, g, "root")
+                    .map_err(|e| format!("llama.cpp rejected the grammar: {e}"))
+            })
+            .transpose()?;
         Ok(TokenChooser {
             grammar,
             sampling,
+            never_end,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             one: LlamaTokenDataArray::new(Vec::with_capacity(1), false),
             all: LlamaTokenDataArray::new(Vec::new(), false),
@@ -65,8 +73,13 @@ impl TokenChooser {
         logits: &[f32],
         is_eog: impl Fn(LlamaToken) -> bool,
     ) -> Option<LlamaToken> {
+        let never_end = self.never_end;
+        let open = |i: usize| !never_end || !is_eog(LlamaToken(i as i32));
+        let first = self.pick(logits.iter().copied().enumerate().filter(|&(i, _)| open(i)))?;
+        if self.grammar.is_none() {
+            return Some(first);
+        }
         self.stats.tokens += 1;
-        let first = self.pick(logits.iter().copied().enumerate())?;
         let token = if self.allows(first, logits) {
             first
         } else {
@@ -80,44 +93,61 @@ impl TokenChooser {
             );
             self.all.selected = None;
             self.all.sorted = false;
-            self.grammar.apply(&mut self.all);
+            if let Some(grammar) = &mut self.grammar {
+                grammar.apply(&mut self.all);
+            }
             let allowed: Vec<(usize, f32)> = self
                 .all
                 .data
                 .iter()
                 .filter(|d| d.logit().is_finite())
                 .map(|d| (d.id().0 as usize, d.logit()))
+                .filter(|&(i, _)| open(i))
                 .collect();
             self.pick(allowed.into_iter())?
         };
-        if !is_eog(token) {
+        if !is_eog(token)
+            && let Some(grammar) = &mut self.grammar
+        {
             // The grammar accepted this exact token above, so `accept` cannot fail.
-            self.grammar.accept(token);
+            grammar.accept(token);
         }
         Some(token)
     }
 
     /// Advances the grammar past `tokens` (text the grammar forces, decoded with the prompt).
-    /// Returns false, having accepted nothing, if the grammar refuses any of them.
+    /// Returns false, having accepted nothing, if there is no grammar or it refuses any of
+    /// them.
     pub(crate) fn force(&mut self, tokens: &[LlamaToken]) -> bool {
+        if self.grammar.is_none() {
+            return false;
+        }
         for &t in tokens {
             if !self.allows(t, &[]) {
                 // Back to the grammar's start, as if nothing had been forced.
-                self.grammar.reset();
+                if let Some(grammar) = &mut self.grammar {
+                    grammar.reset();
+                }
                 return false;
             }
-            self.grammar.accept(t);
+            if let Some(grammar) = &mut self.grammar {
+                grammar.accept(t);
+            }
         }
         true
     }
 
+    /// Whether the grammar (if any) allows `token` next.
     fn allows(&mut self, token: LlamaToken, logits: &[f32]) -> bool {
+        let Some(grammar) = &mut self.grammar else {
+            return true;
+        };
         let logit = logits.get(token.0 as usize).copied().unwrap_or(0.0);
         self.one.data.clear();
         self.one.data.push(LlamaTokenData::new(token, logit, 0.0));
         self.one.selected = None;
         self.one.sorted = false;
-        self.grammar.apply(&mut self.one);
+        grammar.apply(&mut self.one);
         self.one.data.first().is_some_and(|d| d.logit().is_finite())
     }
 
@@ -278,7 +308,7 @@ mod grammar_tests {
         let eog = model.vocab().eos();
         assert!(model.vocab().is_eog(eog));
         let mut chooser =
-            TokenChooser::new(&model, "root ::= \"ok\"", Sampling::Greedy, 0).unwrap();
+            TokenChooser::new(&model, Some("root ::= \"ok\""), Sampling::Greedy, 0, false).unwrap();
         let n_vocab = model.n_vocab() as usize;
         // The model "wants" to stop at once: end of generation has by far the largest logit.
         let mut logits = vec![0.0f32; n_vocab];

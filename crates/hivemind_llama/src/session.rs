@@ -81,13 +81,20 @@ struct Slot {
     phase: Phase,
     pos: i32,
     logits_at: Option<i32>,
-    chooser: Option<TokenChooser>,
+    chooser: TokenChooser,
     text: Utf8Pieces,
     /// Forced answer text, reported with the first token.
     forced: String,
     generated: u32,
     max_tokens: u32,
-    ignore_eog: bool,
+    cells: u32,
+}
+
+/// A stream waiting for a sequence and cells: its tokens, tokenized once.
+struct Waiting {
+    stream: usize,
+    prompt: Vec<LlamaToken>,
+    forced: Vec<LlamaToken>,
     cells: u32,
 }
 
@@ -158,7 +165,7 @@ impl LlamaSession {
 
     /// Whether llama.cpp's grammar sampler accepts `gbnf` (start rule `root`) for this model.
     pub fn check_grammar(&self, gbnf: &str) -> Result<(), LlamaError> {
-        TokenChooser::new(self.engine.model(), gbnf, Sampling::Greedy, 0)
+        TokenChooser::new(self.engine.model(), Some(gbnf), Sampling::Greedy, 0, false)
             .map(drop)
             .map_err(LlamaError::Context)
     }
@@ -205,13 +212,14 @@ impl LlamaSession {
         // Streams wait in deadline order; ties keep the batch order.
         let mut order: Vec<usize> = (0..specs.len()).collect();
         order.sort_by_key(|&i| (specs[i].deadline, i));
-        let mut waiting: VecDeque<(usize, Vec<LlamaToken>, u32)> = VecDeque::new();
+        let mut waiting: VecDeque<Waiting> = VecDeque::new();
         for i in order {
             let spec = &specs[i];
             let prompt = self.engine.tokenize(&spec.block, false);
+            let forced = self.engine.tokenize(&spec.forced, false);
             let start = restored.branch(spec.branch.key).map_or(0, |(_, end)| end);
             // Forced answer text joins the prompt: reserve its cells too.
-            let cells = prompt.len() as u32 + spec.forced.len() as u32 + spec.max_tokens;
+            let cells = (prompt.len() + forced.len()) as u32 + spec.max_tokens;
             if prompt.is_empty() || cells > free_cells || start + cells > shape.n_ctx {
                 sink.error(
                     i,
@@ -224,21 +232,32 @@ impl LlamaSession {
                 );
                 continue;
             }
-            waiting.push_back((i, prompt, cells));
+            waiting.push_back(Waiting {
+                stream: i,
+                prompt,
+                forced,
+                cells,
+            });
         }
 
         let mut active: Vec<Slot> = Vec::new();
         let mut admitted = 0;
         loop {
             // Admit waiting streams while a sequence and their cells are free.
-            while let Some((_, _, cells)) = waiting.front() {
-                if *cells > free_cells {
+            while let Some(next) = waiting.front() {
+                if next.cells > free_cells {
                     break;
                 }
                 let Some(seq_index) = free_seqs.pop() else {
                     break;
                 };
-                let Some((i, prompt, cells)) = waiting.pop_front() else {
+                let Some(Waiting {
+                    stream: i,
+                    mut prompt,
+                    forced: forced_tokens,
+                    cells,
+                }) = waiting.pop_front()
+                else {
                     break;
                 };
                 let spec = &specs[i];
@@ -248,28 +267,25 @@ impl LlamaSession {
                     sink.error(i, BackendError::Failed("its prompt prefix was lost".into()));
                     continue;
                 };
-                let mut prompt = prompt;
-                let mut forced = String::new();
-                let chooser = match &spec.grammar {
-                    Some(g) => {
-                        match TokenChooser::new(self.engine.model(), g, spec.sampling, spec.seed) {
-                            Ok(mut c) => {
-                                let tokens = self.engine.tokenize(&spec.forced, false);
-                                if !tokens.is_empty() && c.force(&tokens) {
-                                    prompt.extend(tokens);
-                                    forced.clone_from(&spec.forced);
-                                }
-                                Some(c)
-                            }
-                            Err(e) => {
-                                free_seqs.push(seq_index);
-                                sink.error(i, BackendError::Failed(e));
-                                continue;
-                            }
-                        }
+                let mut chooser = match TokenChooser::new(
+                    self.engine.model(),
+                    spec.grammar.as_deref(),
+                    spec.sampling,
+                    spec.seed,
+                    spec.ignore_eog,
+                ) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        free_seqs.push(seq_index);
+                        sink.error(i, BackendError::Failed(e));
+                        continue;
                     }
-                    None => None,
                 };
+                let mut forced = String::new();
+                if !forced_tokens.is_empty() && chooser.force(&forced_tokens) {
+                    prompt.extend(forced_tokens);
+                    forced.clone_from(&spec.forced);
+                }
                 self.engine.seq_cp(branch_seq, seq, None, None);
                 free_cells -= cells;
                 admitted += 1;
@@ -286,13 +302,15 @@ impl LlamaSession {
                     forced,
                     generated: 0,
                     max_tokens: spec.max_tokens,
-                    ignore_eog: spec.ignore_eog,
                     cells,
                 });
             }
             if active.is_empty() {
-                for (i, _, _) in waiting.drain(..) {
-                    sink.error(i, BackendError::TooLarge("no room in the context".into()));
+                for w in waiting.drain(..) {
+                    sink.error(
+                        w.stream,
+                        BackendError::TooLarge("no room in the context".into()),
+                    );
                 }
                 break;
             }
@@ -391,10 +409,7 @@ impl LlamaSession {
             }
             let logits = self.engine.logits(at);
             let engine = &self.engine;
-            let token = match &mut slot.chooser {
-                Some(chooser) => chooser.choose(logits, |t| engine.is_eog(t)),
-                None => greedy(logits, slot.ignore_eog.then_some(engine)),
-            };
+            let token = slot.chooser.choose(logits, |t| engine.is_eog(t));
             let ended = match token {
                 None => {
                     sink.error(
@@ -403,7 +418,8 @@ impl LlamaSession {
                     );
                     true
                 }
-                Some(t) if engine.is_eog(t) && !slot.ignore_eog => {
+                // A stream that writes through ends never gets one from its chooser.
+                Some(t) if engine.is_eog(t) => {
                     sink.done(slot.stream, slot.usage());
                     true
                 }
@@ -425,10 +441,6 @@ impl LlamaSession {
             };
             if ended {
                 let slot = active.swap_remove(k);
-                if let Some(c) = &slot.chooser {
-                    self.stats.grammar.tokens += c.stats.tokens;
-                    self.stats.grammar.masked += c.stats.masked;
-                }
                 self.release(&slot, free_cells, free_seqs);
             } else {
                 k += 1;
@@ -437,20 +449,12 @@ impl LlamaSession {
     }
 
     fn release(&mut self, slot: &Slot, free_cells: &mut u32, free_seqs: &mut Vec<u32>) {
+        self.stats.grammar.tokens += slot.chooser.stats.tokens;
+        self.stats.grammar.masked += slot.chooser.stats.masked;
         self.engine.seq_rm(slot.seq, None, None);
         *free_cells += slot.cells;
         free_seqs.push(slot.seq.raw() as u32);
         // Lowest ids first, so admission is the same whatever order streams ended in.
         free_seqs.sort_unstable_by(|a, b| b.cmp(a));
     }
-}
-
-/// The most likely token; with `skip_eog`, the most likely one that does not end generation.
-fn greedy(logits: &[f32], skip_eog: Option<&Engine>) -> Option<LlamaToken> {
-    logits
-        .iter()
-        .enumerate()
-        .filter(|(i, l)| l.is_finite() && skip_eog.is_none_or(|e| !e.is_eog(LlamaToken(*i as i32))))
-        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-        .map(|(i, _)| LlamaToken(i as i32))
 }
