@@ -8,21 +8,10 @@ use hivemind_core::action::ActionRegistry;
 use hivemind_core::config::HivemindConfig;
 pub use hivemind_core::config::LoadError;
 use hivemind_core::goap::Domain;
-use hivemind_core::prompt::{ChatTemplate, Persona, PromptRules};
+use hivemind_core::prompt::ChatTemplate;
+pub use hivemind_core::prompt::PromptAsset;
 use hivemind_core::templates::TemplateBook;
 use hivemind_core::worker::PromptContext;
-use serde::Deserialize;
-
-/// The root of the prompt tree and the personas under it (`prompt.ron`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PromptAsset {
-    /// Preamble, rules and worked examples.
-    pub rules: PromptRules,
-    /// The personas agents speak as.
-    #[serde(default)]
-    pub personas: Vec<Persona>,
-}
 
 /// The verbs, the GOAP domain, the dialogue templates and the prompt of the arena, loaded from
 /// one assets directory and checked against each other.

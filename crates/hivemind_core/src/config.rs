@@ -93,6 +93,7 @@ pub fn load_ron_file<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
 /// The whole configuration. See the [module docs](self).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct HivemindConfig {
     /// How long each request kind may take.
     pub deadlines: Deadlines,
@@ -178,6 +179,7 @@ impl HivemindConfig {
 /// How long each request kind may take before its fallback answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct Deadlines {
     /// Banter: the whole line, in milliseconds.
     pub banter_ms: u64,
@@ -210,6 +212,7 @@ impl Default for Deadlines {
 
 /// What happens when a job arrives at a full queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum OverflowPolicy {
     /// The arriving job is answered at once with its fallback (reason `Overflow`).
     #[default]
@@ -223,6 +226,7 @@ pub enum OverflowPolicy {
 /// How jobs are queued and batched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct BatchingConfig {
     /// The most agents in one inference job.
     pub max_batch: usize,
@@ -248,6 +252,7 @@ impl Default for BatchingConfig {
 /// The answer cache and how it buckets situations.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct CacheConfig {
     /// The most entries kept.
     pub capacity: usize,
@@ -275,6 +280,7 @@ impl Default for CacheConfig {
 
 /// How the prompt for a batch of agents is laid out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum PromptLayout {
     /// One sequence per agent, each branching from its persona's prefix.
     #[default]
@@ -285,6 +291,7 @@ pub enum PromptLayout {
 
 /// What a model writes for a plan request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum PlanFormat {
     /// The model writes the steps: `{"agent":ID,"steps":[...]}`.
     #[default]
@@ -297,6 +304,7 @@ pub enum PlanFormat {
 /// The local model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct ModelConfig {
     /// The GGUF file. [`MODEL_ENV`] overrides it; see [`ModelConfig::resolved_path`].
     pub path: Option<String>,
@@ -341,6 +349,7 @@ impl Default for ModelConfig {
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum Sampling {
     /// Always the most likely token allowed by the grammar.
     Greedy,
@@ -358,6 +367,7 @@ pub enum Sampling {
 /// Sampling per request kind, and the seed that makes random sampling repeatable.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct SamplingConfig {
     /// Banter written in idle time.
     pub banter: Sampling,
@@ -399,6 +409,7 @@ impl Default for SamplingConfig {
 /// Size limits and the per-frame budget.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct Budgets {
     /// The most tokens an agent's snapshot may take in a prompt.
     pub snapshot_tokens: usize,
@@ -426,6 +437,7 @@ impl Default for Budgets {
 
 /// Which clock measures deadlines. See [`Clock`](crate::clock::Clock).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum ClockMode {
     /// Wall time while the game runs.
     #[default]
@@ -437,6 +449,7 @@ pub enum ClockMode {
 /// The clock's mode and the throughput lockstep mode assumes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct ClockConfig {
     /// Real-time or lockstep.
     pub mode: ClockMode,
@@ -447,6 +460,7 @@ pub struct ClockConfig {
 /// Tokens per second, for turning a job's token counts into virtual time.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct Throughput {
     /// Prompt tokens processed per second.
     pub prompt_tokens_per_sec: f64,

@@ -14,6 +14,7 @@ use crate::snapshot::{AgentId, EntityId, Point};
 
 /// What an agent asks for. Each kind has its own deadline (see [`Deadlines`](crate::config::Deadlines)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum RequestKind {
     /// A short remark. Never waits for a model: it comes from templates or from model-written
     /// lines cached in idle time. The deadline covers the whole line.
@@ -51,6 +52,7 @@ impl fmt::Display for RequestKind {
 /// The shape of what a model writes. Each has a grammar ([`crate::grammar`]) and is read by the
 /// same stream parser ([`crate::stream`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum OutputFormat {
     /// `{"agent":ID,"steps":[{"act":VERB,...args},...]}`
     FreePlan,
@@ -62,6 +64,7 @@ pub enum OutputFormat {
 
 /// Which backend answered. The same names are used in config, CLI flags and console commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum BackendId {
     /// The deterministic scripted backend (tests, demos, fallback-only runs).
     Scripted,
@@ -121,6 +124,7 @@ impl FromStr for BackendId {
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum PlanSource {
     /// A language model wrote it.
     Llm {
@@ -169,6 +173,7 @@ impl fmt::Display for PlanSource {
 
 /// Why an answer did not come (entirely) from the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum FallbackReason {
     /// The model had not produced the first step or words by the deadline.
     Deadline,
@@ -219,6 +224,7 @@ impl fmt::Display for FallbackReason {
 /// In the JSON that models write, an entity or integer is a number, a point is a two-element
 /// array `[x,y]`, and text is a string.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum ArgValue {
     /// An integer; also how an entity id arrives before validation binds it.
     Int(i64),
@@ -275,6 +281,7 @@ impl fmt::Display for ArgValue {
 
 /// One step of a plan: a verb and its named arguments, in the order the registry declares them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct PlanStep {
     /// The verb, as named in the [`ActionRegistry`](crate::action::ActionRegistry).
     pub verb: String,
@@ -352,6 +359,7 @@ impl fmt::Display for PlanStep {
 
 /// A complete answer to a plan request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct Plan {
     /// The agent the plan is for.
     pub agent: AgentId,

@@ -115,6 +115,30 @@ pub struct PromptRules {
     pub examples: Vec<(OutputFormat, WorkedExample)>,
 }
 
+/// The root of the prompt tree and the personas under it, as one RON file (the workspace's
+/// `assets/prompt.ron`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptAsset {
+    /// Preamble, rules and worked examples.
+    pub rules: PromptRules,
+    /// The personas agents speak as.
+    #[serde(default)]
+    pub personas: Vec<Persona>,
+}
+
+impl PromptAsset {
+    /// Parses a prompt file; errors name `origin` and the position.
+    pub fn from_ron(text: &str, origin: &str) -> Result<Self, crate::config::LoadError> {
+        Ok(crate::config::parse_ron(text, origin)?)
+    }
+
+    /// The persona called `name`.
+    pub fn persona(&self, name: &str) -> Option<&Persona> {
+        self.personas.iter().find(|p| p.name == name)
+    }
+}
+
 /// One level of the tree: its text and a key for its decoded state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PromptLevel {

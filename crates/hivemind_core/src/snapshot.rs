@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct AgentId(pub u32);
 
 impl AgentId {
@@ -39,6 +40,7 @@ impl fmt::Display for AgentId {
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct EntityId(pub u32);
 
 impl fmt::Display for EntityId {
@@ -52,6 +54,7 @@ impl fmt::Display for EntityId {
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct Point {
     /// The horizontal coordinate.
     pub x: i32,
@@ -87,6 +90,7 @@ impl fmt::Display for Point {
 
 /// Current and maximum health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct Health {
     /// Current health.
     pub current: u32,
@@ -114,6 +118,7 @@ impl Default for Health {
 
 /// A fact the game declares about the agent or an entity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum Fact {
     /// A yes/no fact, such as `in_cover`.
     Bool(bool),
@@ -161,6 +166,7 @@ impl From<String> for Fact {
 
 /// Something the agent perceives: an enemy, an ally, a pickup.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct EntityInfo {
     /// Its id, which plan steps use to target it.
     pub id: EntityId,
@@ -213,6 +219,7 @@ impl EntityInfo {
 
 /// A point of interest in a named set, such as a cover position.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct NamedPoint {
     /// The set it belongs to, such as `cover`.
     pub set: String,
@@ -222,6 +229,7 @@ pub struct NamedPoint {
 
 /// The rectangle an agent may move in, both corners inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct Bounds {
     /// The lowest corner.
     pub min: Point,
@@ -251,6 +259,7 @@ impl Bounds {
 
 /// Everything one agent knows when it asks for an answer. See the [module docs](self).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct WorldSnapshot {
     /// The agent this snapshot belongs to.
     pub agent: AgentId,

@@ -235,9 +235,13 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Slots {
 
 /// Lines by situation, shared and per persona, ready to be picked from. See the
 /// [module docs](self).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The default book is empty: every [`line`](TemplateBook::line) is a
+/// [`TemplateError::NoLine`], and a game that relies on it says nothing when a model does not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TemplateBook {
-    /// Shared lines by situation. Never holds an empty list; always holds `idle`.
+    /// Shared lines by situation. Never holds an empty list; holds `idle` unless the book is
+    /// the empty default.
     shared: BTreeMap<String, Box<[Line]>>,
     /// Each persona's own lines by situation. Never holds an empty list.
     personas: BTreeMap<String, BTreeMap<String, Box<[Line]>>>,

@@ -67,6 +67,9 @@ struct Slot {
     crossed: bool,
     steps: usize,
     usage: TokenUsage,
+    /// The stamp of its latest event: on a virtual clock a failure is stamped with it, so that
+    /// every stamp follows from token counts and none from when the worker ran.
+    last: Timestamp,
 }
 
 struct Run<'s> {
@@ -96,6 +99,7 @@ impl<'s> Run<'s> {
                 crossed: false,
                 steps: 0,
                 usage: TokenUsage::default(),
+                last: j.submitted,
             })
             .collect();
         Run {
@@ -109,8 +113,9 @@ impl<'s> Run<'s> {
         }
     }
 
-    fn emit(&self, slot: usize, at: Timestamp, kind: WorkerEventKind) {
-        let s = &self.slots[slot];
+    fn emit(&mut self, slot: usize, at: Timestamp, kind: WorkerEventKind) {
+        let s = &mut self.slots[slot];
+        s.last = s.last.max(at);
         let _ = self.shared.events.send(WorkerEvent {
             job: s.id,
             agent: s.agent,
@@ -127,12 +132,21 @@ impl<'s> Run<'s> {
         self.emit(slot, at, WorkerEventKind::Finished(outcome));
     }
 
+    /// When a failure of `slot` happens: now, or on a virtual clock the job's latest stamp.
+    fn failure_time(&self, slot: usize) -> Timestamp {
+        if self.clock.is_virtual() {
+            self.slots[slot].last
+        } else {
+            self.clock.now()
+        }
+    }
+
     fn fail_unfinished(&mut self, failure: &JobFailure) {
-        let now = self.clock.now();
         for i in 0..self.slots.len() {
             if self.slots[i].finished {
                 continue;
             }
+            let now = self.failure_time(i);
             let outcome = if self.slots[i].state.load(Ordering::Acquire) == CANCELLED {
                 JobOutcome::Cancelled
             } else {
@@ -143,7 +157,17 @@ impl<'s> Run<'s> {
     }
 
     fn execute(&mut self, built: &mut Option<Built>) {
-        let now = self.clock.now();
+        // On a virtual clock a batch starts when it was submitted, as if a worker were always
+        // free: when this worker got to it must not change any stamp.
+        let now = if self.clock.is_virtual() {
+            self.slots
+                .iter()
+                .map(|s| s.submitted)
+                .max()
+                .unwrap_or_else(|| self.clock.now())
+        } else {
+            self.clock.now()
+        };
         let congested = self.shared.waiting.load(Ordering::Acquire) > 0;
         // Claim every job; those cancelled or shed while they waited end here.
         for i in 0..self.slots.len() {
@@ -444,7 +468,14 @@ impl BatchSink for Sink<'_, '_> {
     }
 
     fn error(&mut self, stream: usize, error: BackendError) {
-        let at = self.run.clock.now();
+        let at = match self
+            .streams
+            .get(stream)
+            .and_then(|(_, slots)| slots.first())
+        {
+            Some(&slot) if slot < self.run.slots.len() => self.run.failure_time(slot),
+            _ => self.run.clock.now(),
+        };
         self.reap_cancelled(stream, at);
         self.fail_stream(stream, &JobFailure::Backend(error), at);
     }

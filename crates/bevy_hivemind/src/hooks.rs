@@ -1,0 +1,212 @@
+//! Where the game plugs its own rules in: the fallback planner, the line filter and the verb
+//! handlers.
+
+use std::collections::HashMap;
+
+use bevy::ecs::system::SystemId;
+use bevy::prelude::*;
+use hivemind_core::plan::PlanStep;
+use hivemind_core::snapshot::WorldSnapshot;
+
+use crate::messages::RequestId;
+
+/// Makes plans from the game's rules alone: the answer whenever a model's would be late or
+/// wrong. Runs off the main thread, as soon as a request is queued.
+///
+/// Any `Fn(&WorldSnapshot) -> Vec<PlanStep>` that is `Send + Sync` is one, such as a GOAP planner
+/// over the game's domain. An empty plan is answered with the registry's idle verb.
+pub trait FallbackPlanner: Send + Sync + 'static {
+    /// A plan for the agent in `snapshot`.
+    fn plan(&self, snapshot: &WorldSnapshot) -> Vec<PlanStep>;
+
+    /// The rest of a plan whose first steps, `done`, came from a model that then failed: what
+    /// to append so the plan still reaches a goal. Called off the main thread. By default
+    /// nothing is appended and the model's steps stand alone.
+    fn complete(&self, snapshot: &WorldSnapshot, done: &[PlanStep]) -> Vec<PlanStep> {
+        let _ = (snapshot, done);
+        Vec::new()
+    }
+}
+
+impl<F> FallbackPlanner for F
+where
+    F: Fn(&WorldSnapshot) -> Vec<PlanStep> + Send + Sync + 'static,
+{
+    fn plan(&self, snapshot: &WorldSnapshot) -> Vec<PlanStep> {
+        self(snapshot)
+    }
+}
+
+/// The planner of a game that gave none: every fallback plan is the idle verb.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdlePlanner;
+
+impl FallbackPlanner for IdlePlanner {
+    fn plan(&self, _snapshot: &WorldSnapshot) -> Vec<PlanStep> {
+        Vec::new()
+    }
+}
+
+/// What a [`LineFilter`] decides about a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineVerdict {
+    /// The line may reach the player.
+    Pass,
+    /// Only its first this-many bytes may (a char boundary); the rest is dropped and the line
+    /// ends there.
+    Cut(usize),
+    /// None of it may. A model's line is replaced by the template, or ends where it was.
+    Reject,
+}
+
+/// Checks every line before any of it reaches a player: the model's as it streams (the whole
+/// text so far, each time words arrive), and the templates'.
+pub trait LineFilter: Send + Sync + 'static {
+    /// The verdict on `line`.
+    fn check(&self, line: &str) -> LineVerdict;
+}
+
+/// The default [`LineFilter`]: a length cap at a word boundary and a list of words that must
+/// never be said (matched whole, ignoring case).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineRules {
+    /// The most characters a line may have.
+    pub max_chars: usize,
+    /// Words that reject a line.
+    pub banned: Vec<String>,
+}
+
+impl Default for LineRules {
+    fn default() -> Self {
+        LineRules {
+            max_chars: 160,
+            banned: Vec::new(),
+        }
+    }
+}
+
+impl LineRules {
+    /// Adds a banned word, for chaining.
+    pub fn with_banned(mut self, word: impl Into<String>) -> Self {
+        self.banned.push(word.into().to_lowercase());
+        self
+    }
+}
+
+impl LineFilter for LineRules {
+    fn check(&self, line: &str) -> LineVerdict {
+        let banned = line
+            .split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .any(|w| !w.is_empty() && self.banned.iter().any(|b| b.eq_ignore_ascii_case(w)));
+        if banned {
+            return LineVerdict::Reject;
+        }
+        match line.char_indices().nth(self.max_chars) {
+            None => LineVerdict::Pass,
+            Some((end, _)) => {
+                let head = &line[..end];
+                let cut = head.rfind(' ').filter(|&i| i > 0).unwrap_or(end);
+                LineVerdict::Cut(cut)
+            }
+        }
+    }
+}
+
+/// What a verb handler is told when an agent starts a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerbCall {
+    /// The agent.
+    pub agent: Entity,
+    /// The plan's request.
+    pub request: RequestId,
+    /// The step's position in the plan.
+    pub index: usize,
+    /// The step.
+    pub step: PlanStep,
+}
+
+/// The game's systems for each verb, run (through `Commands`) when an agent's
+/// [`ActivePlan`](crate::ActivePlan) moves to a step of that verb. Register them with
+/// [`HivemindAppExt::add_verb_handler`].
+#[derive(Resource, Default, Debug)]
+pub struct VerbHandlers {
+    handlers: HashMap<String, SystemId<In<VerbCall>>>,
+}
+
+impl VerbHandlers {
+    /// The handler of `verb`.
+    pub fn get(&self, verb: &str) -> Option<SystemId<In<VerbCall>>> {
+        self.handlers.get(verb).copied()
+    }
+
+    /// Sets the handler of `verb`, returning the one it replaces.
+    pub fn insert(
+        &mut self,
+        verb: impl Into<String>,
+        system: SystemId<In<VerbCall>>,
+    ) -> Option<SystemId<In<VerbCall>>> {
+        self.handlers.insert(verb.into(), system)
+    }
+
+    /// The verbs with a handler.
+    pub fn verbs(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
+}
+
+/// Registers verb handlers on an [`App`].
+pub trait HivemindAppExt {
+    /// Runs `system` whenever an agent starts a step of `verb`.
+    ///
+    /// ```
+    /// # use bevy::prelude::*;
+    /// # use bevy_hivemind::prelude::*;
+    /// fn take_cover(In(call): In<VerbCall>, mut commands: Commands) {
+    ///     // Move call.agent to the point in call.step.arg("at"), then send StepFinished.
+    ///     commands.write_message(StepFinished { agent: call.agent, ok: true });
+    /// }
+    /// App::new().add_verb_handler("TakeCover", take_cover);
+    /// ```
+    fn add_verb_handler<M>(
+        &mut self,
+        verb: impl Into<String>,
+        system: impl IntoSystem<In<VerbCall>, (), M> + 'static,
+    ) -> &mut Self;
+}
+
+impl HivemindAppExt for App {
+    fn add_verb_handler<M>(
+        &mut self,
+        verb: impl Into<String>,
+        system: impl IntoSystem<In<VerbCall>, (), M> + 'static,
+    ) -> &mut Self {
+        let id = self.world_mut().register_system(system);
+        self.world_mut()
+            .get_resource_or_init::<VerbHandlers>()
+            .insert(verb, id);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_rules_cut_long_lines_at_a_word_and_reject_banned_words() {
+        let rules = LineRules {
+            max_chars: 12,
+            banned: Vec::new(),
+        }
+        .with_banned("Darn");
+        assert_eq!(rules.check("hold the line"), LineVerdict::Cut(8));
+        assert_eq!(rules.check("short one"), LineVerdict::Pass);
+        assert_eq!(rules.check("oh darn it"), LineVerdict::Reject);
+        assert_eq!(rules.check("darned if"), LineVerdict::Pass);
+        let cut = LineRules {
+            max_chars: 3,
+            banned: Vec::new(),
+        };
+        assert_eq!(cut.check("éééé"), LineVerdict::Cut("ééé".len()));
+    }
+}

@@ -1,0 +1,243 @@
+//! The messages a game sends to hivemind, and the ones it gets back.
+//!
+//! # Delivery
+//!
+//! Every answer, whatever produced it, arrives the same way: [`PlanStepReady`] messages (for a
+//! plan) or [`LineDelta`] messages (for a line), then **exactly one** completion message,
+//! [`PlanReady`] or [`LineReady`]. The completion says where the answer came from
+//! ([`PlanSource`]) and, if it stands in for the model's answer, why ([`FallbackReason`]). A
+//! request the game cancels or replaces, or whose agent despawns, gets no completion.
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use hivemind_core::plan::{FallbackReason, PlanSource, PlanStep, RequestKind};
+
+/// Names one request, from the moment hivemind reads it until its completion message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// Asks for a plan for `agent`, which needs [`NpcAgent`](crate::NpcAgent) and an
+/// [`AgentSnapshot`](crate::AgentSnapshot). A plan already on its way for the agent is replaced.
+#[derive(Message, Clone, Debug, PartialEq, Eq, Reflect)]
+pub struct RequestPlan {
+    /// The agent.
+    pub agent: Entity,
+    /// A scene the player is watching: a router may send it to a bigger model.
+    pub spotlight: bool,
+}
+
+impl RequestPlan {
+    /// A plan for `agent`.
+    pub fn new(agent: Entity) -> Self {
+        RequestPlan {
+            agent,
+            spotlight: false,
+        }
+    }
+
+    /// Marks the request as a spotlight scene, for chaining.
+    pub fn spotlight(mut self) -> Self {
+        self.spotlight = true;
+        self
+    }
+}
+
+/// Which kind of line to say.
+#[derive(Clone, Debug, PartialEq, Eq, Reflect)]
+pub enum LineKind {
+    /// A remark about the situation. Answered in the same frame, never by waiting for a model:
+    /// from lines the model wrote in idle time, or from the templates.
+    Banter,
+    /// A reply to the player.
+    Dialogue {
+        /// What the player said. Escaped before it reaches a prompt.
+        player_said: String,
+    },
+}
+
+/// Asks `agent` to say something. A line of the same kind already on its way is replaced.
+#[derive(Message, Clone, Debug, PartialEq, Eq, Reflect)]
+pub struct RequestLine {
+    /// The agent.
+    pub agent: Entity,
+    /// Banter or a reply.
+    pub kind: LineKind,
+    /// The template situation, such as `low_health`: what the line is about, and which
+    /// template answers if the model does not.
+    pub situation: String,
+    /// Values for the template's slots, such as `("enemy", "Kite")`.
+    pub slots: Vec<(String, String)>,
+    /// A scene the player is watching.
+    pub spotlight: bool,
+}
+
+impl RequestLine {
+    /// Banter about `situation`.
+    pub fn banter(agent: Entity, situation: impl Into<String>) -> Self {
+        RequestLine {
+            agent,
+            kind: LineKind::Banter,
+            situation: situation.into(),
+            slots: Vec::new(),
+            spotlight: false,
+        }
+    }
+
+    /// A reply to what the player said, in `situation`.
+    pub fn reply(
+        agent: Entity,
+        situation: impl Into<String>,
+        player_said: impl Into<String>,
+    ) -> Self {
+        RequestLine {
+            agent,
+            kind: LineKind::Dialogue {
+                player_said: player_said.into(),
+            },
+            situation: situation.into(),
+            slots: Vec::new(),
+            spotlight: true,
+        }
+    }
+
+    /// Adds a slot value, for chaining.
+    pub fn with_slot(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.slots.push((name.into(), value.into()));
+        self
+    }
+
+    /// The request kind.
+    pub fn request_kind(&self) -> RequestKind {
+        match self.kind {
+            LineKind::Banter => RequestKind::Banter,
+            LineKind::Dialogue { .. } => RequestKind::Dialogue,
+        }
+    }
+}
+
+/// Which of an agent's requests a [`CancelRequest`] ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
+pub enum RequestSlot {
+    /// Its plan.
+    Plan,
+    /// Its line of dialogue.
+    Dialogue,
+}
+
+impl RequestSlot {
+    /// The slot a request of `kind` occupies; banter is answered at once and occupies none.
+    pub fn of(kind: RequestKind) -> Option<Self> {
+        match kind {
+            RequestKind::Plan => Some(RequestSlot::Plan),
+            RequestKind::Dialogue => Some(RequestSlot::Dialogue),
+            RequestKind::Banter => None,
+        }
+    }
+}
+
+/// Cancels an agent's request on its way: it gets no further message, and no completion.
+#[derive(Message, Clone, Copy, Debug, PartialEq, Eq, Reflect)]
+pub struct CancelRequest {
+    /// The agent.
+    pub agent: Entity,
+    /// Which request; `None` cancels both.
+    pub slot: Option<RequestSlot>,
+}
+
+impl CancelRequest {
+    /// Cancels the agent's plan and line.
+    pub fn all(agent: Entity) -> Self {
+        CancelRequest { agent, slot: None }
+    }
+
+    /// Cancels the agent's plan.
+    pub fn plan(agent: Entity) -> Self {
+        CancelRequest {
+            agent,
+            slot: Some(RequestSlot::Plan),
+        }
+    }
+}
+
+/// The game finished (or failed) the agent's current step of its
+/// [`ActivePlan`](crate::ActivePlan). The plan moves to its next step; a failed step asks for
+/// a new plan.
+#[derive(Message, Clone, Copy, Debug, PartialEq, Eq, Reflect)]
+pub struct StepFinished {
+    /// The agent.
+    pub agent: Entity,
+    /// Whether the step did what it should.
+    pub ok: bool,
+}
+
+/// A step of a plan, as soon as it is known: while the model is still writing the rest, or as
+/// part of a cached or fallback plan.
+#[derive(Message, Clone, Debug, PartialEq, Reflect)]
+pub struct PlanStepReady {
+    /// The agent.
+    pub agent: Entity,
+    /// The request it answers.
+    pub request: RequestId,
+    /// Its position in the plan, from zero.
+    pub index: usize,
+    /// The step, valid in the agent's snapshot.
+    pub step: PlanStep,
+}
+
+/// Words of a line, as soon as they are complete.
+#[derive(Message, Clone, Debug, PartialEq, Eq, Reflect)]
+pub struct LineDelta {
+    /// The agent.
+    pub agent: Entity,
+    /// The request it answers.
+    pub request: RequestId,
+    /// The words, each with its trailing space.
+    pub text: String,
+}
+
+/// A plan is complete: the last message for its request.
+#[derive(Message, Clone, Debug, PartialEq, Reflect)]
+pub struct PlanReady {
+    /// The agent.
+    pub agent: Entity,
+    /// The request it answers.
+    pub request: RequestId,
+    /// Every step, as the [`PlanStepReady`] messages gave them.
+    pub steps: Vec<PlanStep>,
+    /// What the agent says while acting on it, if the answer carried a line.
+    pub say: Option<String>,
+    /// Where it came from.
+    pub source: PlanSource,
+    /// Why it stands in for the model's answer, if it does.
+    pub fallback: Option<FallbackReason>,
+    /// From the request to the first step, on hivemind's clock.
+    pub first_after: Duration,
+    /// From the request to this message's content being complete, on hivemind's clock.
+    pub latency: Duration,
+}
+
+/// A line is complete: the last message for its request.
+#[derive(Message, Clone, Debug, PartialEq, Reflect)]
+pub struct LineReady {
+    /// The agent.
+    pub agent: Entity,
+    /// The request it answers.
+    pub request: RequestId,
+    /// Banter or dialogue.
+    pub kind: RequestKind,
+    /// The whole line, as the [`LineDelta`] messages gave it, after the line filter.
+    pub text: String,
+    /// Where it came from.
+    pub source: PlanSource,
+    /// Why it stands in for the model's answer, if it does.
+    pub fallback: Option<FallbackReason>,
+    /// From the request to the line being complete, on hivemind's clock.
+    pub latency: Duration,
+}
