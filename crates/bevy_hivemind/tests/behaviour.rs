@@ -3,8 +3,11 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "a test stops at the first thing that is not as it should be"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "Bevy systems take their parameters by value"
 )]
 
 use std::sync::Arc;
