@@ -19,6 +19,8 @@
 //! declares its API unstable, so only `hivemind_llama` names it. A game that only wants remote
 //! inference turns off the default `llama` feature and needs no C++ toolchain.
 
+pub mod arena_app;
+
 pub use bevy_hivemind as bevy;
 pub use hivemind_arena as arena;
 pub use hivemind_core as core;

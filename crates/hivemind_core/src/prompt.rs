@@ -133,6 +133,11 @@ impl PromptAsset {
         Ok(crate::config::parse_ron(text, origin)?)
     }
 
+    /// Reads and parses a prompt file; errors name the path and the position.
+    pub fn load(path: &std::path::Path) -> Result<Self, crate::config::LoadError> {
+        crate::config::load_with(path, Self::from_ron)
+    }
+
     /// The persona called `name`.
     pub fn persona(&self, name: &str) -> Option<&Persona> {
         self.personas.iter().find(|p| p.name == name)

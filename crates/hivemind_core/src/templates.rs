@@ -215,6 +215,16 @@ impl Slots {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every slot and its value, in the order they were first set.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The slots as owned pairs, the form a request message carries.
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.entries
+    }
 }
 
 impl SlotSource for Slots {
