@@ -155,6 +155,8 @@ fn run(
                 .after(HivemindSystems::Apply)
                 .before(ArenaSystems::Act),
         );
+    app.finish();
+    app.cleanup();
     for _ in 0..ticks {
         app.update();
     }

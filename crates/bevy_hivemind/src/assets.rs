@@ -113,4 +113,6 @@ pub struct HivemindAssetHandles {
     pub config: Option<Handle<ConfigAsset>>,
     /// The prompt file, if the plugin loads one.
     pub prompt: Option<Handle<PromptFileAsset>>,
+    pub(crate) applied_config: Option<HivemindConfig>,
+    pub(crate) applied_prompt: Option<PromptAsset>,
 }

@@ -415,6 +415,7 @@ impl Plugin for HivemindPlugin {
         let handles = HivemindAssetHandles {
             config: self.config_asset.as_ref().map(|p| server.load(p.clone())),
             prompt: self.prompt_asset.as_ref().map(|p| server.load(p.clone())),
+            ..default()
         };
         app.insert_resource(handles).add_systems(
             self.schedule,

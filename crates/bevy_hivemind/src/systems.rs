@@ -368,35 +368,34 @@ pub(crate) fn publish(
     }
 }
 
-/// Applies reloaded `hivemind.ron` and prompt files.
+/// Applies reloaded `hivemind.ron` and prompt files. A file is applied when its content differs
+/// from what was last applied from it, so the several events of one reload apply it once and
+/// an edit made since is kept until the file really changes.
 pub(crate) fn reload_assets(
     mut config_events: MessageReader<AssetEvent<ConfigAsset>>,
     mut prompt_events: MessageReader<AssetEvent<PromptFileAsset>>,
     configs: Res<Assets<ConfigAsset>>,
     prompts: Res<Assets<PromptFileAsset>>,
-    handles: Res<HivemindAssetHandles>,
+    mut handles: ResMut<HivemindAssetHandles>,
     mut settings: ResMut<HivemindSettings>,
     mut hm: ResMut<Hivemind>,
 ) {
-    let ours = |event: &AssetEvent<ConfigAsset>, handle: &Option<Handle<ConfigAsset>>| {
-        handle
-            .as_ref()
-            .is_some_and(|h| event.is_loaded_with_dependencies(h) || event.is_modified(h))
-    };
-    if config_events.read().any(|e| ours(e, &handles.config))
+    let touched = config_events.read().count() > 0;
+    if touched
         && let Some(config) = handles.config.as_ref().and_then(|h| configs.get(h))
+        && handles.applied_config.as_ref() != Some(&config.0)
     {
         info!("hivemind: configuration loaded");
+        handles.applied_config = Some(config.0.clone());
         settings.0 = config.0.clone();
     }
-    let prompt_changed = prompt_events.read().any(|e| {
-        handles
-            .prompt
-            .as_ref()
-            .is_some_and(|h| e.is_loaded_with_dependencies(h) || e.is_modified(h))
-    });
-    if prompt_changed && let Some(prompt) = handles.prompt.as_ref().and_then(|h| prompts.get(h)) {
+    let touched = prompt_events.read().count() > 0;
+    if touched
+        && let Some(prompt) = handles.prompt.as_ref().and_then(|h| prompts.get(h))
+        && handles.applied_prompt.as_ref() != Some(&prompt.0)
+    {
         info!("hivemind: prompt and personas loaded");
+        handles.applied_prompt = Some(prompt.0.clone());
         hm.set_prompt(prompt.0.clone());
     }
 }

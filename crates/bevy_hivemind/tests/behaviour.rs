@@ -185,6 +185,8 @@ fn app(plugin: HivemindPlugin) -> App {
         .init_resource::<Log>()
         .init_resource::<Frame>()
         .add_systems(Update, record.after(HivemindSystems::Apply));
+    app.finish();
+    app.cleanup();
     app.update();
     app
 }
@@ -588,4 +590,182 @@ fn app_exit_stops_the_workers_in_the_middle_of_a_decode() {
     let hm = app.world().resource::<Hivemind>();
     assert_eq!(hm.in_flight(), 0, "shut down, nothing left waiting");
     assert!(app.world().resource::<FrameCost>().histogram().count() > 0);
+}
+
+/// Updates until `done` holds, giving the asset server's IO threads time to work. Not a timing
+/// assertion: it only bounds how long a broken load can hang the test.
+fn update_until(app: &mut App, mut done: impl FnMut(&App) -> bool) -> bool {
+    for _ in 0..1000 {
+        app.update();
+        if done(app) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn config_and_personas_reload_through_the_asset_server_and_bad_files_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("hivemind.ron", "(deadlines: (plan_ms: 250))");
+    write(
+        "prompt.ron",
+        r#"(rules: (preamble: "You plan for guards."), personas: [(name: "veteran", voice: "Gruff.")])"#,
+    );
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: dir.path().display().to_string(),
+            ..default()
+        },
+        plugin(true)
+            .with_config_asset("hivemind.ron")
+            .with_prompt_asset("prompt.ron"),
+    ))
+    .insert_resource(TimeUpdateStrategy::ManualDuration(TICK));
+    app.finish();
+    app.cleanup();
+    let plan_ms = |app: &App| {
+        app.world()
+            .resource::<Hivemind>()
+            .config()
+            .deadlines
+            .plan_ms
+    };
+    let voice = |app: &App| {
+        app.world()
+            .resource::<Hivemind>()
+            .prompt()
+            .persona("veteran")
+            .map(|p| p.voice.clone())
+    };
+    let loaded = update_until(&mut app, |a| plan_ms(a) == 250 && voice(a).is_some());
+    {
+        let handles = app
+            .world()
+            .resource::<bevy_hivemind::HivemindAssetHandles>();
+        let server = app.world().resource::<AssetServer>();
+        assert!(
+            loaded,
+            "both files loaded: {:?} {:?}",
+            handles
+                .config
+                .as_ref()
+                .map(|h| server.get_load_state(h.id())),
+            handles
+                .prompt
+                .as_ref()
+                .map(|h| server.get_load_state(h.id())),
+        );
+    }
+    assert_eq!(
+        app.world().resource::<HivemindSettings>().deadlines.plan_ms,
+        250
+    );
+    assert_eq!(voice(&app).as_deref(), Some("Gruff."));
+
+    write("hivemind.ron", "(deadlines: (plan_ms: 320))");
+    write(
+        "prompt.ron",
+        r#"(rules: (preamble: "You plan for guards."), personas: [(name: "veteran", voice: "Weary.")])"#,
+    );
+    let server = app.world().resource::<AssetServer>().clone();
+    server.reload("hivemind.ron");
+    server.reload("prompt.ron");
+    assert!(
+        update_until(&mut app, |a| plan_ms(a) == 320
+            && voice(a).as_deref() == Some("Weary.")),
+        "both files reloaded"
+    );
+
+    // A console edit holds until the next reload.
+    app.world_mut()
+        .resource_mut::<HivemindSettings>()
+        .deadlines
+        .plan_ms = 400;
+    app.update();
+    assert_eq!(plan_ms(&app), 400);
+
+    write("hivemind.ron", "(deadlines: (plan_ms: oops))");
+    server.reload("hivemind.ron");
+    let failed = update_until(&mut app, |a| {
+        let handle = a.world().resource::<bevy_hivemind::HivemindAssetHandles>();
+        let id = handle.config.as_ref().unwrap().id();
+        matches!(
+            a.world().resource::<AssetServer>().get_load_state(id),
+            Some(bevy::asset::LoadState::Failed(_))
+        )
+    });
+    assert!(failed, "the bad file is reported as a failed load");
+    run(&mut app, 3);
+    assert_eq!(plan_ms(&app), 400, "a bad file changes nothing");
+}
+
+#[test]
+fn the_layout_and_the_backend_switch_at_run_time() {
+    let mut app = app(
+        plugin(true).with_standby_backend(FnFactory::new(BackendId::Replay, || {
+            Ok(
+                Box::new(ScriptedBackend::new(ScriptedBackend::canned("Wait")))
+                    as Box<dyn InferenceBackend>,
+            )
+        })),
+    );
+    let agent = spawn_agent(&mut app, 1, vec![enemy(5, 40)]);
+    app.world_mut()
+        .resource_mut::<HivemindSettings>()
+        .model
+        .layout = hivemind_core::config::PromptLayout::SharedPrompt;
+    app.update();
+    assert_eq!(
+        app.world().resource::<Hivemind>().layout(),
+        hivemind_core::config::PromptLayout::SharedPrompt
+    );
+    let mut hm = app.world_mut().resource_mut::<Hivemind>();
+    assert!(hm.set_backend(BackendId::Remote).is_err(), "not registered");
+    hm.set_backend(BackendId::Replay).unwrap();
+    assert_eq!(hm.backend(), BackendId::Replay);
+    send(&mut app, RequestPlan::new(agent));
+    run(&mut app, 20);
+    let done = completions(&app, agent);
+    let (_, Entry::Plan(plan)) = &done[0] else {
+        panic!("{done:?}")
+    };
+    // The standby "backend" reports itself as scripted; the switch took effect because its
+    // canned plan is a single Wait, where the first backend attacks.
+    assert_eq!(plan.steps, vec![PlanStep::new("Wait")]);
+}
+
+#[test]
+fn a_drain_budget_spreads_events_over_frames_and_loses_none() {
+    let mut real_time = plugin(true);
+    real_time.config.clock.mode = ClockMode::RealTime;
+    real_time.config.budgets.drain_ms = 0.0;
+    // Generous deadlines: the point is the budget, not the race.
+    real_time.config.deadlines.plan_ms = 60_000;
+    let mut app = app(real_time);
+    let agents: Vec<Entity> = (0..40)
+        .map(|i| spawn_agent(&mut app, i, vec![enemy(5, 40)]))
+        .collect();
+    for &agent in &agents {
+        send(&mut app, RequestPlan::new(agent));
+    }
+    assert!(update_until(&mut app, |a| {
+        agents.iter().all(|&agent| completions(a, agent).len() == 1)
+    }));
+    let frames: std::collections::BTreeSet<u32> = log(&app).iter().map(|(f, _)| *f).collect();
+    assert!(
+        frames.len() > 1,
+        "a zero budget reads a few events a frame: {frames:?}"
+    );
+    for &agent in &agents {
+        let steps = log(&app)
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Step(s) if s.agent == agent))
+            .count();
+        assert_eq!(steps, 3, "every step arrived");
+    }
 }
