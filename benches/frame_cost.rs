@@ -17,10 +17,6 @@
     clippy::print_stderr,
     reason = "a benchmark that prints its table"
 )]
-#![expect(
-    clippy::needless_pass_by_value,
-    reason = "Bevy systems take their parameters by value"
-)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -53,7 +53,7 @@
 )]
 
 mod assets;
-mod banter;
+pub mod banter;
 mod components;
 mod hooks;
 mod messages;
