@@ -769,3 +769,32 @@ fn a_drain_budget_spreads_events_over_frames_and_loses_none() {
         assert_eq!(steps, 3, "every step arrived");
     }
 }
+
+#[derive(Resource, Default)]
+struct Started(Vec<(Entity, usize, String)>);
+
+fn on_attack(In(call): In<VerbCall>, mut started: ResMut<Started>) {
+    started.0.push((call.agent, call.index, call.step.verb));
+}
+
+#[test]
+fn verb_handlers_run_once_for_each_step_an_agent_starts() {
+    let mut app = app(plugin(true));
+    app.init_resource::<Started>()
+        .add_verb_handler("Attack", on_attack);
+    let agent = spawn_agent(&mut app, 1, vec![enemy(5, 40)]);
+    send(&mut app, RequestPlan::new(agent));
+    run(&mut app, 20);
+    assert_eq!(
+        app.world().resource::<Started>().0,
+        vec![(agent, 0, "Attack".to_owned())],
+        "the first step started once, however many steps streamed in after it"
+    );
+    send(&mut app, StepFinished { agent, ok: true });
+    run(&mut app, 2);
+    assert_eq!(
+        app.world().resource::<Started>().0.last(),
+        Some(&(agent, 1, "Attack".to_owned()))
+    );
+    assert_eq!(app.world().resource::<Started>().0.len(), 2);
+}
