@@ -22,24 +22,14 @@ use std::time::{Duration, Instant};
 use hivemind::arena::{
     Agent, ArenaAssets, ArenaConfig, Team, World, banter_slots, fallback_plan, situation,
 };
+use hivemind::arena_app::name;
 use hivemind::prelude::*;
-
-/// Call signs, Red's six first.
-const NAMES: [&str; 12] = [
-    "Vex", "Rook", "Ash", "Moss", "Flint", "Wren", "Kite", "Bolt", "Sable", "Jinx", "Hale", "Pike",
-];
 
 /// Personas take turns down each team's roster; `None` speaks the shared lines.
 const PERSONAS: [Option<&str>; 3] = [Some("veteran"), Some("rookie"), None];
 
 /// Each agent banters about once every this many ticks, staggered by id.
 const BANTER_EVERY: u64 = 40;
-
-fn name(agent: AgentId) -> String {
-    NAMES
-        .get(agent.0 as usize)
-        .map_or_else(|| format!("#{agent}"), |n| (*n).to_owned())
-}
 
 fn parse_args() -> Result<(u64, u64), String> {
     let (mut ticks, mut seed) = (300, 1);

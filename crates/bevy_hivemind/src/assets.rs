@@ -4,6 +4,8 @@
 //! a loader by the asset type asked for, so `asset_server.load::<ConfigAsset>("hivemind.ron")`
 //! always reaches this one.
 
+use std::marker::PhantomData;
+
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext};
 use bevy::prelude::*;
@@ -58,12 +60,36 @@ async fn read_text(
     Ok((text, path))
 }
 
-/// Loads [`ConfigAsset`]s.
-#[derive(Default, TypePath)]
-pub struct ConfigLoader;
+/// An asset read from one RON file by a core parser.
+pub trait RonAsset: Asset + Sized {
+    /// Parses the file's text; `origin` names it in errors.
+    fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError>;
+}
 
-impl AssetLoader for ConfigLoader {
-    type Asset = ConfigAsset;
+impl RonAsset for ConfigAsset {
+    fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError> {
+        HivemindConfig::from_ron(text, origin).map(ConfigAsset)
+    }
+}
+
+impl RonAsset for PromptFileAsset {
+    fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError> {
+        PromptAsset::from_ron(text, origin).map(PromptFileAsset)
+    }
+}
+
+/// Loads a [`RonAsset`] from a `.ron` file.
+#[derive(TypePath)]
+pub struct RonLoader<A>(PhantomData<fn() -> A>);
+
+impl<A> Default for RonLoader<A> {
+    fn default() -> Self {
+        RonLoader(PhantomData)
+    }
+}
+
+impl<A: RonAsset> AssetLoader for RonLoader<A> {
+    type Asset = A;
     type Settings = ();
     type Error = AssetLoadError;
 
@@ -72,39 +98,21 @@ impl AssetLoader for ConfigLoader {
         reader: &mut dyn Reader,
         _settings: &(),
         load_context: &mut LoadContext<'_>,
-    ) -> Result<ConfigAsset, AssetLoadError> {
+    ) -> Result<A, AssetLoadError> {
         let (text, path) = read_text(reader, load_context).await?;
-        Ok(ConfigAsset(HivemindConfig::from_ron(&text, &path)?))
+        Ok(A::from_ron(&text, &path)?)
     }
 
     fn extensions(&self) -> &[&str] {
         &["ron"]
     }
 }
+
+/// Loads [`ConfigAsset`]s.
+pub type ConfigLoader = RonLoader<ConfigAsset>;
 
 /// Loads [`PromptFileAsset`]s.
-#[derive(Default, TypePath)]
-pub struct PromptLoader;
-
-impl AssetLoader for PromptLoader {
-    type Asset = PromptFileAsset;
-    type Settings = ();
-    type Error = AssetLoadError;
-
-    async fn load(
-        &self,
-        reader: &mut dyn Reader,
-        _settings: &(),
-        load_context: &mut LoadContext<'_>,
-    ) -> Result<PromptFileAsset, AssetLoadError> {
-        let (text, path) = read_text(reader, load_context).await?;
-        Ok(PromptFileAsset(PromptAsset::from_ron(&text, &path)?))
-    }
-
-    fn extensions(&self) -> &[&str] {
-        &["ron"]
-    }
-}
+pub type PromptLoader = RonLoader<PromptFileAsset>;
 
 /// The handles of the plugin's own assets, kept so they stay loaded and are watched.
 #[derive(Resource, Default, Debug)]

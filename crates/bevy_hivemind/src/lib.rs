@@ -77,6 +77,7 @@ use hivemind_core::templates::TemplateBook;
 
 pub use assets::{
     AssetLoadError, ConfigAsset, ConfigLoader, HivemindAssetHandles, PromptFileAsset, PromptLoader,
+    RonAsset, RonLoader,
 };
 pub use banter::BanterLines;
 pub use components::{
@@ -239,16 +240,20 @@ impl HivemindPlugin {
     /// Adds a backend and makes it the one in use.
     pub fn insert_backend(&mut self, factory: Arc<dyn BackendFactory>) -> &mut Self {
         self.backend = Some(factory.id());
-        self.backends.retain(|f| f.id() != factory.id());
-        self.backends.push(factory);
+        self.register_backend(factory);
         self
     }
 
     /// Adds a backend the game can switch to, without using it yet.
     pub fn with_standby_backend(mut self, factory: Arc<dyn BackendFactory>) -> Self {
+        self.register_backend(factory);
+        self
+    }
+
+    /// Registers `factory`, replacing one with the same id.
+    fn register_backend(&mut self, factory: Arc<dyn BackendFactory>) {
         self.backends.retain(|f| f.id() != factory.id());
         self.backends.push(factory);
-        self
     }
 
     /// Sets the configuration, for chaining.

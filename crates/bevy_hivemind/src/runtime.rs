@@ -7,27 +7,31 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::tasks::{AsyncComputeTaskPool, Task, TaskPool, block_on, futures::check_ready};
 use hivemind_core::action::ActionRegistry;
 use hivemind_core::backend::{BackendFactory, JobId};
-use hivemind_core::cache::{AnswerCache, CacheKey, CachedAnswer, CachedHit};
-use hivemind_core::clock::{Clock, Deadline, Timestamp};
+use hivemind_core::cache::{AnswerCache, CacheKey, CachedHit};
+use hivemind_core::clock::{Clock, ClockKind, Deadline, Timestamp};
 use hivemind_core::config::{HivemindConfig, PromptLayout};
 use hivemind_core::metrics::Metrics;
 use hivemind_core::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
 use hivemind_core::prompt::{AgentTask, ChatTemplate, PromptAsset};
 use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::templates::{Slots, TemplateBook};
-use hivemind_core::worker::{
-    JobOutcome, JobRequest, PromptContext, WorkerEvent, WorkerEventKind, WorkerPool,
-};
+use hivemind_core::worker::{JobRequest, PromptContext, WorkerEvent, WorkerPool};
+
+mod deliver;
+
+use deliver::filtered;
 
 use crate::banter::BanterLines;
-use crate::hooks::{FallbackPlanner, LineFilter, LineVerdict};
-use crate::messages::{LineKind, RequestId, RequestSlot};
+use crate::hooks::{FallbackPlanner, LineFilter};
+use crate::messages::{
+    LineDelta, LineKind, LineReady, PlanReady, PlanStepReady, RequestId, RequestSlot,
+};
 
 /// How long a lockstep frame waits for a silent worker before it gives up on it for the frame.
 const LOCKSTEP_PATIENCE: Duration = Duration::from_secs(120);
@@ -36,60 +40,15 @@ const LOCKSTEP_PATIENCE: Duration = Duration::from_secs(120);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outgoing {
     /// A step of a plan.
-    Step {
-        /// The agent.
-        agent: Entity,
-        /// The request.
-        request: RequestId,
-        /// Its index.
-        index: usize,
-        /// The step.
-        step: PlanStep,
-    },
+    Step(PlanStepReady),
     /// Words of a line.
-    Words {
-        /// The agent.
-        agent: Entity,
-        /// The request.
-        request: RequestId,
-        /// The words.
-        text: String,
-    },
+    Words(LineDelta),
     /// A plan is complete.
-    Plan {
-        /// The agent.
-        agent: Entity,
-        /// The request.
-        request: RequestId,
-        /// Every step.
-        steps: Vec<PlanStep>,
-        /// Its line, if any.
-        say: Option<String>,
-        /// Where it came from.
-        source: PlanSource,
-        /// Why it stands in, if it does.
-        fallback: Option<FallbackReason>,
-        /// To the first step.
-        first_after: Duration,
-        /// To the whole plan.
-        latency: Duration,
-    },
+    Plan(PlanReady),
     /// A line is complete.
     Line {
-        /// The agent.
-        agent: Entity,
-        /// The request.
-        request: RequestId,
-        /// Banter or dialogue.
-        kind: RequestKind,
-        /// The line.
-        text: String,
-        /// Where it came from.
-        source: PlanSource,
-        /// Why it stands in, if it does.
-        fallback: Option<FallbackReason>,
-        /// To the whole line.
-        latency: Duration,
+        /// The message.
+        line: LineReady,
         /// What the player said, for the conversation memory.
         player_said: Option<String>,
     },
@@ -99,10 +58,10 @@ impl Outgoing {
     /// The agent the message names.
     pub fn agent(&self) -> Entity {
         match self {
-            Outgoing::Step { agent, .. }
-            | Outgoing::Words { agent, .. }
-            | Outgoing::Plan { agent, .. }
-            | Outgoing::Line { agent, .. } => *agent,
+            Outgoing::Step(m) => m.agent,
+            Outgoing::Words(m) => m.agent,
+            Outgoing::Plan(m) => m.agent,
+            Outgoing::Line { line, .. } => line.agent,
         }
     }
 }
@@ -136,6 +95,20 @@ pub enum Ask {
         /// The conversation so far, for a reply.
         history: Vec<(String, String)>,
     },
+}
+
+impl Ask {
+    /// The request kind it makes.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Ask::Plan => RequestKind::Plan,
+            Ask::Line {
+                kind: LineKind::Banter,
+                ..
+            } => RequestKind::Banter,
+            Ask::Line { .. } => RequestKind::Dialogue,
+        }
+    }
 }
 
 /// A fallback answer: prepared on the task pool when the request is queued.
@@ -203,6 +176,13 @@ struct Request {
 impl Request {
     fn slot(&self) -> Option<RequestSlot> {
         RequestSlot::of(self.kind)
+    }
+
+    /// Its first step or words reach the game at `at`: records the time to first output.
+    fn first_delivered(&mut self, at: Timestamp, metrics: &mut Metrics) {
+        self.progress.first_at = Some(at);
+        let backend = self.progress.backend.unwrap_or(BackendId::Scripted);
+        metrics.record_first(self.kind, backend, at.since(self.submitted));
     }
 }
 
@@ -494,9 +474,9 @@ impl Hivemind {
     pub(crate) fn begin_frame(&mut self, dt: Duration, paused: bool) {
         self.tick += 1;
         match self.clock.kind() {
-            hivemind_core::clock::ClockKind::RealTime => self.clock.set_paused(paused),
-            hivemind_core::clock::ClockKind::Lockstep(_) => self.clock.advance(dt),
-            hivemind_core::clock::ClockKind::Manual(_) => {}
+            ClockKind::RealTime => self.clock.set_paused(paused),
+            ClockKind::Lockstep(_) => self.clock.advance(dt),
+            ClockKind::Manual(_) => {}
         }
     }
 
@@ -506,14 +486,7 @@ impl Hivemind {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         let now = self.clock.now();
-        let kind = match &new.ask {
-            Ask::Plan => RequestKind::Plan,
-            Ask::Line {
-                kind: LineKind::Banter,
-                ..
-            } => RequestKind::Banter,
-            Ask::Line { .. } => RequestKind::Dialogue,
-        };
+        let kind = new.ask.kind();
         if let Some(slot) = RequestSlot::of(kind) {
             self.cancel_slot(new.entity, slot);
         }
@@ -552,23 +525,23 @@ impl Hivemind {
             };
             self.banter.remember(&new.persona, &situation, &snapshot);
             let text = filtered(&*self.filter, text);
-            self.finish_line(
-                new.entity,
-                id,
+            let line = LineReady {
+                agent: new.entity,
+                request: id,
                 kind,
                 text,
                 source,
-                forced,
-                Duration::ZERO,
-                None,
-                metrics,
-            );
+                fallback: forced,
+                latency: Duration::ZERO,
+            };
+            self.finish_line(line, None, metrics);
             return id;
         }
 
-        if kind == RequestKind::Plan && !self.force_fallback {
-            let key = self.cache.key(&new.persona, kind, &snapshot);
-            let hit = self.cache.get(&key, &snapshot, &self.registry, now);
+        let cache_key =
+            (kind == RequestKind::Plan).then(|| self.cache.key(&new.persona, kind, &snapshot));
+        if let Some(key) = cache_key.as_ref().filter(|_| !self.force_fallback) {
+            let hit = self.cache.get(key, &snapshot, &self.registry, now);
             metrics.record_cache(hit.is_some());
             if let Some(CachedHit::Steps(steps)) = hit {
                 self.deliver_plan(
@@ -600,8 +573,7 @@ impl Hivemind {
             fallback,
             answered: false,
             deferred: false,
-            cache_key: (kind == RequestKind::Plan)
-                .then(|| self.cache.key(&new.persona, kind, &snapshot)),
+            cache_key,
             progress: Progress::default(),
         };
         if self.force_fallback {
@@ -638,6 +610,8 @@ impl Hivemind {
         id
     }
 
+    /// The request's fallback answer: computed on the task pool, or at once when it is about
+    /// to be sent anyway (forced fallback).
     fn prepare_fallback(
         &self,
         kind: RequestKind,
@@ -647,25 +621,28 @@ impl Hivemind {
         slots: &[(String, String)],
         seed: u64,
     ) -> Prepared {
-        let pool = AsyncComputeTaskPool::get_or_init(TaskPool::default);
-        let task = match kind {
+        let answer: Box<dyn FnOnce() -> Answer + Send> = match kind {
             RequestKind::Plan => {
                 let planner = Arc::clone(&self.planner);
                 let snapshot = Arc::clone(snapshot);
-                pool.spawn(async move { Answer::Plan(planner.plan(&snapshot)) })
+                Box::new(move || Answer::Plan(planner.plan(&snapshot)))
             }
             RequestKind::Dialogue | RequestKind::Banter => {
                 let templates = Arc::clone(&self.templates);
                 let (persona, situation, slots) =
                     (persona.to_owned(), situation.to_owned(), slots.to_vec());
-                pool.spawn(async move {
+                Box::new(move || {
                     Answer::Line(template_line(
                         &templates, &persona, &situation, &slots, seed,
                     ))
                 })
             }
         };
-        Prepared::Pending(task)
+        if self.force_fallback {
+            return Prepared::Ready(answer());
+        }
+        let pool = AsyncComputeTaskPool::get_or_init(TaskPool::default);
+        Prepared::Pending(pool.spawn(async move { answer() }))
     }
 
     /// Cancels an agent's request in `slot`, if it has one: no message follows.
@@ -764,537 +741,6 @@ impl Hivemind {
         }
     }
 
-    // ----- drain --------------------------------------------------------------------------------
-
-    /// Reads worker events: on a real-time clock for at most `budget` of wall time, never
-    /// waiting; on a lockstep clock, every event due by now, waiting for the workers where they
-    /// have not reported that far.
-    pub(crate) fn drain(&mut self, budget: Duration, metrics: &mut Metrics) {
-        match self.clock.kind() {
-            hivemind_core::clock::ClockKind::RealTime => self.drain_real_time(budget, metrics),
-            _ => self.drain_virtual(metrics),
-        }
-    }
-
-    fn drain_real_time(&mut self, budget: Duration, metrics: &mut Metrics) {
-        let start = Instant::now();
-        self.drained_all = false;
-        let mut read = 0u32;
-        loop {
-            // Reading the watch costs about as much as handling an event, so look every few.
-            if read % 8 == 7 && start.elapsed() >= budget {
-                return;
-            }
-            let Some(event) = self.pool.try_recv() else {
-                self.drained_all = true;
-                return;
-            };
-            read += 1;
-            self.handle(event, metrics);
-        }
-    }
-
-    fn drain_virtual(&mut self, metrics: &mut Metrics) {
-        let now = self.clock.now();
-        let waits = matches!(
-            self.clock.kind(),
-            hivemind_core::clock::ClockKind::Lockstep(_)
-        );
-        loop {
-            while let Some(event) = self.pool.try_recv() {
-                self.hold(event);
-            }
-            if !waits || self.known.values().all(|&k| k > now) {
-                break;
-            }
-            match self.pool.recv_timeout(LOCKSTEP_PATIENCE) {
-                Some(event) => self.hold(event),
-                None => {
-                    warn!("hivemind: a worker reported nothing for {LOCKSTEP_PATIENCE:?}");
-                    break;
-                }
-            }
-        }
-        while let Some(entry) = self.held.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let event = entry.remove();
-            self.handle(event, metrics);
-        }
-        self.drained_all = true;
-    }
-
-    fn hold(&mut self, mut event: WorkerEvent) {
-        if !self.by_job.contains_key(&event.job) {
-            self.known.remove(&event.job);
-            return;
-        }
-        let finished = matches!(event.kind, WorkerEventKind::Finished(_));
-        if let Some(known) = self.known.get_mut(&event.job) {
-            // A job's own events are never due before its earlier ones.
-            event.at = event.at.max(*known);
-            *known = event.at;
-        }
-        if finished {
-            self.known.remove(&event.job);
-        }
-        self.arrivals += 1;
-        self.held
-            .insert((event.at, event.job, self.arrivals), event);
-    }
-
-    fn handle(&mut self, event: WorkerEvent, metrics: &mut Metrics) {
-        let Some(&id) = self.by_job.get(&event.job) else {
-            return;
-        };
-        let at = event.at;
-        match event.kind {
-            WorkerEventKind::Started {
-                backend,
-                batch,
-                batch_size,
-                queue_wait,
-            } => {
-                if let Some(r) = self.requests.get_mut(&id) {
-                    r.progress.backend = Some(backend);
-                    metrics.record_queue_wait(r.kind, backend, queue_wait);
-                }
-                if self.last_batch != Some(batch) {
-                    self.last_batch = Some(batch);
-                    metrics.record_batch(batch_size);
-                }
-            }
-            WorkerEventKind::Step { step, .. } => self.on_step(id, at, step, metrics),
-            WorkerEventKind::Words { text } => self.on_words(id, at, &text, metrics),
-            WorkerEventKind::Intent { .. } | WorkerEventKind::DeadlineCrossed => {}
-            WorkerEventKind::Finished(outcome) => {
-                self.by_job.remove(&event.job);
-                self.on_finished(id, at, outcome, metrics);
-            }
-        }
-    }
-
-    fn on_step(&mut self, id: RequestId, at: Timestamp, step: PlanStep, metrics: &mut Metrics) {
-        let streaming = self.streaming;
-        let Some(r) = self.requests.get_mut(&id) else {
-            return;
-        };
-        r.progress.steps.push(step.clone());
-        let in_time = r.progress.delivered > 0 || r.deadline.is_met_by(at);
-        if r.answered || !streaming || !in_time {
-            return;
-        }
-        let Some(entity) = r.entity else { return };
-        let index = r.progress.delivered;
-        r.progress.delivered += 1;
-        if index == 0 {
-            r.progress.first_at = Some(at);
-            let backend = r.progress.backend.unwrap_or(BackendId::Scripted);
-            metrics.record_first(r.kind, backend, at.since(r.submitted));
-            let key = (r.deadline, id);
-            self.deadlines.remove(&key);
-        }
-        self.outbox.push(Outgoing::Step {
-            agent: entity,
-            request: id,
-            index,
-            step,
-        });
-    }
-
-    fn on_words(&mut self, id: RequestId, at: Timestamp, words: &str, metrics: &mut Metrics) {
-        let streaming = self.streaming;
-        let filter = Arc::clone(&self.filter);
-        let Some(r) = self.requests.get_mut(&id) else {
-            return;
-        };
-        if r.progress.closed {
-            return;
-        }
-        r.progress.text.push_str(words);
-        let in_time = r.progress.delivered > 0 || r.deadline.is_met_by(at);
-        let agent = match r.entity {
-            Some(agent) if !r.answered => agent,
-            // The banter pool takes the whole line later; check it as it comes.
-            _ => {
-                close_if_filtered(&*filter, &mut r.progress);
-                return;
-            }
-        };
-        if !streaming || !in_time {
-            return;
-        }
-        let end = match filter.check(&r.progress.text) {
-            LineVerdict::Pass => r.progress.text.len(),
-            LineVerdict::Cut(n) => {
-                r.progress.closed = true;
-                n.min(r.progress.text.len())
-            }
-            LineVerdict::Reject => {
-                r.progress.closed = true;
-                r.progress.rejected = r.progress.delivered == 0;
-                r.progress.text.truncate(r.progress.delivered);
-                return;
-            }
-        };
-        r.progress.text.truncate(end);
-        if end <= r.progress.delivered {
-            return;
-        }
-        let text = r.progress.text[r.progress.delivered..end].to_owned();
-        if r.progress.delivered == 0 {
-            r.progress.first_at = Some(at);
-            let backend = r.progress.backend.unwrap_or(BackendId::Scripted);
-            metrics.record_first(r.kind, backend, at.since(r.submitted));
-            let key = (r.deadline, id);
-            self.deadlines.remove(&key);
-        }
-        r.progress.delivered = end;
-        self.outbox.push(Outgoing::Words {
-            agent,
-            request: id,
-            text,
-        });
-    }
-
-    fn on_finished(
-        &mut self,
-        id: RequestId,
-        at: Timestamp,
-        outcome: JobOutcome,
-        metrics: &mut Metrics,
-    ) {
-        let Some(r) = self.requests.get_mut(&id) else {
-            return;
-        };
-        r.progress.finished = true;
-        let backend = r.progress.backend.unwrap_or(BackendId::Scripted);
-        match outcome {
-            JobOutcome::Cancelled => {
-                self.drop_request(id);
-            }
-            JobOutcome::Completed { usage } => {
-                metrics.record_tokens(
-                    usage.generated_tokens,
-                    usage.prompt_tokens,
-                    at.since(r.submitted),
-                );
-                self.fill_caches(id, at);
-                let Some(r) = self.requests.get_mut(&id) else {
-                    return;
-                };
-                if r.answered {
-                    self.drop_request(id);
-                    return;
-                }
-                let whole_in_time = r.deadline.is_met_by(at);
-                let has_output = match r.kind {
-                    RequestKind::Plan => !r.progress.steps.is_empty(),
-                    _ => !r.progress.text.trim().is_empty() && !r.progress.rejected,
-                };
-                if r.progress.delivered == 0 && !(whole_in_time && has_output) {
-                    // Late, or nothing to say: the fallback answers at the deadline, or now if
-                    // the deadline has passed already.
-                    let reason = if has_output {
-                        FallbackReason::Deadline
-                    } else {
-                        FallbackReason::Parse
-                    };
-                    if !has_output || r.deadline.has_passed(self.clock.now()) {
-                        self.answer_with_fallback(id, reason, metrics);
-                        self.drop_request(id);
-                    }
-                    return;
-                }
-                self.complete_from_model(id, at, backend, None, metrics);
-                self.drop_request(id);
-            }
-            JobOutcome::Failed(failure) => {
-                let reason = failure.fallback_reason();
-                if reason == FallbackReason::NoModel {
-                    self.no_model = Some(failure.to_string());
-                }
-                if r.answered {
-                    self.drop_request(id);
-                    return;
-                }
-                if r.progress.delivered > 0 {
-                    self.complete_from_model(id, at, backend, Some(reason), metrics);
-                } else {
-                    self.answer_with_fallback(id, reason, metrics);
-                }
-                self.drop_request(id);
-            }
-        }
-    }
-
-    /// Stores a finished model answer: a plan in the answer cache, an idle-time line in the
-    /// banter pool.
-    fn fill_caches(&mut self, id: RequestId, now: Timestamp) {
-        let Some(r) = self.requests.get(&id) else {
-            return;
-        };
-        match r.kind {
-            RequestKind::Plan => {
-                if let (Some(key), Some(answer)) = (
-                    r.cache_key.clone(),
-                    CachedAnswer::from_steps(&r.progress.steps, &r.snapshot, &self.registry),
-                ) {
-                    self.cache.insert(key, answer, now);
-                }
-            }
-            RequestKind::Banter if r.entity.is_none() => {
-                let line = r.progress.text.trim();
-                if !line.is_empty() && !r.progress.rejected {
-                    let line = line.to_owned();
-                    let (persona, situation) = (r.persona.clone(), r.situation.clone());
-                    self.banter.add(&persona, &situation, line, now);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Completes a request the model has been answering: the remaining steps (all of them when
-    /// not streaming), then the completion. After a failure (`reason`), the fallback planner
-    /// completes the plan from the steps that stand.
-    fn complete_from_model(
-        &mut self,
-        id: RequestId,
-        at: Timestamp,
-        backend: BackendId,
-        reason: Option<FallbackReason>,
-        metrics: &mut Metrics,
-    ) {
-        let planner = Arc::clone(&self.planner);
-        let Some(r) = self.requests.get_mut(&id) else {
-            return;
-        };
-        let Some(entity) = r.entity else { return };
-        r.answered = true;
-        self.deadlines.remove(&(r.deadline, id));
-        let first_at = *r.progress.first_at.get_or_insert(at);
-        let latency = at.since(r.submitted);
-        let first_after = first_at.since(r.submitted);
-        if r.progress.delivered == 0 {
-            metrics.record_first(r.kind, backend, latency);
-        }
-        match r.kind {
-            RequestKind::Plan => {
-                let mut steps = std::mem::take(&mut r.progress.steps);
-                if reason.is_some() {
-                    steps.truncate(r.progress.delivered);
-                    let rest = planner.complete(&r.snapshot, &steps);
-                    steps.extend(rest);
-                }
-                let repaired = reason.is_some();
-                let source = PlanSource::Llm { backend, repaired };
-                for (index, step) in steps.iter().enumerate().skip(r.progress.delivered) {
-                    self.outbox.push(Outgoing::Step {
-                        agent: entity,
-                        request: id,
-                        index,
-                        step: step.clone(),
-                    });
-                }
-                if repaired {
-                    metrics.record_repair();
-                }
-                metrics.record_answer(RequestKind::Plan, source, reason);
-                metrics.record_full(RequestKind::Plan, source, latency);
-                self.outbox.push(Outgoing::Plan {
-                    agent: entity,
-                    request: id,
-                    steps,
-                    say: None,
-                    source,
-                    fallback: reason,
-                    first_after,
-                    latency,
-                });
-            }
-            kind => {
-                let text = if r.progress.closed {
-                    r.progress.text[..r.progress.delivered.min(r.progress.text.len())].to_owned()
-                } else {
-                    filtered(&*self.filter, std::mem::take(&mut r.progress.text))
-                };
-                if text.len() > r.progress.delivered {
-                    self.outbox.push(Outgoing::Words {
-                        agent: entity,
-                        request: id,
-                        text: text[r.progress.delivered..].to_owned(),
-                    });
-                }
-                let source = PlanSource::Llm {
-                    backend,
-                    repaired: false,
-                };
-                let said = r.player_said.clone();
-                self.finish_line(
-                    entity, id, kind, text, source, reason, latency, said, metrics,
-                );
-            }
-        }
-    }
-
-    /// Answers a request with its prepared fallback.
-    fn answer_with_fallback(
-        &mut self,
-        id: RequestId,
-        reason: FallbackReason,
-        metrics: &mut Metrics,
-    ) {
-        let now = self.clock.now();
-        let idle = self.registry.idle_step();
-        let filter = Arc::clone(&self.filter);
-        let Some(r) = self.requests.get_mut(&id) else {
-            return;
-        };
-        let Some(entity) = r.entity else { return };
-        r.answered = true;
-        self.deadlines.remove(&(r.deadline, id));
-        let latency = now.since(r.submitted);
-        match r.fallback.take() {
-            Answer::Plan(mut steps) => {
-                if steps.is_empty() {
-                    steps.push(idle);
-                }
-                metrics.record_answer(r.kind, PlanSource::Goap, Some(reason));
-                metrics.record_full(r.kind, PlanSource::Goap, latency);
-                self.deliver_plan(entity, id, steps, PlanSource::Goap, Some(reason), latency);
-            }
-            Answer::Line(text) => {
-                let kind = r.kind;
-                let said = r.player_said.clone();
-                let text = filtered(&*filter, text);
-                self.finish_line(
-                    entity,
-                    id,
-                    kind,
-                    text,
-                    PlanSource::Template,
-                    Some(reason),
-                    latency,
-                    said,
-                    metrics,
-                );
-            }
-        }
-    }
-
-    fn deliver_plan(
-        &mut self,
-        agent: Entity,
-        request: RequestId,
-        steps: Vec<PlanStep>,
-        source: PlanSource,
-        fallback: Option<FallbackReason>,
-        latency: Duration,
-    ) {
-        for (index, step) in steps.iter().enumerate() {
-            self.outbox.push(Outgoing::Step {
-                agent,
-                request,
-                index,
-                step: step.clone(),
-            });
-        }
-        self.outbox.push(Outgoing::Plan {
-            agent,
-            request,
-            steps,
-            say: None,
-            source,
-            fallback,
-            first_after: latency,
-            latency,
-        });
-    }
-
-    /// Sends a whole line (its words, then its completion) and records it. Used for lines that
-    /// did not stream: banter, templates.
-    #[expect(clippy::too_many_arguments, reason = "one completion's fields")]
-    fn finish_line(
-        &mut self,
-        agent: Entity,
-        request: RequestId,
-        kind: RequestKind,
-        text: String,
-        source: PlanSource,
-        fallback: Option<FallbackReason>,
-        latency: Duration,
-        player_said: Option<String>,
-        metrics: &mut Metrics,
-    ) {
-        let streamed = matches!(source, PlanSource::Llm { .. });
-        if !streamed && !text.is_empty() {
-            self.outbox.push(Outgoing::Words {
-                agent,
-                request,
-                text: text.clone(),
-            });
-        }
-        metrics.record_answer(kind, source, fallback);
-        metrics.record_full(kind, source, latency);
-        self.outbox.push(Outgoing::Line {
-            agent,
-            request,
-            kind,
-            text,
-            source,
-            fallback,
-            latency,
-            player_said,
-        });
-    }
-
-    // ----- fallback -----------------------------------------------------------------------------
-
-    /// Answers every request whose deadline passed with nothing in time from the model.
-    ///
-    /// On a real-time clock, a frame whose drain ran out of budget may have left an in-time
-    /// step unread, so such a request gets one more frame before its fallback answers.
-    pub(crate) fn answer_late(&mut self, metrics: &mut Metrics) {
-        let now = self.clock.now();
-        let due: Vec<(Deadline, RequestId)> = self
-            .deadlines
-            .iter()
-            .take_while(|(d, _)| d.has_passed(now))
-            .copied()
-            .collect();
-        let congested = self.pool.queue_depth() > 0;
-        for (deadline, id) in due {
-            let Some(r) = self.requests.get_mut(&id) else {
-                self.deadlines.remove(&(deadline, id));
-                continue;
-            };
-            if !self.drained_all && !r.deferred {
-                r.deferred = true;
-                continue;
-            }
-            self.deadlines.remove(&(deadline, id));
-            if r.answered || r.progress.delivered > 0 {
-                continue;
-            }
-            self.answer_with_fallback(id, FallbackReason::Deadline, metrics);
-            let Some(r) = self.requests.get(&id) else {
-                continue;
-            };
-            let done = r.progress.finished;
-            // The model's answer can only fill the cache now; under congestion that is not worth
-            // a worker's time.
-            if done || (congested && !self.clock.is_virtual()) {
-                self.drop_request(id);
-            } else if let Some(entity) = r.entity
-                && let Some(slot) = r.slot()
-            {
-                self.by_agent.remove(&(entity, slot));
-            }
-        }
-    }
-
     // ----- shutdown -----------------------------------------------------------------------------
 
     /// Stops the workers, cutting running decodes at their next step. Requests still waiting
@@ -1328,30 +774,4 @@ fn template_line(
         .line(Some(persona), situation, &slots, seed)
         .or_else(|_| templates.line(Some(persona), "idle", &slots, seed))
         .unwrap_or_default()
-}
-
-/// `text` after the filter: cut, or empty if rejected.
-fn filtered(filter: &dyn LineFilter, mut text: String) -> String {
-    match filter.check(&text) {
-        LineVerdict::Pass => text,
-        LineVerdict::Cut(n) => {
-            text.truncate(n.min(text.len()));
-            text
-        }
-        LineVerdict::Reject => String::new(),
-    }
-}
-
-fn close_if_filtered(filter: &dyn LineFilter, progress: &mut Progress) {
-    match filter.check(&progress.text) {
-        LineVerdict::Pass => {}
-        LineVerdict::Cut(n) => {
-            progress.text.truncate(n.min(progress.text.len()));
-            progress.closed = true;
-        }
-        LineVerdict::Reject => {
-            progress.rejected = true;
-            progress.closed = true;
-        }
-    }
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use bevy::diagnostic::Diagnostics;
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
-use hivemind_core::plan::RequestKind;
 
 use crate::HivemindSettings;
 use crate::assets::{ConfigAsset, HivemindAssetHandles, PromptFileAsset};
@@ -42,73 +41,20 @@ impl Outbox<'_, '_> {
                 continue;
             }
             match out {
-                Outgoing::Step {
-                    agent,
-                    request,
-                    index,
-                    step,
-                } => {
-                    self.steps.write(PlanStepReady {
-                        agent,
-                        request,
-                        index,
-                        step,
-                    });
+                Outgoing::Step(m) => {
+                    self.steps.write(m);
                 }
-                Outgoing::Words {
-                    agent,
-                    request,
-                    text,
-                } => {
-                    self.words.write(LineDelta {
-                        agent,
-                        request,
-                        text,
-                    });
+                Outgoing::Words(m) => {
+                    self.words.write(m);
                 }
-                Outgoing::Plan {
-                    agent,
-                    request,
-                    steps,
-                    say,
-                    source,
-                    fallback,
-                    first_after,
-                    latency,
-                } => {
-                    self.plans.write(PlanReady {
-                        agent,
-                        request,
-                        steps,
-                        say,
-                        source,
-                        fallback,
-                        first_after,
-                        latency,
-                    });
+                Outgoing::Plan(m) => {
+                    self.plans.write(m);
                 }
-                Outgoing::Line {
-                    agent,
-                    request,
-                    kind,
-                    text,
-                    source,
-                    fallback,
-                    latency,
-                    player_said,
-                } => {
+                Outgoing::Line { line, player_said } => {
                     if let Some(said) = player_said {
-                        self.exchanges.0.push((agent, said, text.clone()));
+                        self.exchanges.0.push((line.agent, said, line.text.clone()));
                     }
-                    self.lines.write(LineReady {
-                        agent,
-                        request,
-                        kind,
-                        text,
-                        source,
-                        fallback,
-                        latency,
-                    });
+                    self.lines.write(line);
                 }
             }
         }
@@ -175,52 +121,32 @@ pub(crate) fn gather(
         .read()
         .cloned()
         .chain(replans)
-        .map(|p| (p.agent, Ask::Plan))
+        .map(|p| (p.agent, None))
         .collect::<Vec<_>>()
         .into_iter()
-        .chain(lines.read().map(|l| {
-            (
-                l.agent,
-                Ask::Line {
-                    kind: l.kind.clone(),
-                    situation: l.situation.clone(),
-                    slots: l.slots.clone(),
-                    history: Vec::new(),
-                },
-            )
-        }));
+        .chain(lines.read().map(|l| (l.agent, Some(l))));
     let mut new = Vec::new();
-    for (entity, ask) in asks {
+    for (entity, line) in asks {
         let Ok((agent, snapshot, conversation, _)) = agents.get(entity) else {
             warn!("hivemind: {entity} asked for something but is not an NpcAgent");
             continue;
         };
-        let kind = match &ask {
-            Ask::Plan => RequestKind::Plan,
-            Ask::Line {
-                kind: crate::LineKind::Banter,
-                ..
-            } => RequestKind::Banter,
-            Ask::Line { .. } => RequestKind::Dialogue,
-        };
-        if !agent.kinds.allows(kind) {
-            warn!("hivemind: {entity} may not make {} requests", kind.as_str());
-            continue;
-        }
-        let ask = match ask {
-            Ask::Line {
-                kind,
-                situation,
-                slots,
-                ..
-            } => Ask::Line {
-                kind,
-                situation,
-                slots,
+        let ask = match line {
+            None => Ask::Plan,
+            Some(line) => Ask::Line {
+                kind: line.kind.clone(),
+                situation: line.situation.clone(),
+                slots: line.slots.clone(),
                 history: conversation.history(),
             },
-            plan => plan,
         };
+        if !agent.kinds.allows(ask.kind()) {
+            warn!(
+                "hivemind: {entity} may not make {} requests",
+                ask.kind().as_str()
+            );
+            continue;
+        }
         new.push(NewRequest {
             entity,
             persona: agent.persona.clone(),
