@@ -621,22 +621,16 @@ impl Hivemind {
         slots: &[(String, String)],
         seed: u64,
     ) -> Prepared {
-        let answer: Box<dyn FnOnce() -> Answer + Send> = match kind {
-            RequestKind::Plan => {
-                let planner = Arc::clone(&self.planner);
-                let snapshot = Arc::clone(snapshot);
-                Box::new(move || Answer::Plan(planner.plan(&snapshot)))
-            }
-            RequestKind::Dialogue | RequestKind::Banter => {
-                let templates = Arc::clone(&self.templates);
-                let (persona, situation, slots) =
-                    (persona.to_owned(), situation.to_owned(), slots.to_vec());
-                Box::new(move || {
-                    Answer::Line(template_line(
-                        &templates, &persona, &situation, &slots, seed,
-                    ))
-                })
-            }
+        let planner = Arc::clone(&self.planner);
+        let templates = Arc::clone(&self.templates);
+        let snapshot = Arc::clone(snapshot);
+        let (persona, situation, slots) =
+            (persona.to_owned(), situation.to_owned(), slots.to_vec());
+        let answer = move || match kind {
+            RequestKind::Plan => Answer::Plan(planner.plan(&snapshot)),
+            RequestKind::Dialogue | RequestKind::Banter => Answer::Line(template_line(
+                &templates, &persona, &situation, &slots, seed,
+            )),
         };
         if self.force_fallback {
             return Prepared::Ready(answer());
