@@ -1,192 +1,961 @@
-//! A headless game in the arena, played by GOAP fallback plans and template banter alone.
+//! The arena: two teams of NPCs that plan and banter through hivemind, drawn with Bevy shapes
+//! and text, with a HUD and (feature `console`) the in-game debug console.
 //!
 //! ```text
-//! cargo run --example arena --no-default-features -- [--ticks N] [--seed S]
+//! cargo run --example arena --features console                    # the local model
+//! cargo run --example arena --features console -- --backend scripted
+//! cargo run --example arena -- --headless --ticks 300 [--lockstep]
+//! cargo run --example arena --features console -- --backend scripted \
+//!     --screenshot arena.png --frames 120 --console --check
 //! ```
 //!
-//! Every agent re-plans with `fallback_plan` when its plan is used up or a step fails, and now
-//! and then says a line from the dialogue templates about its situation. At the end it prints
-//! the scores, how the plans went and a few of the lines. Until the Bevy scene exists, this is
-//! the arena with no model and no renderer: what every NPC does when the LLM never answers.
+//! The world moves one tick every 200 ms in `FixedUpdate`, where hivemind runs too; drawing
+//! runs every frame in `Update` and slides each agent between its last two cells. At most one
+//! agent asks for a new plan per tick, those that have waited longest first, as a game staggers
+//! its AI updates so that one small model can serve them. Speech bubbles fill word by word as
+//! lines stream in. The HUD shows where each agent's plan came from and how long it took.
 #![expect(
     clippy::print_stdout,
     clippy::print_stderr,
     reason = "an example that prints its results"
 )]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "Bevy systems take their parameters by value"
+)]
 
-use std::collections::{BTreeMap, VecDeque};
-use std::error::Error;
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hivemind::arena::{
-    Agent, ArenaAssets, ArenaConfig, Team, World, banter_slots, fallback_plan, situation,
+use bevy::ecs::schedule::ScheduleLabel;
+use bevy::prelude::*;
+use bevy::render::view::screenshot::{Screenshot, save_to_disk};
+use bevy::text::TextBounds;
+use bevy::time::TimeUpdateStrategy;
+use bevy::window::WindowResolution;
+use clap::Parser;
+use hivemind::arena::{ArenaAssets, ArenaConfig, Team};
+use hivemind::arena_app::{
+    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, Stagger, name, scripted_backend,
 };
-use hivemind::arena_app::name;
-use hivemind::prelude::*;
+use hivemind::bevy::prelude::*;
+use hivemind::bevy::{FallbackOnly, Hivemind, HivemindMetrics, RequestId};
+use hivemind::core::backend::{BackendError, BackendFactory, FnFactory, Latency, ReplayFactory};
+use hivemind::core::config::{ClockMode, HivemindConfig};
+use hivemind::core::metrics::{HumanDuration, LatencyStage};
+use hivemind::core::plan::{BackendId, RequestKind};
 
-/// Personas take turns down each team's roster; `None` speaks the shared lines.
-const PERSONAS: [Option<&str>; 3] = [Some("veteran"), Some("rookie"), None];
+/// One tick of the arena.
+const TICK: Duration = Duration::from_millis(200);
+/// The window.
+const WINDOW: (u32, u32) = (1280, 720);
+/// Pixels per arena cell.
+const CELL: f32 = 32.0;
+/// The arena's top-left corner, in window pixels.
+const ARENA_AT: (f32, f32) = (20.0, 20.0);
+/// The HUD's left edge, in window pixels.
+const HUD_LEFT: f32 = 690.0;
+/// Where the console opens, in window pixels, below the arena.
+const CONSOLE_AT: (f32, f32) = (12.0, 484.0);
 
-/// Each agent banters about once every this many ticks, staggered by id.
-const BANTER_EVERY: u64 = 40;
+const BACKGROUND: Color = Color::srgb_u8(14, 16, 20);
+const FLOOR: Color = Color::srgb_u8(40, 46, 56);
+const COVER: Color = Color::srgb_u8(112, 116, 124);
+const OBJECTIVE: Color = Color::srgba_u8(230, 200, 60, 70);
+const MEDKIT: Color = Color::srgb_u8(90, 220, 120);
+const RED: Color = Color::srgb_u8(226, 64, 64);
+const BLUE: Color = Color::srgb_u8(64, 120, 236);
 
-fn parse_args() -> Result<(u64, u64), String> {
-    let (mut ticks, mut seed) = (300, 1);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let target = match flag.as_str() {
-            "--ticks" => &mut ticks,
-            "--seed" => &mut seed,
-            "-h" | "--help" => {
-                println!("usage: arena [--ticks N] [--seed S]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument `{other}` (try --help)")),
-        };
-        let value = args.next().ok_or(format!("{flag} needs a number"))?;
-        *target = value
-            .parse()
-            .map_err(|_| format!("{flag}: `{value}` is not a number"))?;
+/// The arena with hivemind planning for both teams.
+#[derive(Parser, Debug)]
+#[command(name = "arena", about = "The hivemind arena example")]
+struct Args {
+    /// Which backend writes plans and lines: the same names as the console and the config.
+    #[arg(long, default_value = "local", value_parser = ["local", "scripted", "replay"])]
+    backend: String,
+    /// The transcript `--backend replay` plays (recorded with `hm replay record`).
+    #[arg(long, default_value = "arena.transcript.jsonl")]
+    transcript: PathBuf,
+    /// The arena's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Agents per team.
+    #[arg(long, default_value_t = 6)]
+    team_size: u32,
+    /// Ticks between planning rounds.
+    #[arg(long, default_value_t = 3)]
+    plan_every: u64,
+    /// The most agents that ask for a new plan in one round (those that waited longest first).
+    #[arg(long, default_value_t = 4)]
+    plans_per_round: usize,
+    /// The plan deadline in milliseconds, in place of the configuration's.
+    #[arg(long)]
+    plan_ms: Option<u64>,
+    /// Runs without a window and prints a summary table.
+    #[arg(long)]
+    headless: bool,
+    /// Ticks a headless run lasts.
+    #[arg(long, default_value_t = 300)]
+    ticks: u64,
+    /// Headless: time comes from token counts, so the run repeats exactly.
+    #[arg(long)]
+    lockstep: bool,
+    /// Renders `--frames` frames, saves a screenshot here and exits.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// Frames to render before the screenshot.
+    #[arg(long, default_value_t = 120)]
+    frames: u32,
+    /// Opens the console at start.
+    #[arg(long)]
+    console: bool,
+    /// After the screenshot, checks that the arena, both teams, the HUD and (with `--console`)
+    /// the console are where they should be in it; exits 1 if not.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let assets = match ArenaAssets::load(&asset_dir()) {
+        Ok(assets) => Arc::new(assets),
+        Err(e) => {
+            eprintln!("arena: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.headless {
+        run_headless(&args, assets);
+        return ExitCode::SUCCESS;
     }
-    Ok((ticks, seed))
+    let mut app = App::new();
+    app.add_plugins(DefaultPlugins.set(WindowPlugin {
+        primary_window: Some(Window {
+            title: "hivemind arena".into(),
+            resolution: WindowResolution::new(WINDOW.0, WINDOW.1),
+            ..default()
+        }),
+        ..default()
+    }));
+    add_game(&mut app, &args, assets);
+    app.add_plugins(ArenaScene {
+        screenshot: args.screenshot.clone(),
+        frames: args.frames,
+        open_console: args.console,
+    })
+    .run();
+    match (&args.screenshot, args.check) {
+        (Some(path), true) => match check_screenshot(path, args.console) {
+            Ok(report) => {
+                println!("screenshot check passed: {report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("screenshot check failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => ExitCode::SUCCESS,
+    }
 }
 
-#[derive(Default)]
-struct Tally {
-    plans: u32,
-    planning: Duration,
-    ok: u32,
-    failed: BTreeMap<&'static str, u32>,
-    rejected: u32,
-    lines: Vec<(u64, AgentId, &'static str, String)>,
+fn asset_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let (ticks, seed) = parse_args().unwrap_or_else(|message| {
-        eprintln!("arena: {message}");
-        std::process::exit(2);
+/// Adds hivemind and the arena's rules, in `FixedUpdate`, with the chosen backend.
+fn add_game(app: &mut App, args: &Args, assets: Arc<ArenaAssets>) {
+    let mut config = HivemindConfig::load(&asset_dir().join("hivemind.ron")).unwrap_or_else(|e| {
+        eprintln!("arena: {e}; using the default configuration");
+        HivemindConfig::default()
     });
-    let assets = ArenaAssets::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets")))?;
-    let mut world = World::new(ArenaConfig::default().with_seed(seed));
-    let mut plans: Vec<VecDeque<PlanStep>> = vec![VecDeque::new(); world.agents().len()];
-    let mut tally = Tally::default();
-
-    for _ in 0..ticks {
-        for agent in world.agent_ids() {
-            if !world.is_idle(agent) {
-                continue;
-            }
-            let plan = &mut plans[agent.0 as usize];
-            if plan.is_empty() {
-                let snapshot = world.snapshot(agent);
-                let start = Instant::now();
-                let steps = fallback_plan(&assets.domain, &assets.registry, &snapshot);
-                tally.planning += start.elapsed();
-                tally.plans += 1;
-                plan.extend(steps);
-            }
-            if let Some(step) = plan.pop_front()
-                && world.begin_step(agent, &step).is_err()
-            {
-                tally.rejected += 1;
-                plan.clear();
-            }
-        }
-
-        let report = world.tick();
-        for finished in &report.finished {
-            match finished.failure {
-                None => tally.ok += 1,
-                Some(why) => {
-                    *tally.failed.entry(why.as_str()).or_default() += 1;
-                    plans[finished.agent.0 as usize].clear();
-                }
-            }
-        }
-
-        for agent in world.agent_ids() {
-            let due = (report.tick + 7 * u64::from(agent.0)).is_multiple_of(BANTER_EVERY);
-            if !due || !world.agent(agent).is_some_and(Agent::is_alive) {
-                continue;
-            }
-            let about = situation(&world, agent);
-            let slots = banter_slots(&world, agent, name);
-            let persona = PERSONAS[agent.0 as usize % PERSONAS.len()];
-            let line_seed = (report.tick << 16) ^ (seed << 32) ^ u64::from(agent.0);
-            if let Ok(line) = assets.templates.line(persona, about, &slots, line_seed) {
-                tally.lines.push((report.tick, agent, about, line));
-            }
-        }
+    if args.lockstep {
+        config.clock.mode = ClockMode::Lockstep;
     }
+    if let Some(ms) = args.plan_ms {
+        config.deadlines.plan_ms = ms;
+    }
+    let mut arena = ArenaAppPlugin::new(
+        ArenaConfig::default()
+            .with_seed(args.seed)
+            .with_team_size(args.team_size),
+        Arc::clone(&assets),
+    );
+    arena.schedule = FixedUpdate.intern();
+    arena.stagger = Stagger {
+        every: args.plan_every,
+        at_most: args.plans_per_round,
+    };
 
-    print_summary(&world, &tally, ticks, seed);
-    Ok(())
+    let latency = if args.lockstep {
+        Latency::Virtual
+    } else {
+        // About what the local model costs: a prompt, then a few milliseconds a token.
+        Latency::Real {
+            prompt: Duration::from_millis(60),
+            per_token: Duration::from_millis(6),
+        }
+    };
+    let scripted = scripted_backend(Arc::clone(&assets), latency);
+    let local = local_backend(&config);
+    let replay: Arc<dyn BackendFactory> = match ReplayFactory::load(&args.transcript) {
+        Ok(replay) => replay,
+        Err(e) => {
+            let why = e.to_string();
+            FnFactory::new(BackendId::Replay, move || {
+                Err(BackendError::NoModel(why.clone()))
+            })
+        }
+    };
+    let chosen = match args.backend.as_str() {
+        "scripted" => Arc::clone(&scripted),
+        "replay" => Arc::clone(&replay),
+        _ => Arc::clone(&local),
+    };
+    let plugin = arena
+        .hivemind(HivemindPlugin::new(FixedUpdate).with_config(config))
+        .with_standby_backend(scripted)
+        .with_standby_backend(local)
+        .with_standby_backend(replay)
+        .with_backend(chosen);
+    app.add_plugins((plugin, arena))
+        .insert_resource(Time::<Fixed>::from_duration(TICK));
+    if args.lockstep {
+        app.insert_resource(TimeUpdateStrategy::ManualDuration(TICK));
+    }
 }
 
-fn print_summary(world: &World, tally: &Tally, ticks: u64, seed: u64) {
-    let size = world.config().team_size;
-    println!(
-        "arena: {ticks} ticks, seed {seed}, {size} v {size}, GOAP plans and template banter only\n"
+/// The `local` backend, or one that says why there is none.
+fn local_backend(config: &HivemindConfig) -> Arc<dyn BackendFactory> {
+    #[cfg(feature = "llama")]
+    let why = match hivemind::llama::LlamaFactory::from_config(config) {
+        Ok(factory) => return factory,
+        Err(e) => e.to_string(),
+    };
+    #[cfg(not(feature = "llama"))]
+    let why = {
+        let _ = config;
+        "built without the `llama` feature".to_owned()
+    };
+    FnFactory::new(BackendId::Local, move || {
+        Err(BackendError::NoModel(why.clone()))
+    })
+}
+
+// ----- headless --------------------------------------------------------------------------------
+
+fn run_headless(args: &Args, assets: Arc<ArenaAssets>) {
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins);
+    add_game(&mut app, args, assets);
+    app.finish();
+    app.cleanup();
+    let frame = Duration::from_secs_f64(1.0 / 60.0);
+    let started = Instant::now();
+    while app.world().resource::<Arena>().world.now() < args.ticks {
+        let t = Instant::now();
+        app.update();
+        if !args.lockstep {
+            std::thread::sleep(frame.saturating_sub(t.elapsed()));
+        }
+    }
+    print!("{}", summary(app.world_mut(), args, started.elapsed()));
+    app.world_mut().write_message(AppExit::Success);
+    app.update();
+}
+
+/// The headless summary: scores, then plans and lines by source, latency per kind, fallbacks by
+/// reason, cache, repairs and tokens/s (the last from hivemind's own table).
+fn summary(world: &mut World, args: &Args, took: Duration) -> String {
+    let arena = world.resource::<Arena>();
+    let hm = world.resource::<Hivemind>();
+    let metrics = &world.resource::<HivemindMetrics>().0;
+    let mut out = String::new();
+    let clock = if args.lockstep {
+        "lockstep"
+    } else {
+        "real time"
+    };
+    let _ = writeln!(
+        out,
+        "arena: {} ticks, seed {}, {} v {}, backend {}, {clock}, {:.1} s",
+        arena.world.now(),
+        args.seed,
+        args.team_size,
+        args.team_size,
+        hm.backend(),
+        took.as_secs_f64()
     );
-    println!(
-        "{:<6} {:>6} {:>6} {:>7}",
-        "team", "score", "kills", "deaths"
+    if let Some(why) = hm.fallback_only() {
+        let _ = writeln!(out, "fallback only: {}", fallback_text(&why));
+    }
+    for team in Team::ALL {
+        let _ = writeln!(
+            out,
+            "  {:<5} score {:>4}  kills {:>3}  deaths {:>3}",
+            team.as_str(),
+            arena.world.score(team),
+            arena.world.team_kills(team),
+            arena.world.team_deaths(team)
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "kind", "answers", "first p50", "p95", "p99", "full p50", "p95", "p99"
+    );
+    for kind in RequestKind::ALL {
+        let first = metrics.latency_by_kind(kind, LatencyStage::First);
+        let full = metrics.latency_by_kind(kind, LatencyStage::Full);
+        let q = |d: Option<Duration>| {
+            d.map_or_else(|| "-".to_owned(), |d| HumanDuration(d).to_string())
+        };
+        let _ = writeln!(
+            out,
+            "{:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            kind.as_str(),
+            metrics.total_answers(kind),
+            q(first.p50()),
+            q(first.p95()),
+            q(first.p99()),
+            q(full.p50()),
+            q(full.p95()),
+            q(full.p99()),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "{metrics}");
+    out
+}
+
+fn fallback_text(why: &FallbackOnly) -> String {
+    match why {
+        FallbackOnly::Forced => "forced (hm force-fallback on)".to_owned(),
+        FallbackOnly::NoModel(reason) => format!("no model: {reason}"),
+    }
+}
+
+// ----- the rendered scene ----------------------------------------------------------------------
+
+/// Draws the arena, its agents, speech bubbles and the HUD; takes the screenshot.
+struct ArenaScene {
+    screenshot: Option<PathBuf>,
+    frames: u32,
+    open_console: bool,
+}
+
+impl Plugin for ArenaScene {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(ClearColor(BACKGROUND))
+            .insert_resource(Capture {
+                path: self.screenshot.clone(),
+                frames: self.frames,
+                frame: 0,
+                taken_at: None,
+            })
+            .init_resource::<FrameTime>()
+            .add_systems(Startup, (spawn_arena, spawn_hud))
+            .add_systems(
+                FixedUpdate,
+                observe
+                    .after(HivemindSystems::Apply)
+                    .after(ArenaSystems::Act),
+            )
+            .add_systems(
+                Update,
+                (
+                    spawn_agent_views,
+                    place_agents,
+                    fade_tracers,
+                    update_hud,
+                    capture,
+                ),
+            );
+        #[cfg(feature = "console")]
+        {
+            use hivemind::bevy::console::EguiPlugin;
+            use hivemind::bevy::console::{Console, HivemindConsolePlugin};
+            app.add_plugins((EguiPlugin::default(), HivemindConsolePlugin));
+            if self.open_console {
+                app.world_mut().resource_mut::<Console>().open = true;
+                app.world_mut()
+                    .resource_mut::<Console>()
+                    .submit("hm status");
+            }
+        }
+        #[cfg(not(feature = "console"))]
+        let _ = self.open_console;
+    }
+}
+
+/// Window pixels (y down) to world coordinates (y up, origin at the centre).
+fn to_world(x: f32, y: f32) -> Vec2 {
+    Vec2::new(x - WINDOW.0 as f32 / 2.0, WINDOW.1 as f32 / 2.0 - y)
+}
+
+/// The centre of arena cell `(x, y)` in world coordinates.
+fn cell_center(x: i32, y: i32) -> Vec2 {
+    to_world(
+        ARENA_AT.0 + (x as f32 + 0.5) * CELL,
+        ARENA_AT.1 + (y as f32 + 0.5) * CELL,
+    )
+}
+
+fn team_color(team: Team) -> Color {
+    match team {
+        Team::Red => RED,
+        Team::Blue => BLUE,
+    }
+}
+
+fn spawn_arena(
+    mut commands: Commands,
+    arena: Res<Arena>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<ColorMaterial>>,
+) {
+    commands.spawn(Camera2d);
+    let grid = arena.world.grid();
+    let mut rect = |min: (i32, i32), max: (i32, i32), color: Color, z: f32, inset: f32| {
+        let size = Vec2::new(
+            (max.0 - min.0 + 1) as f32 * CELL - inset,
+            (max.1 - min.1 + 1) as f32 * CELL - inset,
+        );
+        let centre = (cell_center(min.0, min.1) + cell_center(max.0, max.1)) / 2.0;
+        commands.spawn((
+            Mesh2d(meshes.add(Rectangle::from_size(size))),
+            MeshMaterial2d(materials.add(color)),
+            Transform::from_translation(centre.extend(z)),
+        ));
+    };
+    rect(
+        (0, 0),
+        (grid.width() - 1, grid.height() - 1),
+        FLOOR,
+        0.0,
+        0.0,
     );
     for team in Team::ALL {
-        let (score, kills, deaths) = (
-            world.score(team),
-            world.team_kills(team),
-            world.team_deaths(team),
+        let base = grid.base(team);
+        rect(
+            (base.min.x, base.min.y),
+            (base.max.x, base.max.y),
+            team_color(team).with_alpha(0.12),
+            0.1,
+            0.0,
         );
-        println!("{:<6} {score:>6} {kills:>6} {deaths:>7}", team.as_str());
     }
-
-    let mean_us = tally.planning.as_secs_f64() * 1e6 / f64::from(tally.plans.max(1));
-    let failed: u32 = tally.failed.values().sum();
-    let reasons: Vec<String> = tally
-        .failed
-        .iter()
-        .map(|(why, n)| format!("{why} {n}"))
-        .collect();
-    println!();
-    println!("{:<22} {:>7}", "plans made", tally.plans);
-    let build = if cfg!(debug_assertions) {
-        "  (unoptimised build)"
-    } else {
-        ""
-    };
-    println!("{:<22} {mean_us:>7.1} µs{build}", "mean per fallback plan");
-    println!("{:<22} {:>7}", "steps finished ok", tally.ok);
-    println!(
-        "{:<22} {:>7}  ({})",
-        "steps failed",
-        failed,
-        reasons.join(", ")
+    let zone = grid.objective();
+    rect(
+        (zone.min.x, zone.min.y),
+        (zone.max.x, zone.max.y),
+        OBJECTIVE,
+        0.2,
+        0.0,
     );
-    println!("{:<22} {:>7}", "steps rejected", tally.rejected);
-    println!("{:<22} {:>7}", "lines said", tally.lines.len());
+    for p in grid.cover_cells() {
+        rect((p.x, p.y), (p.x, p.y), COVER, 0.3, 4.0);
+    }
+    for p in grid.medkit_spots() {
+        rect((p.x, p.y), (p.x, p.y), MEDKIT.with_alpha(0.5), 0.3, 18.0);
+    }
+}
 
-    // The first line of each situation, topped up to eight with lines from across the run.
-    let mut samples: Vec<&(u64, AgentId, &str, String)> = Vec::new();
-    for entry in &tally.lines {
-        if samples.iter().all(|s| s.2 != entry.2) {
-            samples.push(entry);
+/// How one agent is drawn: where it slides from and to, and what it says.
+#[derive(Component)]
+struct AgentView {
+    from: Vec2,
+    to: Vec2,
+    bubble: Entity,
+    bar: Entity,
+    speech: String,
+    speech_request: Option<RequestId>,
+    speech_until: f32,
+    plan_from: String,
+    plan_took: Option<Duration>,
+}
+
+fn spawn_agent_views(
+    mut commands: Commands,
+    arena: Res<Arena>,
+    agents: Query<(Entity, &ArenaAgent), Without<AgentView>>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<ColorMaterial>>,
+) {
+    for (entity, agent) in &agents {
+        let at = arena
+            .world
+            .agent(agent.id)
+            .map_or(Vec2::ZERO, |a| cell_center(a.position().x, a.position().y));
+        let font = TextFont::from_font_size(11.0);
+        let label = commands
+            .spawn((
+                Text2d::new(name(agent.id)),
+                font.clone(),
+                TextColor(Color::srgb(0.85, 0.87, 0.9)),
+                Transform::from_xyz(0.0, -19.0, 1.0),
+            ))
+            .id();
+        let bar = commands
+            .spawn((
+                Mesh2d(meshes.add(Rectangle::new(24.0, 3.0))),
+                MeshMaterial2d(materials.add(Color::srgb(0.3, 0.9, 0.4))),
+                Transform::from_xyz(0.0, 15.0, 1.0),
+            ))
+            .id();
+        let bubble = commands
+            .spawn((
+                Text2d::new(""),
+                TextFont::from_font_size(12.0),
+                TextColor(Color::srgb(0.08, 0.08, 0.1)),
+                TextBackgroundColor(Color::srgba(0.95, 0.95, 0.9, 0.92)),
+                TextLayout::linebreak(LineBreak::WordBoundary),
+                TextBounds::new_horizontal(180.0),
+                Transform::from_xyz(0.0, 34.0, 5.0),
+                Visibility::Hidden,
+            ))
+            .id();
+        commands
+            .entity(entity)
+            .insert((
+                Mesh2d(meshes.add(Circle::new(11.0))),
+                MeshMaterial2d(materials.add(team_color(agent.team))),
+                Transform::from_translation(at.extend(2.0)),
+                Visibility::Visible,
+                AgentView {
+                    from: at,
+                    to: at,
+                    bubble,
+                    bar,
+                    speech: String::new(),
+                    speech_request: None,
+                    speech_until: 0.0,
+                    plan_from: "-".to_owned(),
+                    plan_took: None,
+                },
+            ))
+            .add_children(&[label, bar, bubble]);
+    }
+}
+
+/// A shot, drawn for a moment.
+#[derive(Component)]
+struct Tracer {
+    until: f32,
+}
+
+/// After each tick: where agents went, what they said, where their plans came from, and the
+/// shots fired.
+#[expect(clippy::too_many_arguments, reason = "a system reading many messages")]
+fn observe(
+    mut commands: Commands,
+    arena: Res<Arena>,
+    time: Res<Time<Real>>,
+    mut views: Query<(&ArenaAgent, &mut AgentView)>,
+    mut plans: MessageReader<PlanReady>,
+    mut words: MessageReader<LineDelta>,
+    mut lines: MessageReader<LineReady>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<ColorMaterial>>,
+) {
+    let now = time.elapsed_secs();
+    for plan in plans.read() {
+        if let Ok((_, mut view)) = views.get_mut(plan.agent) {
+            view.plan_from = match (plan.source, plan.fallback) {
+                (source, Some(reason)) => format!("{} ({})", source.label(), reason.as_str()),
+                (PlanSource::Llm { backend, .. }, None) => {
+                    format!("{} ({backend})", plan.source.label())
+                }
+                (source, None) => source.label().to_owned(),
+            };
+            view.plan_took = Some(plan.latency);
+            if let Some(say) = &plan.say {
+                view.speech = say.clone();
+                view.speech_request = Some(plan.request);
+                view.speech_until = now + 3.0;
+            }
         }
     }
-    for entry in tally.lines.iter().step_by(7) {
-        if samples.len() < 8 && !samples.contains(&entry) {
-            samples.push(entry);
+    for delta in words.read() {
+        if let Ok((_, mut view)) = views.get_mut(delta.agent) {
+            if view.speech_request != Some(delta.request) {
+                view.speech.clear();
+                view.speech_request = Some(delta.request);
+            }
+            view.speech.push_str(&delta.text);
+            view.speech_until = now + 4.0;
         }
     }
-    samples.sort_by_key(|e| (e.0, e.1));
-    println!("\nsample lines");
-    for (tick, agent, about, line) in samples {
-        let team = world.agent(*agent).map_or("?", |a| a.team().as_str());
-        let persona = PERSONAS[agent.0 as usize % PERSONAS.len()].unwrap_or("-");
-        println!(
-            "  t={tick:<4} {:<6} {team:<4} {persona:<7} {about:<12} {line}",
-            name(*agent)
+    for line in lines.read() {
+        if let Ok((_, mut view)) = views.get_mut(line.agent) {
+            view.speech = line.text.clone();
+            view.speech_request = Some(line.request);
+            view.speech_until = now + 3.0;
+        }
+    }
+    for said in &arena.last_report.said {
+        if let Some(&entity) = arena.entities.get(&said.agent)
+            && let Ok((_, mut view)) = views.get_mut(entity)
+        {
+            view.speech = said.text.clone();
+            view.speech_request = None;
+            view.speech_until = now + 3.0;
+        }
+    }
+    for (agent, mut view) in &mut views {
+        if let Some(a) = arena.world.agent(agent.id) {
+            view.from = view.to;
+            view.to = cell_center(a.position().x, a.position().y);
+            if !a.is_alive() {
+                view.from = view.to;
+            }
+        }
+    }
+    for shot in &arena.last_report.shots {
+        let (Some(a), Some(b)) = (
+            arena.world.agent(shot.attacker),
+            arena.world.agent(shot.target),
+        ) else {
+            continue;
+        };
+        let (from, to) = (
+            cell_center(a.position().x, a.position().y),
+            cell_center(b.position().x, b.position().y),
+        );
+        let length = from.distance(to);
+        if length < 1.0 {
+            continue;
+        }
+        let color = if shot.hit {
+            Color::srgb(1.0, 0.9, 0.4)
+        } else {
+            Color::srgba(1.0, 1.0, 1.0, 0.35)
+        };
+        commands.spawn((
+            Mesh2d(meshes.add(Rectangle::new(length, 2.0))),
+            MeshMaterial2d(materials.add(color)),
+            Transform::from_translation(((from + to) / 2.0).extend(4.0))
+                .with_rotation(Quat::from_rotation_z((to - from).to_angle())),
+            Tracer { until: now + 0.15 },
+        ));
+    }
+}
+
+/// Slides agents between cells, hides the dead, and fills bubbles and health bars.
+fn place_agents(
+    arena: Res<Arena>,
+    fixed: Res<Time<Fixed>>,
+    time: Res<Time<Real>>,
+    mut agents: Query<(&ArenaAgent, &AgentView, &mut Transform, &mut Visibility)>,
+    mut texts: Query<&mut Text2d>,
+    mut visibility: Query<&mut Visibility, Without<ArenaAgent>>,
+    mut bars: Query<&mut Transform, Without<ArenaAgent>>,
+) {
+    let t = fixed.overstep_fraction().clamp(0.0, 1.0);
+    let now = time.elapsed_secs();
+    for (agent, view, mut transform, mut shown) in &mut agents {
+        let Some(a) = arena.world.agent(agent.id) else {
+            continue;
+        };
+        transform.translation = view.from.lerp(view.to, t).extend(2.0);
+        *shown = if a.is_alive() {
+            Visibility::Visible
+        } else {
+            Visibility::Hidden
+        };
+        if let Ok(mut bubble) = texts.get_mut(view.bubble) {
+            let text = view.speech.trim();
+            if bubble.0 != text {
+                bubble.0 = text.to_owned();
+            }
+        }
+        if let Ok(mut bubble_shown) = visibility.get_mut(view.bubble) {
+            *bubble_shown = if view.speech_until > now && !view.speech.trim().is_empty() {
+                Visibility::Visible
+            } else {
+                Visibility::Hidden
+            };
+        }
+        if let Ok(mut bar) = bars.get_mut(view.bar) {
+            let health = a.health();
+            let fraction = health.current as f32 / health.max.max(1) as f32;
+            bar.scale.x = fraction.clamp(0.0, 1.0);
+        }
+    }
+}
+
+fn fade_tracers(mut commands: Commands, time: Res<Time<Real>>, tracers: Query<(Entity, &Tracer)>) {
+    let now = time.elapsed_secs();
+    for (entity, tracer) in &tracers {
+        if tracer.until < now {
+            commands.entity(entity).despawn();
+        }
+    }
+}
+
+/// The HUD's text and its warning line.
+#[derive(Component)]
+struct Hud;
+
+#[derive(Component)]
+struct HudWarning;
+
+/// The frame time, smoothed.
+#[derive(Resource, Default)]
+struct FrameTime(f32);
+
+fn spawn_hud(mut commands: Commands) {
+    commands
+        .spawn(Node {
+            position_type: PositionType::Absolute,
+            left: Val::Px(HUD_LEFT),
+            top: Val::Px(ARENA_AT.1),
+            width: Val::Px(WINDOW.0 as f32 - HUD_LEFT - 12.0),
+            flex_direction: FlexDirection::Column,
+            row_gap: Val::Px(6.0),
+            ..default()
+        })
+        .with_children(|hud| {
+            hud.spawn((
+                Text::new(""),
+                TextFont::from_font_size(13.0),
+                TextColor(Color::srgb_u8(240, 170, 60)),
+                HudWarning,
+            ));
+            hud.spawn((
+                Text::new(""),
+                TextFont::from_font_size(13.0),
+                TextColor(Color::srgb(0.86, 0.88, 0.92)),
+                Hud,
+            ));
+        });
+}
+
+fn update_hud(
+    arena: Res<Arena>,
+    hm: Res<Hivemind>,
+    time: Res<Time<Real>>,
+    mut frame_time: ResMut<FrameTime>,
+    agents: Query<(&ArenaAgent, &AgentView, &NpcAgent, &ActivePlan)>,
+    mut hud: Query<&mut Text, (With<Hud>, Without<HudWarning>)>,
+    mut warning: Query<&mut Text, (With<HudWarning>, Without<Hud>)>,
+) {
+    let ms = time.delta_secs() * 1_000.0;
+    frame_time.0 = if frame_time.0 == 0.0 {
+        ms
+    } else {
+        frame_time.0 * 0.9 + ms * 0.1
+    };
+    if let Ok(mut text) = warning.single_mut() {
+        let line = match hm.fallback_only() {
+            Some(why) => format!("FALLBACKS ONLY: {}", fallback_text(&why)),
+            None => String::new(),
+        };
+        if text.0 != line {
+            text.0 = line;
+        }
+    }
+    let Ok(mut text) = hud.single_mut() else {
+        return;
+    };
+    let world = &arena.world;
+    let info = hm.backend_info();
+    let model = info
+        .source
+        .as_deref()
+        .map(|s| {
+            Path::new(s)
+                .file_name()
+                .map_or(s.to_owned(), |n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "-".to_owned());
+    let mut out = String::new();
+    let _ = writeln!(out, "hivemind arena   tick {}", world.now());
+    let _ = writeln!(out, "backend {}   {model}", hm.backend());
+    let _ = writeln!(
+        out,
+        "Red {}   Blue {}   frame {:.1} ms   queue {}   waiting {}",
+        world.score(Team::Red),
+        world.score(Team::Blue),
+        frame_time.0,
+        hm.queue_depth(),
+        hm.in_flight()
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<6} {:<8} {:<15} {:<18} {:>6}",
+        "agent", "persona", "doing", "plan from", "took"
+    );
+    let mut rows: Vec<_> = agents.iter().collect();
+    rows.sort_by_key(|(a, ..)| a.id);
+    for (agent, view, npc, plan) in rows {
+        let alive = world
+            .agent(agent.id)
+            .is_some_and(hivemind::arena::Agent::is_alive);
+        let doing = if alive {
+            plan.current_step()
+                .map_or_else(|| "-".to_owned(), |s| truncate(&s.to_string(), 15))
+        } else {
+            "(down)".to_owned()
+        };
+        let took = view
+            .plan_took
+            .map_or_else(|| "-".to_owned(), |d| HumanDuration(d).to_string());
+        let _ = writeln!(
+            out,
+            "{:<6} {:<8} {:<15} {:<18} {:>6}",
+            name(agent.id),
+            truncate(&npc.persona, 8),
+            doing,
+            truncate(&view.plan_from, 18),
+            took
         );
     }
+    let _ = writeln!(out);
+    let _ = write!(out, "` opens the console (hm status, hm perf, help)");
+    if text.0 != out {
+        text.0 = out;
+    }
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+// ----- screenshot ------------------------------------------------------------------------------
+
+#[derive(Resource)]
+struct Capture {
+    path: Option<PathBuf>,
+    frames: u32,
+    frame: u32,
+    taken_at: Option<u32>,
+}
+
+/// After `frames` frames, saves a screenshot; once it is on disk, exits.
+fn capture(mut commands: Commands, mut capture: ResMut<Capture>, mut exit: MessageWriter<AppExit>) {
+    let Some(path) = capture.path.clone() else {
+        return;
+    };
+    capture.frame += 1;
+    match capture.taken_at {
+        None if capture.frame >= capture.frames => {
+            let _ = std::fs::remove_file(&path);
+            commands
+                .spawn(Screenshot::primary_window())
+                .observe(save_to_disk(path));
+            capture.taken_at = Some(capture.frame);
+        }
+        Some(at) if path.is_file() && capture.frame > at + 2 => {
+            exit.write(AppExit::Success);
+        }
+        Some(at) if capture.frame > at + 600 => {
+            eprintln!("arena: the screenshot was not written");
+            exit.write(AppExit::from_code(1));
+        }
+        _ => {}
+    }
+}
+
+/// Checks a screenshot of the scene: the arena floor, both teams' agents, the HUD's text and,
+/// if it was open, the console, each in its own region. Colours are matched loosely and counts
+/// are fractions, so the numbers in the HUD may change freely.
+fn check_screenshot(path: &Path, console: bool) -> Result<String, String> {
+    let image = image::open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .to_rgb8();
+    if (image.width(), image.height()) != WINDOW {
+        return Err(format!(
+            "the screenshot is {}x{}, not {}x{}",
+            image.width(),
+            image.height(),
+            WINDOW.0,
+            WINDOW.1
+        ));
+    }
+    let rgb = |c: Color| {
+        let s = c.to_srgba();
+        [s.red, s.green, s.blue].map(|v| (v * 255.0).round() as i32)
+    };
+    let near = |p: &image::Rgb<u8>, c: [i32; 3], tolerance: i32| {
+        (0..3).all(|i| (i32::from(p[i]) - c[i]).abs() <= tolerance)
+    };
+    let region = |x0: f32, y0: f32, x1: f32, y1: f32| {
+        let (x0, y0, x1, y1) = (x0 as u32, y0 as u32, x1 as u32, y1 as u32);
+        (y0..y1).flat_map(move |y| (x0..x1).map(move |x| (x, y)))
+    };
+    let count = |x0, y0, x1, y1, test: &dyn Fn(&image::Rgb<u8>) -> bool| {
+        let (mut hits, mut all) = (0u32, 0u32);
+        for (x, y) in region(x0, y0, x1, y1) {
+            all += 1;
+            if test(image.get_pixel(x, y)) {
+                hits += 1;
+            }
+        }
+        (hits, all)
+    };
+    let arena_w = 20.0 * CELL;
+    let arena_h = 14.0 * CELL;
+    let (ax0, ay0) = ARENA_AT;
+    let (ax1, ay1) = (ax0 + arena_w, ay0 + arena_h);
+    let mut report = Vec::new();
+
+    let (floor, all) = count(ax0, ay0, ax1, ay1, &|p| near(p, rgb(FLOOR), 24));
+    let share = f64::from(floor) / f64::from(all);
+    if share < 0.35 {
+        return Err(format!(
+            "the arena floor covers {:.0}% of its region",
+            share * 100.0
+        ));
+    }
+    report.push(format!("floor {:.0}%", share * 100.0));
+
+    for (team, color) in [("red", RED), ("blue", BLUE)] {
+        let (pixels, _) = count(ax0, ay0, ax1, ay1, &|p| near(p, rgb(color), 40));
+        if pixels < 600 {
+            return Err(format!("{pixels} {team} agent pixels in the arena"));
+        }
+        report.push(format!("{team} {pixels} px"));
+    }
+
+    let bright = |p: &image::Rgb<u8>| p.0.iter().all(|&v| v > 150);
+    let (text, _) = count(HUD_LEFT, ay0, WINDOW.0 as f32 - 12.0, ay1, &bright);
+    if text < 1_500 {
+        return Err(format!("{text} text pixels in the HUD"));
+    }
+    report.push(format!("hud text {text} px"));
+
+    if console {
+        let (x0, y0) = CONSOLE_AT;
+        let (x1, y1) = (x0 + 600.0, (y0 + 220.0).min(WINDOW.1 as f32));
+        let (panel, all) = count(x0 + 10.0, y0 + 10.0, x1, y1, &|p| {
+            !near(p, rgb(BACKGROUND), 6)
+        });
+        let share = f64::from(panel) / f64::from(all);
+        // egui's text is a light grey on a dark grey panel.
+        let light = |p: &image::Rgb<u8>| p.0.iter().all(|&v| v > 110);
+        let (text, _) = count(x0 + 10.0, y0 + 10.0, x1, y1, &light);
+        if share < 0.6 || text < 300 {
+            return Err(format!(
+                "the console region is {:.0}% covered with {text} text pixels",
+                share * 100.0
+            ));
+        }
+        report.push(format!(
+            "console {:.0}% covered, {text} text px",
+            share * 100.0
+        ));
+    }
+    Ok(report.join(", "))
 }

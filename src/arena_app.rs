@@ -19,8 +19,12 @@ use bevy::prelude::*;
 use bevy_hivemind::prelude::*;
 use bevy_hivemind::{AgentSnapshot, RequestId};
 use hivemind_arena::{
-    ArenaAssets, ArenaConfig, Team, World, banter_slots, fallback_plan, situation,
+    ArenaAssets, ArenaConfig, Team, TickReport, World, banter_slots, fallback_plan, situation,
 };
+use hivemind_core::backend::{
+    BackendFactory, BatchAgent, FnFactory, InferenceBackend, Latency, Script, ScriptedBackend,
+};
+use hivemind_core::plan::{BackendId, OutputFormat, Plan};
 
 /// Call signs, Red's six first.
 pub const NAMES: [&str; 12] = [
@@ -45,6 +49,10 @@ pub struct Arena {
     pub entities: BTreeMap<AgentId, Entity>,
     /// Each agent banters about once every this many ticks; 0 never.
     pub banter_every: u64,
+    /// How re-plans are staggered.
+    pub stagger: Stagger,
+    /// What happened in the last tick: shots, kills, lines, scores.
+    pub last_report: TickReport,
 }
 
 /// An arena agent's entity.
@@ -56,6 +64,8 @@ pub struct ArenaAgent {
     pub team: Team,
     /// The plan step it began last, so each begins once.
     begun: Option<(RequestId, usize)>,
+    /// The tick since which it has waited to ask for a plan.
+    waiting_since: Option<u64>,
 }
 
 /// Runs the arena with hivemind planning for its agents. See the [module docs](self).
@@ -68,6 +78,21 @@ pub struct ArenaAppPlugin {
     pub assets: Arc<ArenaAssets>,
     /// How often each agent banters, in ticks; 0 never.
     pub banter_every: u64,
+    /// How re-plans are staggered, as a game staggers its AI updates, so a model can serve
+    /// them.
+    pub stagger: Stagger,
+}
+
+/// When agents that need a plan may ask for one.
+///
+/// They ask in planning rounds every `every` ticks, at most `at_most` agents a round, those that
+/// have waited longest first. The requests of one round go to the model as one batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stagger {
+    /// Ticks between rounds; 0 or 1 plans every tick.
+    pub every: u64,
+    /// Agents that may ask in one round; 0 for no limit.
+    pub at_most: usize,
 }
 
 impl ArenaAppPlugin {
@@ -78,6 +103,7 @@ impl ArenaAppPlugin {
             config,
             assets,
             banter_every: 40,
+            stagger: Stagger::default(),
         }
     }
 
@@ -121,6 +147,7 @@ impl Plugin for ArenaAppPlugin {
                         id,
                         team,
                         begun: None,
+                        waiting_since: None,
                     },
                 ))
                 .id();
@@ -131,6 +158,8 @@ impl Plugin for ArenaAppPlugin {
             assets: Arc::clone(&self.assets),
             entities,
             banter_every: self.banter_every,
+            stagger: self.stagger,
+            last_report: TickReport::default(),
         });
         app.configure_sets(
             self.schedule,
@@ -156,28 +185,32 @@ pub enum ArenaSystems {
     Act,
 }
 
-/// Idle agents with nothing left to do ask for a plan; some banter.
+/// Idle agents with nothing left to do ask for a plan, in the rounds of [`Arena::stagger`];
+/// some banter.
 #[expect(
     clippy::needless_pass_by_value,
     reason = "Bevy systems take their parameters by value"
 )]
 fn ask(
     arena: Res<Arena>,
-    agents: Query<(Entity, &ArenaAgent, &ActivePlan), Without<Thinking>>,
+    mut agents: Query<(Entity, &mut ArenaAgent, &ActivePlan), Without<Thinking>>,
     mut plans: MessageWriter<RequestPlan>,
     mut lines: MessageWriter<RequestLine>,
 ) {
     let world = &arena.world;
     let now = world.now();
-    for (entity, agent, plan) in &agents {
+    let mut waiting: Vec<(u64, AgentId, Entity)> = Vec::new();
+    for (entity, mut agent, plan) in &mut agents {
         let alive = world
             .agent(agent.id)
             .is_some_and(hivemind_arena::Agent::is_alive);
         if !alive {
+            agent.waiting_since = None;
             continue;
         }
         if world.is_idle(agent.id) && plan.is_finished() && plan.status != PlanStatus::Failed {
-            plans.write(RequestPlan::new(entity));
+            let since = *agent.waiting_since.get_or_insert(now);
+            waiting.push((since, agent.id, entity));
         }
         if arena.banter_every > 0
             && (now + u64::from(agent.id.0) * 7).is_multiple_of(arena.banter_every)
@@ -185,6 +218,21 @@ fn ask(
             let mut line = RequestLine::banter(entity, situation(world, agent.id));
             line.slots = banter_slots(world, agent.id, name).into_pairs();
             lines.write(line);
+        }
+    }
+    let stagger = arena.stagger;
+    if stagger.every > 1 && !now.is_multiple_of(stagger.every) {
+        return;
+    }
+    waiting.sort_unstable();
+    let cap = match stagger.at_most {
+        0 => waiting.len(),
+        n => n,
+    };
+    for &(_, _, entity) in waiting.iter().take(cap) {
+        plans.write(RequestPlan::new(entity));
+        if let Ok((_, mut agent, _)) = agents.get_mut(entity) {
+            agent.waiting_since = None;
         }
     }
 }
@@ -235,4 +283,28 @@ fn advance(
     for (agent, mut snapshot) in &mut agents {
         snapshot.0 = arena.world.snapshot(agent.id);
     }
+    arena.last_report = report;
+}
+
+/// The arena's scripted "model": the GOAP plan for the snapshot it is shown.
+///
+/// It writes that plan as a model would, and the canned line for everything else. With
+/// `latency`, it takes real time as a model does; on a lockstep clock its token counts cost
+/// virtual time instead.
+pub fn scripted_backend(assets: Arc<ArenaAssets>, latency: Latency) -> Arc<dyn BackendFactory> {
+    let canned = ScriptedBackend::canned(&assets.registry.idle);
+    let script: Script = Arc::new(move |agent: &BatchAgent, format: OutputFormat| {
+        if format == OutputFormat::FreePlan {
+            let steps = fallback_plan(&assets.domain, &assets.registry, &agent.snapshot);
+            Plan::new(agent.agent, steps, PlanSource::Goap).to_json()
+        } else {
+            canned(agent, format)
+        }
+    });
+    FnFactory::new(BackendId::Scripted, move || {
+        Ok(
+            Box::new(ScriptedBackend::new(Arc::clone(&script)).with_latency(latency))
+                as Box<dyn InferenceBackend>,
+        )
+    })
 }

@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
-use hivemind::arena::{ArenaAssets, ArenaConfig, fallback_plan};
-use hivemind::arena_app::{Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, name};
-use hivemind::bevy::prelude::*;
-use hivemind::core::backend::{
-    BackendFactory, BatchAgent, FnFactory, InferenceBackend, Script, ScriptedBackend,
+use hivemind::arena::{ArenaAssets, ArenaConfig};
+use hivemind::arena_app::{
+    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, name, scripted_backend,
 };
+use hivemind::bevy::prelude::*;
+use hivemind::core::backend::{BackendFactory, Latency};
 use hivemind::core::config::{ClockMode, HivemindConfig, Throughput};
-use hivemind::core::plan::{BackendId, OutputFormat, Plan};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -38,18 +37,7 @@ fn assets() -> Arc<ArenaAssets> {
 
 /// The scripted "model": the GOAP plan for the snapshot it is shown, and a canned line.
 fn goap_script(assets: Arc<ArenaAssets>) -> Arc<dyn BackendFactory> {
-    let canned = ScriptedBackend::canned("Wait");
-    let script: Script = Arc::new(move |agent: &BatchAgent, format: OutputFormat| {
-        if format == OutputFormat::FreePlan {
-            let steps = fallback_plan(&assets.domain, &assets.registry, &agent.snapshot);
-            Plan::new(agent.agent, steps, PlanSource::Goap).to_json()
-        } else {
-            canned(agent, format)
-        }
-    });
-    FnFactory::new(BackendId::Scripted, move || {
-        Ok(Box::new(ScriptedBackend::new(Arc::clone(&script))) as Box<dyn InferenceBackend>)
-    })
+    scripted_backend(assets, Latency::Virtual)
 }
 
 #[derive(Resource, Default)]

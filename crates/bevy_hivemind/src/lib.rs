@@ -55,6 +55,8 @@
 mod assets;
 pub mod banter;
 mod components;
+#[cfg(feature = "console")]
+pub mod console;
 mod hooks;
 mod messages;
 mod metrics;

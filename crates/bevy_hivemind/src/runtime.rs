@@ -6,13 +6,13 @@
 //! fallback at the deadline, a late answer only for the cache) live in one place.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::tasks::{AsyncComputeTaskPool, Task, TaskPool, block_on, futures::check_ready};
 use hivemind_core::action::ActionRegistry;
-use hivemind_core::backend::{BackendFactory, JobId};
+use hivemind_core::backend::{BackendFactory, BackendInfo, JobId, RecordingFactory, Transcript};
 use hivemind_core::cache::{AnswerCache, CacheKey, CachedHit};
 use hivemind_core::clock::{Clock, ClockKind, Deadline, Timestamp};
 use hivemind_core::config::{HivemindConfig, PromptLayout};
@@ -202,6 +202,8 @@ pub enum FallbackOnly {
 #[derive(Resource)]
 pub struct Hivemind {
     pool: WorkerPool,
+    context: Arc<PromptContext>,
+    recording: Option<Arc<Mutex<Transcript>>>,
     clock: Clock,
     cache: AnswerCache,
     banter: BanterLines,
@@ -271,11 +273,13 @@ impl Hivemind {
         let pool = WorkerPool::new(
             parts.config.batching,
             parts.backend,
-            context,
+            Arc::clone(&context),
             parts.clock.clone(),
         );
         Hivemind {
             pool,
+            context,
+            recording: None,
             clock: parts.clock,
             cache: AnswerCache::new(&parts.config.cache),
             banter: BanterLines::default(),
@@ -334,7 +338,51 @@ impl Hivemind {
         let factory = self.backends.get(&id).ok_or(UnknownBackend(id))?;
         self.pool.set_backend(Arc::clone(factory));
         self.no_model = None;
+        self.recording = None;
         Ok(())
+    }
+
+    /// What the backend in use says of itself: its model file, quantization and warm prompt
+    /// levels.
+    pub fn backend_info(&self) -> BackendInfo {
+        self.backends
+            .get(&self.backend())
+            .map(|f| f.info())
+            .unwrap_or_default()
+    }
+
+    /// Starts recording everything the backend in use writes, from its next batch on, and
+    /// returns the transcript being written. A recording already running goes on.
+    pub fn start_recording(&mut self) -> Arc<Mutex<Transcript>> {
+        if let Some(transcript) = &self.recording {
+            return Arc::clone(transcript);
+        }
+        let transcript = Arc::new(Mutex::new(Transcript::new()));
+        if let Some(inner) = self.backends.get(&self.backend()) {
+            let recording = RecordingFactory::new(Arc::clone(inner), Arc::clone(&transcript));
+            self.pool.set_backend(recording);
+        }
+        self.recording = Some(Arc::clone(&transcript));
+        transcript
+    }
+
+    /// Stops recording and returns what was recorded, if a recording was running.
+    pub fn stop_recording(&mut self) -> Option<Arc<Mutex<Transcript>>> {
+        let transcript = self.recording.take()?;
+        if let Some(inner) = self.backends.get(&self.backend()) {
+            self.pool.set_backend(Arc::clone(inner));
+        }
+        Some(transcript)
+    }
+
+    /// The transcript being recorded, if any.
+    pub fn recording(&self) -> Option<&Arc<Mutex<Transcript>>> {
+        self.recording.as_ref()
+    }
+
+    /// The prompts' prefix trees, as the workers use them now.
+    pub fn prompt_context(&self) -> &PromptContext {
+        &self.context
     }
 
     /// Registers (or replaces) a backend without switching to it.
@@ -380,13 +428,14 @@ impl Hivemind {
     }
 
     fn rebuild_context(&mut self) {
-        self.pool.set_context(Arc::new(PromptContext::new(
+        self.context = Arc::new(PromptContext::new(
             &self.chat,
             &self.prompt.rules,
             Arc::clone(&self.registry),
             &self.prompt.personas,
             &self.config,
-        )));
+        ));
+        self.pool.set_context(Arc::clone(&self.context));
     }
 
     /// Whether model answers stream step by step (or only arrive whole).

@@ -24,7 +24,10 @@ mod scripted;
 
 use std::sync::Arc;
 
-pub use replay::{RecordedStream, Recorder, ReplayBackend, Transcript, TranscriptError};
+pub use replay::{
+    RecordedStream, Recorder, RecordingFactory, ReplayBackend, ReplayFactory, Transcript,
+    TranscriptError,
+};
 pub use scripted::{Latency, Script, ScriptedBackend};
 
 use crate::clock::Deadline;
@@ -172,6 +175,25 @@ pub trait BackendFactory: Send + Sync {
     /// Builds one backend; called once per worker, and again after a worker's backend panicked
     /// or the pool's backend was swapped.
     fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError>;
+
+    /// What the backend answers with, for the console and HUDs. Cheap: it reads what the
+    /// factory already knows and never loads or asks anything.
+    fn info(&self) -> BackendInfo {
+        BackendInfo::default()
+    }
+}
+
+/// What a [`BackendFactory`] says of itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// What writes the answers: a model file, a server, a transcript.
+    pub source: Option<String>,
+    /// The model's quantization, such as `Q4_1`, where it is known.
+    pub quantization: Option<String>,
+    /// Keys ([`PromptLevel::key`](crate::prompt::PromptLevel::key)) of the prompt levels whose
+    /// decoded state the backend holds now, for a backend that keeps any; `None` for one that
+    /// sends text.
+    pub warm_levels: Option<Vec<u64>>,
 }
 
 /// A [`BackendFactory`] from a closure.

@@ -53,7 +53,9 @@ mod session;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use hivemind_core::backend::{BackendError, BackendFactory, Batch, BatchSink, InferenceBackend};
+use hivemind_core::backend::{
+    BackendError, BackendFactory, BackendInfo, Batch, BatchSink, InferenceBackend,
+};
 use hivemind_core::config::{HivemindConfig, Sampling};
 use hivemind_core::grammar::answer_prefix;
 use hivemind_core::plan::{BackendId, OutputFormat};
@@ -61,7 +63,7 @@ use hivemind_core::prompt::Fnv64;
 use llama_cpp_2::model::LlamaModel;
 
 pub use model::{ModelFile, Quantization, llama_backend, quantize};
-pub use prefix::PrefixStats;
+pub use prefix::{PrefixStats, WarmLevels};
 pub use sample::GrammarStats;
 pub use session::{LlamaSession, SessionStats, StreamSpec};
 
@@ -189,6 +191,7 @@ pub struct LlamaFactory {
     file: ModelFile,
     options: LlamaOptions,
     model: Mutex<Option<Arc<LlamaModel>>>,
+    warm: WarmLevels,
 }
 
 impl LlamaFactory {
@@ -200,6 +203,7 @@ impl LlamaFactory {
             file,
             options,
             model: Mutex::new(None),
+            warm: WarmLevels::default(),
         }))
     }
 
@@ -232,9 +236,17 @@ impl LlamaFactory {
         Ok(model)
     }
 
-    /// A session on the calling thread.
+    /// A session on the calling thread, reporting its prefix levels into
+    /// [`LlamaFactory::warm_levels`].
     pub fn session(&self) -> Result<LlamaSession, LlamaError> {
-        LlamaSession::new(&self.file, self.model()?, self.options.clone())
+        let mut session = LlamaSession::new(&self.file, self.model()?, self.options.clone())?;
+        session.share_warm_levels(self.warm.clone());
+        Ok(session)
+    }
+
+    /// The prefix levels the sessions of this factory hold now.
+    pub fn warm_levels(&self) -> &WarmLevels {
+        &self.warm
     }
 }
 
@@ -247,6 +259,14 @@ impl BackendFactory for LlamaFactory {
         Ok(Box::new(LlamaBackend {
             session: self.session()?,
         }))
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            source: Some(self.file.path().display().to_string()),
+            quantization: self.file.quantization().map(|q| q.tag().to_owned()),
+            warm_levels: Some(self.warm.keys()),
+        }
     }
 }
 

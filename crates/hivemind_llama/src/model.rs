@@ -102,6 +102,11 @@ impl ModelFile {
         self.fingerprint
     }
 
+    /// The quantization the file's name is tagged with, if any ([`Quantization::of_file`]).
+    pub fn quantization(&self) -> Option<Quantization> {
+        Quantization::of_file(&self.path)
+    }
+
     /// Loads the weights. A truncated or corrupt file gives [`LlamaError::LoadFailed`].
     pub fn load(&self) -> Result<Arc<LlamaModel>, LlamaError> {
         let backend = llama_backend()?;
@@ -170,11 +175,19 @@ impl Quantization {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let stem = name.strip_suffix(".gguf").unwrap_or(&name);
-        let base = Self::ALL
-            .into_iter()
-            .find_map(|q| stem.strip_suffix(&format!(".{}", q.tag())))
+        let base = Self::of_file(source)
+            .and_then(|q| stem.strip_suffix(&format!(".{}", q.tag())))
             .unwrap_or(stem);
         source.with_file_name(format!("{base}.{}.gguf", self.tag()))
+    }
+
+    /// The format a file's name is tagged with (`X.Q4_1.gguf`), if it carries a known tag.
+    pub fn of_file(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_string_lossy();
+        let stem = name.strip_suffix(".gguf").unwrap_or(&name);
+        Self::ALL
+            .into_iter()
+            .find(|q| stem.ends_with(&format!(".{}", q.tag())))
     }
 }
 

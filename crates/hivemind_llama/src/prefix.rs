@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hivemind_core::prompt::{Fnv64, PromptLevel};
 use llama_cpp_2::context::session::SeqState;
@@ -35,6 +36,42 @@ pub struct PrefixStats {
     pub restores: u64,
 }
 
+/// The levels every session of one factory holds in memory, counted per session, so the
+/// console can tell whether a prefix or a persona branch is warm without asking a worker.
+#[derive(Clone, Debug, Default)]
+pub struct WarmLevels(Arc<Mutex<HashMap<u64, u32>>>);
+
+impl WarmLevels {
+    /// The keys held by at least one session, in ascending order.
+    pub fn keys(&self) -> Vec<u64> {
+        let held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys: Vec<u64> = held.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Whether some session holds level `key`.
+    pub fn contains(&self, key: u64) -> bool {
+        let held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        held.contains_key(&key)
+    }
+
+    fn add(&self, key: u64) {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *held.entry(key).or_insert(0) += 1;
+    }
+
+    fn remove(&self, key: u64) {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&key);
+            }
+        }
+    }
+}
+
 struct Node {
     /// Position of the first cell (the parent's end).
     start: u32,
@@ -51,6 +88,15 @@ pub(crate) struct PrefixStore {
     model: u64,
     clock: u64,
     pub(crate) stats: PrefixStats,
+    warm: WarmLevels,
+}
+
+impl Drop for PrefixStore {
+    fn drop(&mut self) {
+        for key in self.nodes.keys() {
+            self.warm.remove(*key);
+        }
+    }
 }
 
 /// Where a restored batch's prefixes are.
@@ -82,7 +128,17 @@ impl PrefixStore {
             model,
             clock: 0,
             stats: PrefixStats::default(),
+            warm: WarmLevels::default(),
         }
+    }
+
+    /// Reports the levels this store holds into `warm` from now on.
+    pub(crate) fn share_warm_levels(&mut self, warm: WarmLevels) {
+        for key in self.nodes.keys() {
+            self.warm.remove(*key);
+            warm.add(*key);
+        }
+        self.warm = warm;
     }
 
     /// Whether level `key` is decoded and in memory.
@@ -144,6 +200,7 @@ impl PrefixStore {
                 state
             }
         };
+        self.warm.add(level.key);
         self.nodes.insert(
             level.key,
             Node {
@@ -225,6 +282,7 @@ impl PrefixStore {
                 return;
             };
             self.nodes.remove(&oldest);
+            self.warm.remove(oldest);
         }
     }
 

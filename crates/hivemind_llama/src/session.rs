@@ -11,7 +11,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::engine::{Engine, EngineShape, SeqId};
-use crate::prefix::{PrefixStats, PrefixStore};
+use crate::prefix::{PrefixStats, PrefixStore, WarmLevels};
 use crate::sample::{GrammarStats, TokenChooser, Utf8Pieces};
 use crate::{LlamaError, LlamaOptions, ModelFile};
 
@@ -134,6 +134,12 @@ impl LlamaSession {
             options,
             stats: SessionStats::default(),
         })
+    }
+
+    /// Reports the prefix levels this session holds into `warm` (shared with other sessions of
+    /// the same model) from now on.
+    pub fn share_warm_levels(&mut self, warm: WarmLevels) {
+        self.prefix.share_warm_levels(warm);
     }
 
     /// The options it was made with.

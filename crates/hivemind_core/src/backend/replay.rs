@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BackendError, Batch, BatchSink, InferenceBackend, TokenUsage, stream_prompt};
+use super::{
+    BackendError, BackendFactory, BackendInfo, Batch, BatchSink, InferenceBackend, TokenUsage,
+    stream_prompt,
+};
 use crate::plan::BackendId;
 use crate::prompt::Fnv64;
 
@@ -262,5 +265,92 @@ impl InferenceBackend for Recorder {
             transcript.push(stream);
         }
         result
+    }
+}
+
+/// Builds a [`ReplayBackend`] per worker over one shared [`Transcript`]; backend id `replay`.
+pub struct ReplayFactory {
+    transcript: Arc<Transcript>,
+    origin: String,
+}
+
+impl ReplayFactory {
+    /// A factory replaying `transcript`, which came from `origin` (a file name, for
+    /// [`BackendFactory::info`]).
+    pub fn new(transcript: Transcript, origin: impl Into<String>) -> Arc<Self> {
+        Arc::new(ReplayFactory {
+            transcript: Arc::new(transcript),
+            origin: origin.into(),
+        })
+    }
+
+    /// A factory replaying the transcript saved at `path`.
+    pub fn load(path: &Path) -> Result<Arc<Self>, TranscriptError> {
+        Ok(Self::new(
+            Transcript::load(path)?,
+            path.display().to_string(),
+        ))
+    }
+}
+
+impl BackendFactory for ReplayFactory {
+    fn id(&self) -> BackendId {
+        BackendId::Replay
+    }
+
+    fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(ReplayBackend::new(Arc::clone(&self.transcript))))
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            source: Some(format!(
+                "{} ({} streams)",
+                self.origin,
+                self.transcript.streams.len()
+            )),
+            ..BackendInfo::default()
+        }
+    }
+}
+
+/// Wraps another factory so that every backend it builds is a [`Recorder`] writing into one
+/// shared transcript. It keeps the inner backend's id and info.
+pub struct RecordingFactory {
+    inner: Arc<dyn BackendFactory>,
+    transcript: Arc<Mutex<Transcript>>,
+}
+
+impl RecordingFactory {
+    /// Records what `inner`'s backends write into `transcript`.
+    pub fn new(inner: Arc<dyn BackendFactory>, transcript: Arc<Mutex<Transcript>>) -> Arc<Self> {
+        Arc::new(RecordingFactory { inner, transcript })
+    }
+
+    /// The factory whose backends are recorded.
+    pub fn inner(&self) -> &Arc<dyn BackendFactory> {
+        &self.inner
+    }
+
+    /// The transcript recorded so far.
+    pub fn transcript(&self) -> &Arc<Mutex<Transcript>> {
+        &self.transcript
+    }
+}
+
+impl BackendFactory for RecordingFactory {
+    fn id(&self) -> BackendId {
+        self.inner.id()
+    }
+
+    fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(Recorder::new(
+            self.inner.build()?,
+            Arc::clone(&self.transcript),
+        )))
+    }
+
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
     }
 }

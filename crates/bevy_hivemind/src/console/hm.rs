@@ -1,0 +1,529 @@
+//! The `hm` command: hivemind's status, performance, agents, cache and switches.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::PoisonError;
+
+use bevy::prelude::*;
+use clap::builder::PossibleValuesParser;
+use hivemind_core::backend::{ReplayFactory, Transcript};
+use hivemind_core::config::PromptLayout;
+use hivemind_core::metrics::HumanDuration;
+use hivemind_core::plan::{BackendId, FallbackReason, OutputFormat, PlanSource};
+use hivemind_core::snapshot::WorldSnapshot;
+
+use super::{Console, ConsoleAppExt, ConsoleReply};
+use crate::components::{ActivePlan, AgentSnapshot, NpcAgent, PlanStatus, Thinking};
+use crate::messages::{PlanReady, RequestPlan};
+use crate::runtime::{FallbackOnly, Hivemind};
+use crate::{HivemindMetrics, HivemindSettings, HivemindSystems};
+
+/// hivemind: status, performance, agents, cache, personas and run-time switches.
+#[derive(clap::Parser, Debug)]
+#[command(name = "hm")]
+pub struct Hm {
+    /// What to show or change.
+    #[command(subcommand)]
+    pub command: HmCommand,
+}
+
+/// The subcommands of `hm`.
+#[derive(clap::Subcommand, Debug)]
+pub enum HmCommand {
+    /// Backend, model file and quantization, layout, queue, workers, prefix, fallback-only mode.
+    Status,
+    /// Latency percentiles per kind and source, tokens/s, fallbacks, repairs; opens the plot.
+    Perf,
+    /// Each agent's state, current plan, step and source.
+    Agents,
+    /// Answer-cache size, hit rate and TTL; `hm cache clear` empties it.
+    Cache {
+        /// `clear` empties the cache and the banter pool.
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+    },
+    /// A persona's prompt block and whether its decoded branch is kept.
+    Persona {
+        /// The persona's name.
+        id: String,
+    },
+    /// Switches to a registered backend.
+    Backend {
+        /// The backend id.
+        #[arg(value_parser = backend_names())]
+        id: String,
+    },
+    /// Switches the prompt layout.
+    Layout {
+        /// One sequence per agent, or one prompt for the whole batch.
+        #[arg(value_enum)]
+        layout: LayoutArg,
+    },
+    /// Streams plan steps and words as they are written, or only whole answers.
+    Stream {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Answers every request from its fallback at once.
+    ForceFallback {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Records what the backend writes to a file, or plays a recording back.
+    Replay {
+        /// `record <file>`, `play <file>` or `stop`.
+        #[command(subcommand)]
+        action: ReplayAction,
+    },
+    /// Sends a probe plan request and reports its source and latency when it is answered.
+    Test,
+}
+
+/// `hm cache` actions.
+#[derive(clap::Subcommand, Debug)]
+pub enum CacheAction {
+    /// Forgets every cached plan and banter line.
+    Clear,
+}
+
+/// `hm replay` actions.
+#[derive(clap::Subcommand, Debug)]
+pub enum ReplayAction {
+    /// Records every stream the backend writes from now on; `hm replay stop` saves it.
+    Record {
+        /// The transcript file to write (JSON lines).
+        file: PathBuf,
+    },
+    /// Switches to the `replay` backend, playing back a saved transcript.
+    Play {
+        /// The transcript file.
+        file: PathBuf,
+    },
+    /// Stops recording and saves the transcript.
+    Stop,
+}
+
+/// A switch's state.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+/// The prompt layouts by their console names.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutArg {
+    /// One sequence per agent, each from its persona's prefix.
+    Parallel,
+    /// One prompt and one sequence for the whole batch.
+    Shared,
+}
+
+fn backend_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(BackendId::ALL.map(BackendId::as_str))
+}
+
+/// A probe sent by `hm test`: an agent of its own, despawned when its plan is complete.
+#[derive(Component, Debug)]
+pub struct Probe {
+    sent_at_tick: u64,
+}
+
+/// Where `hm replay record` writes when it stops.
+#[derive(Resource)]
+struct RecordingTo(PathBuf);
+
+pub(super) fn build(app: &mut App) {
+    app.add_console_command(run)
+        .add_systems(Update, report_probes.after(HivemindSystems::Apply));
+}
+
+fn run(hm_args: Hm, world: &mut World, reply: &mut ConsoleReply) {
+    if world.get_resource::<Hivemind>().is_none() {
+        reply.line("hivemind is not running (no HivemindPlugin)");
+        return;
+    }
+    match hm_args.command {
+        HmCommand::Status => status(world, reply),
+        HmCommand::Perf => {
+            reply.text(&world.resource::<HivemindMetrics>().0.to_string());
+            world.resource_mut::<Console>().plot = true;
+        }
+        HmCommand::Agents => agents(world, reply),
+        HmCommand::Cache { action } => cache(world, action.is_some(), reply),
+        HmCommand::Persona { id } => persona(world, &id, reply),
+        HmCommand::Backend { id } => backend(world, &id, reply),
+        HmCommand::Layout { layout } => {
+            let layout = match layout {
+                LayoutArg::Parallel => PromptLayout::ParallelSequences,
+                LayoutArg::Shared => PromptLayout::SharedPrompt,
+            };
+            world.resource_mut::<HivemindSettings>().0.model.layout = layout;
+            reply.line(format!(
+                "layout: {} from the next batch",
+                layout_name(layout)
+            ));
+        }
+        HmCommand::Stream { state } => {
+            world
+                .resource_mut::<Hivemind>()
+                .set_streaming(state == OnOff::On);
+            reply.line(format!("streaming: {}", on_off(state == OnOff::On)));
+        }
+        HmCommand::ForceFallback { state } => {
+            world
+                .resource_mut::<Hivemind>()
+                .set_force_fallback(state == OnOff::On);
+            reply.line(format!("force-fallback: {}", on_off(state == OnOff::On)));
+        }
+        HmCommand::Replay { action } => replay(world, action, reply),
+        HmCommand::Test => probe(world, reply),
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+fn layout_name(layout: PromptLayout) -> &'static str {
+    match layout {
+        PromptLayout::ParallelSequences => "parallel",
+        PromptLayout::SharedPrompt => "shared",
+    }
+}
+
+fn status(world: &mut World, reply: &mut ConsoleReply) {
+    let hm = world.resource::<Hivemind>();
+    let info = hm.backend_info();
+    let registered: Vec<&str> = hm.backends().map(BackendId::as_str).collect();
+    reply.line(format!(
+        "backend   {} (registered: {})",
+        hm.backend(),
+        registered.join(", ")
+    ));
+    let model = match (&info.source, &info.quantization) {
+        (Some(source), Some(q)) => format!("{source} ({q})"),
+        (Some(source), None) => source.clone(),
+        (None, _) => "-".to_owned(),
+    };
+    reply.line(format!("model     {model}"));
+    reply.line(format!("layout    {}", layout_name(hm.layout())));
+    reply.line(format!(
+        "queue     {} queued, {} waiting for an answer, {} workers",
+        hm.queue_depth(),
+        hm.in_flight(),
+        hm.workers()
+    ));
+    let prefix = match &info.warm_levels {
+        None => "- (the backend keeps no decoded prefix)".to_owned(),
+        Some(warm) => {
+            let context = hm.prompt_context();
+            let formats = [
+                (OutputFormat::FreePlan, "plan"),
+                (OutputFormat::Guided, "guided"),
+                (OutputFormat::Line, "line"),
+            ];
+            let hot: Vec<&str> = formats
+                .iter()
+                .filter(|(f, _)| warm.contains(&context.tree(*f).root().key))
+                .map(|(_, name)| *name)
+                .collect();
+            if hot.is_empty() {
+                "cold (decoded on the first batch)".to_owned()
+            } else {
+                format!("warm: {}", hot.join(", "))
+            }
+        }
+    };
+    reply.line(format!("prefix    {prefix}"));
+    let mode = match hm.fallback_only() {
+        None => "model answers, fallbacks past deadlines".to_owned(),
+        Some(FallbackOnly::Forced) => "fallback only: forced (hm force-fallback on)".to_owned(),
+        Some(FallbackOnly::NoModel(why)) => format!("fallback only: no model ({why})"),
+    };
+    reply.line(format!("mode      {mode}"));
+    reply.line(format!(
+        "stream    {}{}",
+        on_off(hm.is_streaming()),
+        match hm.recording() {
+            Some(t) => format!(
+                ", recording ({} streams)",
+                t.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .streams()
+                    .len()
+            ),
+            None => String::new(),
+        }
+    ));
+}
+
+fn agents(world: &mut World, reply: &mut ConsoleReply) {
+    let mut query = world.query::<(
+        Entity,
+        &NpcAgent,
+        &ActivePlan,
+        Option<&Name>,
+        Has<Thinking>,
+        Has<Probe>,
+    )>();
+    let mut rows: Vec<_> = query.iter(world).filter(|row| !row.5).collect();
+    rows.sort_by_key(|row| row.0);
+    reply.line(format!(
+        "{:<10} {:<9} {:<9} {:<5} {:<22} {}",
+        "agent", "persona", "state", "step", "doing", "plan from"
+    ));
+    for (entity, agent, plan, name, thinking, _) in &rows {
+        let who = name.map_or_else(|| entity.to_string(), ToString::to_string);
+        let state = match (thinking, plan.status) {
+            (true, _) => "thinking",
+            (false, PlanStatus::Idle) => "idle",
+            (false, PlanStatus::Streaming) => "streaming",
+            (false, PlanStatus::Complete) if plan.is_finished() => "done",
+            (false, PlanStatus::Complete) => "acting",
+            (false, PlanStatus::Failed) => "failed",
+        };
+        let step = if plan.steps.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{}/{}",
+                (plan.current + 1).min(plan.steps.len()),
+                plan.steps.len()
+            )
+        };
+        let doing = plan
+            .current_step()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        reply.line(format!(
+            "{:<10} {:<9} {:<9} {:<5} {:<22} {}",
+            who,
+            agent.persona,
+            state,
+            step,
+            doing,
+            source_text(plan.source, plan.fallback.map(FallbackReason::as_str))
+        ));
+    }
+    if rows.is_empty() {
+        reply.line("(no agents)");
+    }
+}
+
+/// `llm (local)`, `goap (deadline)`, or `-`.
+fn source_text(source: Option<PlanSource>, fallback: Option<&str>) -> String {
+    let Some(source) = source else {
+        return "-".to_owned();
+    };
+    let detail = match (source, fallback) {
+        (_, Some(reason)) => format!(" ({reason})"),
+        (PlanSource::Llm { backend, .. }, None) => format!(" ({backend})"),
+        _ => String::new(),
+    };
+    format!("{}{detail}", source.label())
+}
+
+fn cache(world: &mut World, clear: bool, reply: &mut ConsoleReply) {
+    let mut hm = world.resource_mut::<Hivemind>();
+    if clear {
+        let (plans, lines) = (hm.cache().len(), hm.banter().len());
+        hm.clear_cache();
+        reply.line(format!(
+            "cache cleared: {plans} answers and {lines} banter lines forgotten"
+        ));
+        return;
+    }
+    let cache = hm.cache();
+    let counters = cache.stats();
+    let rate = counters
+        .hit_rate()
+        .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    reply.line(format!(
+        "size      {} of {} answers",
+        cache.len(),
+        cache.capacity()
+    ));
+    reply.line(format!(
+        "hit rate  {rate} ({} hits, {} misses)",
+        counters.hits, counters.misses
+    ));
+    reply.line(format!("ttl       {}", HumanDuration(cache.ttl())));
+    reply.line(format!("banter    {} lines in the pool", hm.banter().len()));
+}
+
+fn persona(world: &mut World, id: &str, reply: &mut ConsoleReply) {
+    let hm = world.resource::<Hivemind>();
+    let Some(persona) = hm.prompt().persona(id) else {
+        let known: Vec<&str> = hm
+            .prompt()
+            .personas
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        reply.line(format!(
+            "unknown persona `{id}`; known: {}",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ));
+        return;
+    };
+    reply.line(format!("persona   {}", persona.name));
+    reply.line(format!("voice     {}", persona.voice));
+    let context = hm.prompt_context();
+    let level = context.tree(OutputFormat::FreePlan).persona(id);
+    reply.line("block (plan prompts):");
+    reply.text(&level.text);
+    let info = hm.backend_info();
+    let Some(warm) = info.warm_levels else {
+        reply.line("branch    - (the backend keeps no decoded prefix)");
+        return;
+    };
+    let formats = [
+        (OutputFormat::FreePlan, "plan"),
+        (OutputFormat::Guided, "guided"),
+        (OutputFormat::Line, "line"),
+    ];
+    let states: Vec<String> = formats
+        .iter()
+        .map(|(format, name)| {
+            let key = context.tree(*format).persona(id).key;
+            let state = if warm.contains(&key) {
+                "cached"
+            } else {
+                "not cached"
+            };
+            format!("{name} {state}")
+        })
+        .collect();
+    reply.line(format!("branch    {}", states.join(", ")));
+}
+
+fn backend(world: &mut World, id: &str, reply: &mut ConsoleReply) {
+    let Ok(id) = BackendId::from_str(id) else {
+        reply.line(format!("unknown backend `{id}`"));
+        return;
+    };
+    let mut hm = world.resource_mut::<Hivemind>();
+    match hm.set_backend(id) {
+        Ok(()) => reply.line(format!("backend: {id}")),
+        Err(e) => {
+            let registered: Vec<&str> = hm.backends().map(BackendId::as_str).collect();
+            reply.line(format!("{e}; registered: {}", registered.join(", ")));
+        }
+    }
+}
+
+fn replay(world: &mut World, action: ReplayAction, reply: &mut ConsoleReply) {
+    match action {
+        ReplayAction::Record { file } => {
+            stop_recording(world, reply);
+            world.resource_mut::<Hivemind>().start_recording();
+            reply.line(format!(
+                "recording to {}; `hm replay stop` saves it",
+                file.display()
+            ));
+            world.insert_resource(RecordingTo(file));
+        }
+        ReplayAction::Stop => {
+            if !stop_recording(world, reply) {
+                reply.line("not recording");
+            }
+        }
+        ReplayAction::Play { file } => {
+            stop_recording(world, reply);
+            match ReplayFactory::load(&file) {
+                Ok(factory) => {
+                    let mut hm = world.resource_mut::<Hivemind>();
+                    hm.insert_backend(factory);
+                    if hm.set_backend(BackendId::Replay).is_ok() {
+                        reply.line(format!("backend: replay of {}", file.display()));
+                    }
+                }
+                Err(e) => reply.line(format!("error: {e}")),
+            }
+        }
+    }
+}
+
+/// Stops a running recording and saves it; returns whether one was running.
+fn stop_recording(world: &mut World, reply: &mut ConsoleReply) -> bool {
+    let Some(transcript) = world.resource_mut::<Hivemind>().stop_recording() else {
+        return false;
+    };
+    let Some(RecordingTo(path)) = world.remove_resource::<RecordingTo>() else {
+        return true;
+    };
+    let transcript: Transcript = transcript
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    match transcript.save(&path) {
+        Ok(()) => reply.line(format!(
+            "saved {} streams to {}",
+            transcript.streams().len(),
+            path.display()
+        )),
+        Err(e) => reply.line(format!("error: {e}")),
+    }
+    true
+}
+
+fn probe(world: &mut World, reply: &mut ConsoleReply) {
+    let snapshot = world
+        .query_filtered::<&AgentSnapshot, Without<Probe>>()
+        .iter(world)
+        .next()
+        .map_or_else(WorldSnapshot::default, |s| s.0.clone());
+    let persona = world
+        .resource::<Hivemind>()
+        .prompt()
+        .personas
+        .first()
+        .map_or_else(|| "default".to_owned(), |p| p.name.clone());
+    let tick = world.resource::<Hivemind>().tick();
+    let probe = world
+        .spawn((
+            Name::new("probe"),
+            NpcAgent::new(persona),
+            AgentSnapshot(snapshot),
+            Probe { sent_at_tick: tick },
+        ))
+        .id();
+    world.write_message(RequestPlan::new(probe));
+    reply.line(format!(
+        "probe {probe} sent; its answer will be reported here"
+    ));
+}
+
+/// Reports answered probes to the console and despawns them.
+fn report_probes(
+    mut commands: Commands,
+    mut plans: MessageReader<PlanReady>,
+    probes: Query<&Probe>,
+    hm: Res<Hivemind>,
+    console: Option<ResMut<Console>>,
+) {
+    let Some(mut console) = console else { return };
+    for plan in plans.read() {
+        let Ok(probe) = probes.get(plan.agent) else {
+            continue;
+        };
+        console.print(format!(
+            "probe {}: {} step(s) from {} in {} (first step after {}, {} frames)",
+            plan.agent,
+            plan.steps.len(),
+            source_text(Some(plan.source), plan.fallback.map(FallbackReason::as_str)),
+            HumanDuration(plan.latency),
+            HumanDuration(plan.first_after),
+            hm.tick().saturating_sub(probe.sent_at_tick),
+        ));
+        commands.entity(plan.agent).despawn();
+    }
+}
