@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hivemind_arena::{ArenaAssets, ArenaConfig};
-use hivemind_core::backend::{BackendError, Batch, BatchSink, JobId, TokenUsage};
+use hivemind_core::backend::{BackendError, BackendFactory, Batch, BatchSink, JobId, TokenUsage};
 use hivemind_core::clock::{Clock, Deadline, Timestamp};
 use hivemind_core::config::{HivemindConfig, PromptLayout};
 use hivemind_core::plan::{OutputFormat, RequestKind};
@@ -342,6 +342,44 @@ fn greedy_output_repeats_whatever_ran_before_and_on_any_worker() {
     );
     let two = pool_outcomes(Arc::clone(&factory), context, requests, 2, 3);
     assert_eq!(one, two);
+}
+
+#[test]
+fn the_factory_reports_its_model_and_the_prefix_levels_its_sessions_hold() {
+    let _serial = serial();
+    let arena = arena();
+    let factory = LlamaFactory::new(options(None)).unwrap();
+    let info = factory.info();
+    assert!(info.source.is_some_and(|s| s.ends_with(".gguf")));
+    assert_eq!(
+        info.warm_levels,
+        Some(Vec::new()),
+        "nothing is decoded before a batch"
+    );
+
+    let context = context(&arena, PromptLayout::ParallelSequences);
+    let plans = batch(
+        &context,
+        &mut requests(&arena, OutputFormat::FreePlan, 2, 5),
+    );
+    let mut session = factory.session().unwrap();
+    run(&mut session, &plans);
+    let tree = context.tree(OutputFormat::FreePlan);
+    let warm = factory.info().warm_levels.unwrap();
+    assert!(warm.contains(&tree.root().key), "the root level is warm");
+    for agent in &plans.agents {
+        assert!(
+            warm.contains(&agent.prompt.persona.key),
+            "{}'s branch is warm",
+            agent.persona
+        );
+    }
+    drop(session);
+    assert_eq!(
+        factory.info().warm_levels,
+        Some(Vec::new()),
+        "a dropped session holds nothing"
+    );
 }
 
 #[test]
