@@ -10,9 +10,9 @@
 //! ```
 //!
 //! The world moves one tick every 200 ms in `FixedUpdate`, where hivemind runs too; drawing
-//! runs every frame in `Update` and slides each agent between its last two cells. At most one
-//! agent asks for a new plan per tick, those that have waited longest first, as a game staggers
-//! its AI updates so that one small model can serve them. Speech bubbles fill word by word as
+//! runs every frame in `Update` and slides each agent between its last two cells. Agents that need
+//! a plan ask in planning rounds, one agent every third tick by default, the one that has waited
+//! longest, as a game staggers its AI updates so that one small model can serve them. Speech bubbles fill word by word as
 //! lines stream in. The HUD shows where each agent's plan came from and how long it took.
 #![expect(
     clippy::print_stdout,
@@ -89,7 +89,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     plan_every: u64,
     /// The most agents that ask for a new plan in one round (those that waited longest first).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 1)]
     plans_per_round: usize,
     /// The plan deadline in milliseconds, in place of the configuration's.
     #[arg(long)]
