@@ -19,12 +19,14 @@ use bevy::prelude::*;
 use bevy_hivemind::prelude::*;
 use bevy_hivemind::{AgentSnapshot, RequestId};
 use hivemind_arena::{
-    ArenaAssets, ArenaConfig, Team, TickReport, World, banter_slots, fallback_plan, situation,
+    ArenaAssets, ArenaConfig, Team, TickReport, World, banter_slots, complete_plan, expand_intent,
+    fallback_plan, first_invalid, intents, situation,
 };
 use hivemind_core::backend::{
     BackendFactory, BatchAgent, FnFactory, InferenceBackend, Latency, Script, ScriptedBackend,
 };
 use hivemind_core::plan::{BackendId, OutputFormat, Plan};
+use hivemind_core::prompt::IntentOption;
 
 /// Call signs, Red's six first.
 pub const NAMES: [&str; 12] = [
@@ -114,9 +116,39 @@ impl ArenaAppPlugin {
             .with_registry(self.assets.registry.clone())
             .with_templates(self.assets.templates.clone())
             .with_prompt(self.assets.prompt.clone())
-            .with_planner(move |snapshot: &WorldSnapshot| {
-                fallback_plan(&assets.domain, &assets.registry, snapshot)
-            })
+            .with_planner(ArenaPlanner { assets })
+    }
+}
+
+/// The arena's rules for plans, over its GOAP domain: fallback plans
+/// ([`hivemind_arena::fallback_plan`]), checks and repairs of a model's plans
+/// ([`hivemind_arena::first_invalid`], [`hivemind_arena::complete_plan`]), and the guided
+/// format's intents ([`hivemind_arena::intents`], [`hivemind_arena::expand_intent`]).
+#[derive(Clone)]
+pub struct ArenaPlanner {
+    /// The verbs and the GOAP domain.
+    pub assets: Arc<ArenaAssets>,
+}
+
+impl FallbackPlanner for ArenaPlanner {
+    fn plan(&self, snapshot: &WorldSnapshot) -> Vec<PlanStep> {
+        fallback_plan(&self.assets.domain, &self.assets.registry, snapshot)
+    }
+
+    fn complete(&self, snapshot: &WorldSnapshot, done: &[PlanStep]) -> Vec<PlanStep> {
+        complete_plan(&self.assets.domain, &self.assets.registry, snapshot, done)
+    }
+
+    fn first_invalid(&self, snapshot: &WorldSnapshot, steps: &[PlanStep]) -> Option<usize> {
+        first_invalid(&self.assets.domain, &self.assets.registry, snapshot, steps)
+    }
+
+    fn intents(&self, snapshot: &WorldSnapshot) -> Vec<IntentOption> {
+        intents(&self.assets.domain, &self.assets.registry, snapshot)
+    }
+
+    fn expand(&self, snapshot: &WorldSnapshot, goal: &str) -> Vec<PlanStep> {
+        expand_intent(&self.assets.domain, &self.assets.registry, snapshot, goal)
     }
 }
 

@@ -20,6 +20,7 @@
 //! inference turns off the default `llama` feature and needs no C++ toolchain.
 
 pub mod arena_app;
+pub mod scenario_run;
 
 pub use bevy_hivemind as bevy;
 pub use hivemind_arena as arena;

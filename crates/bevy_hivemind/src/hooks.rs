@@ -6,24 +6,54 @@ use std::collections::HashMap;
 use bevy::ecs::system::SystemId;
 use bevy::prelude::*;
 use hivemind_core::plan::PlanStep;
+use hivemind_core::prompt::IntentOption;
 use hivemind_core::snapshot::WorldSnapshot;
 
 use crate::messages::RequestId;
 
-/// Makes plans from the game's rules alone: the answer whenever a model's would be late or
-/// wrong. Runs off the main thread, as soon as a request is queued.
+/// The game's rules for plans: the plan whenever a model's would be late or wrong, the check of
+/// a model's plan, and the intents a guided prompt offers. Runs off the main thread where it can
+/// (fallback plans are made as soon as a request is queued).
 ///
 /// Any `Fn(&WorldSnapshot) -> Vec<PlanStep>` that is `Send + Sync` is one, such as a GOAP planner
-/// over the game's domain. An empty plan is answered with the registry's idle verb.
+/// over the game's domain; it makes fallback plans and nothing else. An empty plan is answered
+/// with the registry's idle verb. A game that implements the other methods gets model plans
+/// checked and repaired ([`FallbackPlanner::first_invalid`], [`FallbackPlanner::complete`]) and
+/// the guided format ([`FallbackPlanner::intents`], [`FallbackPlanner::expand`]).
 pub trait FallbackPlanner: Send + Sync + 'static {
     /// A plan for the agent in `snapshot`.
     fn plan(&self, snapshot: &WorldSnapshot) -> Vec<PlanStep>;
 
-    /// The rest of a plan whose first steps, `done`, came from a model that then failed: what
-    /// to append so the plan still reaches a goal. Called off the main thread. By default
-    /// nothing is appended and the model's steps stand alone.
+    /// The rest of a plan whose first steps, `done`, came from a model: what to append so the
+    /// plan still reaches a goal. Called when the model failed mid-plan and when one of its steps
+    /// failed [`FallbackPlanner::first_invalid`]. By default nothing is appended and the model's
+    /// steps stand alone.
     fn complete(&self, snapshot: &WorldSnapshot, done: &[PlanStep]) -> Vec<PlanStep> {
         let _ = (snapshot, done);
+        Vec::new()
+    }
+
+    /// The index of the first of a model's `steps` that cannot run in `snapshot` after the
+    /// steps before it (attacking with an empty magazine, say), or `None` if all can. Called
+    /// each time a step arrives, with every step so far, when the config's `model.repair` is
+    /// on. By default every step can run.
+    fn first_invalid(&self, snapshot: &WorldSnapshot, steps: &[PlanStep]) -> Option<usize> {
+        let _ = (snapshot, steps);
+        None
+    }
+
+    /// The intents a guided prompt offers the agent in `snapshot`, best first, each one that
+    /// [`FallbackPlanner::expand`] can carry out. Empty (the default) means the agent is asked
+    /// in the free format even when the config says guided.
+    fn intents(&self, snapshot: &WorldSnapshot) -> Vec<IntentOption> {
+        let _ = snapshot;
+        Vec::new()
+    }
+
+    /// The steps that carry out the intent named `goal` (an [`IntentOption::goal`]) in
+    /// `snapshot`. Empty if it cannot be carried out; the fallback plan is used instead.
+    fn expand(&self, snapshot: &WorldSnapshot, goal: &str) -> Vec<PlanStep> {
+        let _ = (snapshot, goal);
         Vec::new()
     }
 }
@@ -66,14 +96,20 @@ pub trait LineFilter: Send + Sync + 'static {
     fn check(&self, line: &str) -> LineVerdict;
 }
 
-/// The default [`LineFilter`]: a length cap at a word boundary and a list of words that must
-/// never be said (matched whole, ignoring case).
+/// The default [`LineFilter`]: a length cap at a word boundary, a list of words that must never
+/// be said (matched whole, ignoring case), and a stop to lines that loop.
+///
+/// A small model sometimes repeats itself ("I'm going to take the ball. I'm going to take the
+/// ball. …"). With `no_loops` on, a line that repeats a run of three words ends before the repeat
+/// starts, or is rejected if that leaves nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineRules {
     /// The most characters a line may have.
     pub max_chars: usize,
     /// Words that reject a line.
     pub banned: Vec<String>,
+    /// Whether a line is cut where it starts repeating a run of three words.
+    pub no_loops: bool,
 }
 
 impl Default for LineRules {
@@ -81,8 +117,33 @@ impl Default for LineRules {
         LineRules {
             max_chars: 160,
             banned: Vec::new(),
+            no_loops: true,
         }
     }
+}
+
+/// The byte offset where `line` first repeats a run of three words it said before, if it does.
+/// Words are compared ignoring case and the punctuation around them.
+fn loop_start(line: &str) -> Option<usize> {
+    let words: Vec<(usize, String)> = line
+        .split_whitespace()
+        .map(|w| {
+            let at = w.as_ptr() as usize - line.as_ptr() as usize;
+            let bare: String = w
+                .trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase();
+            (at, bare)
+        })
+        .filter(|(_, w)| !w.is_empty())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, run) in words.windows(3).enumerate() {
+        let key = (&run[0].1, &run[1].1, &run[2].1);
+        if !seen.insert(key) {
+            return Some(words[i].0);
+        }
+    }
+    None
 }
 
 impl LineRules {
@@ -101,13 +162,22 @@ impl LineFilter for LineRules {
         if banned {
             return LineVerdict::Reject;
         }
-        match line.char_indices().nth(self.max_chars) {
-            None => LineVerdict::Pass,
-            Some((end, _)) => {
-                let head = &line[..end];
-                let cut = head.rfind(' ').filter(|&i| i > 0).unwrap_or(end);
-                LineVerdict::Cut(cut)
+        let looped = self.no_loops.then(|| loop_start(line)).flatten();
+        let long = line.char_indices().nth(self.max_chars).map(|(end, _)| {
+            let head = &line[..end];
+            head.rfind(' ').filter(|&i| i > 0).unwrap_or(end)
+        });
+        match (looped, long) {
+            (None, None) => LineVerdict::Pass,
+            (Some(at), long) => {
+                let end = line[..at.min(long.unwrap_or(at))].trim_end().len();
+                if end == 0 {
+                    LineVerdict::Reject
+                } else {
+                    LineVerdict::Cut(end)
+                }
             }
+            (None, Some(cut)) => LineVerdict::Cut(cut),
         }
     }
 }
@@ -197,6 +267,7 @@ mod tests {
         let rules = LineRules {
             max_chars: 12,
             banned: Vec::new(),
+            no_loops: true,
         }
         .with_banned("Darn");
         assert_eq!(rules.check("hold the line"), LineVerdict::Cut(8));
@@ -206,7 +277,30 @@ mod tests {
         let cut = LineRules {
             max_chars: 3,
             banned: Vec::new(),
+            no_loops: false,
         };
         assert_eq!(cut.check("éééé"), LineVerdict::Cut("ééé".len()));
+    }
+
+    #[test]
+    fn a_line_that_loops_ends_before_the_repeat() {
+        let rules = LineRules::default();
+        let line = "I'm going to take the ball. I'm going to take the ball.";
+        assert_eq!(
+            rules.check(line),
+            LineVerdict::Cut("I'm going to take the ball.".len())
+        );
+        assert_eq!(rules.check("Let's go, let's go!"), LineVerdict::Pass);
+        assert_eq!(
+            rules.check("Copy. Contact front, moving."),
+            LineVerdict::Pass
+        );
+        // The run "1 1 1" starts again at the second word.
+        assert_eq!(rules.check("1. 1. 1. 1. 1."), LineVerdict::Cut("1.".len()));
+        let off = LineRules {
+            no_loops: false,
+            ..LineRules::default()
+        };
+        assert_eq!(off.check(line), LineVerdict::Pass);
     }
 }

@@ -15,10 +15,11 @@ use hivemind_core::action::ActionRegistry;
 use hivemind_core::backend::{BackendFactory, BackendInfo, JobId, RecordingFactory, Transcript};
 use hivemind_core::cache::{AnswerCache, CacheKey, CachedHit};
 use hivemind_core::clock::{Clock, ClockKind, Deadline, Timestamp};
+use hivemind_core::config::PlanFormat;
 use hivemind_core::config::{HivemindConfig, PromptLayout};
 use hivemind_core::metrics::Metrics;
 use hivemind_core::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
-use hivemind_core::prompt::{AgentTask, ChatTemplate, PromptAsset};
+use hivemind_core::prompt::{AgentTask, ChatTemplate, IntentOption, PromptAsset};
 use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::templates::{Slots, TemplateBook};
 use hivemind_core::worker::{JobRequest, PromptContext, WorkerEvent, WorkerPool};
@@ -152,6 +153,10 @@ struct Progress {
     /// The model's line was rejected before any of it was said.
     rejected: bool,
     finished: bool,
+    /// A step failed the planner's check and the planner's steps replaced it and the rest.
+    repaired: bool,
+    /// The intent a guided answer chose (its goal), once it has.
+    intent: Option<String>,
 }
 
 struct Request {
@@ -170,6 +175,8 @@ struct Request {
     answered: bool,
     deferred: bool,
     cache_key: Option<CacheKey>,
+    /// The intents a guided prompt offered, in the prompt's order; empty for a free plan.
+    options: Vec<IntentOption>,
     progress: Progress,
 }
 
@@ -592,15 +599,17 @@ impl Hivemind {
         if let Some(key) = cache_key.as_ref().filter(|_| !self.force_fallback) {
             let hit = self.cache.get(key, &snapshot, &self.registry, now);
             metrics.record_cache(hit.is_some());
-            if let Some(CachedHit::Steps(steps)) = hit {
-                self.deliver_plan(
-                    new.entity,
-                    id,
-                    steps,
-                    PlanSource::Cache,
-                    None,
-                    Duration::ZERO,
-                );
+            let answer = match hit {
+                Some(CachedHit::Steps(steps)) => Some((steps, None)),
+                Some(CachedHit::Intent { intent, say }) => {
+                    Some((self.planner.expand(&snapshot, &intent), say))
+                }
+                _ => None,
+            };
+            if let Some((steps, say)) = answer.filter(|(steps, _)| !steps.is_empty()) {
+                let say = say.map(|line| filtered(&*self.filter, line));
+                let (source, latency) = (PlanSource::Cache, Duration::ZERO);
+                self.deliver_plan(new.entity, id, steps, say, source, None, latency);
                 metrics.record_answer(kind, PlanSource::Cache, None);
                 metrics.record_full(kind, PlanSource::Cache, Duration::ZERO);
                 return id;
@@ -609,6 +618,12 @@ impl Hivemind {
 
         let fallback =
             self.prepare_fallback(kind, &new.persona, &snapshot, &situation, &slots, seed);
+        let options = match kind {
+            RequestKind::Plan if self.config.model.plan_format == PlanFormat::Guided => {
+                self.planner.intents(&snapshot)
+            }
+            _ => Vec::new(),
+        };
         let mut request = Request {
             entity: Some(new.entity),
             kind,
@@ -623,6 +638,7 @@ impl Hivemind {
             answered: false,
             deferred: false,
             cache_key,
+            options: options.clone(),
             progress: Progress::default(),
         };
         if self.force_fallback {
@@ -632,7 +648,8 @@ impl Hivemind {
             return id;
         }
         let task = match kind {
-            RequestKind::Plan => AgentTask::Plan,
+            RequestKind::Plan if options.is_empty() => AgentTask::Plan,
+            RequestKind::Plan => AgentTask::Guided { options },
             _ => AgentTask::Dialogue {
                 history,
                 player_said: player_said.unwrap_or_default(),
@@ -773,6 +790,7 @@ impl Hivemind {
                 answered: true,
                 deferred: false,
                 cache_key: None,
+                options: Vec::new(),
                 progress: Progress::default(),
             },
         );

@@ -526,6 +526,7 @@ fn the_line_filter_cuts_and_rejects_before_a_player_sees_a_word() {
         LineRules {
             max_chars: 12,
             banned: Vec::new(),
+            no_loops: true,
         }
         .with_banned("traveller"),
     ));

@@ -50,9 +50,11 @@ pub mod banter;
 pub mod combat;
 pub mod config;
 pub mod grid;
+pub mod intents;
 pub mod orders;
 pub mod planning;
 pub mod play;
+pub mod scenarios;
 pub mod snapshot;
 pub mod tick;
 pub mod world;
@@ -64,8 +66,12 @@ pub use assets::{ArenaAssets, LoadError, PromptAsset};
 pub use banter::{banter_slots, situation};
 pub use config::ArenaConfig;
 pub use grid::{Grid, Team};
+pub use intents::intents;
 pub use orders::{StepFailure, StepRejected};
-pub use planning::{bind_action, fallback_goal, fallback_plan, goap_state};
+pub use planning::{
+    bind_action, complete_plan, expand_intent, fallback_goal, fallback_plan, first_invalid,
+    goap_state,
+};
 pub use tick::{StepFinished, TickReport};
 pub use world::{Agent, SetupError, World};
 

@@ -28,7 +28,7 @@ use std::cell::RefCell;
 
 use hivemind_core::action::{ActionRegistry, ArgKind};
 use hivemind_core::cache::ArgRole;
-use hivemind_core::goap::{Domain, Planner, State};
+use hivemind_core::goap::{Domain, Planner, State, verify};
 use hivemind_core::plan::{ArgValue, PlanStep};
 use hivemind_core::snapshot::{Fact, WorldSnapshot};
 
@@ -110,6 +110,22 @@ impl GoapFacts {
             has_medkit: snapshot.int_fact(fact::MEDKITS).is_some_and(|n| n > 0),
             at_objective: bool_fact(snapshot, fact::AT_OBJECTIVE)
                 .unwrap_or_else(|| snapshot.points_in(OBJECTIVE).any(|p| p == at)),
+        }
+    }
+}
+
+impl GoapFacts {
+    /// The facts a GOAP state holds, such as the state a plan's first steps reach. Facts the
+    /// domain does not declare read as zero or false.
+    pub fn from_state(domain: &Domain, state: &State) -> GoapFacts {
+        let value = |name| state.value(domain, name).unwrap_or(0);
+        GoapFacts {
+            ammo: value(goap_fact::AMMO),
+            enemy_visible: value(goap_fact::ENEMY_VISIBLE) != 0,
+            in_cover: value(goap_fact::IN_COVER) != 0,
+            hp_low: value(goap_fact::HP_LOW) != 0,
+            has_medkit: value(goap_fact::HAS_MEDKIT) != 0,
+            at_objective: value(goap_fact::AT_OBJECTIVE) != 0,
         }
     }
 }
@@ -217,30 +233,122 @@ pub fn fallback_plan(
     snapshot: &WorldSnapshot,
 ) -> Vec<PlanStep> {
     let facts = GoapFacts::read(snapshot);
-    let Some(goal) = domain.goal(goal_for(&facts)) else {
-        return vec![registry.idle_step()];
-    };
     let start = state_of(domain, &facts);
-    let planned = PLANNER.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut planner) => planner.plan(domain, &start, goal),
-        Err(_) => Planner::default().plan(domain, &start, goal),
-    });
-    let mut steps = Vec::new();
-    if let Ok(plan) = planned {
-        for &action in &plan.actions {
-            let bound = domain
-                .action_name(action)
-                .and_then(|name| bind_action(name, snapshot, registry));
-            match bound {
-                Some(step) => steps.push(step),
-                None => break,
-            }
-        }
-    }
+    let mut steps = plan_goal(domain, registry, snapshot, &start, goal_for(&facts));
     if steps.is_empty() {
         steps.push(registry.idle_step());
     }
     steps
+}
+
+/// Plans `goal` from `start` and binds the actions to steps in `snapshot`, stopping at the first
+/// that cannot be bound. Empty if the goal is unknown, unreachable or already met.
+fn plan_goal(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+    start: &State,
+    goal: &str,
+) -> Vec<PlanStep> {
+    let Some(goal) = domain.goal(goal) else {
+        return Vec::new();
+    };
+    let planned = PLANNER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut planner) => planner.plan(domain, start, goal),
+        Err(_) => Planner::default().plan(domain, start, goal),
+    });
+    let Ok(plan) = planned else {
+        return Vec::new();
+    };
+    plan.actions
+        .iter()
+        .map_while(|&action| {
+            domain
+                .action_name(action)
+                .and_then(|name| bind_action(name, snapshot, registry))
+        })
+        .collect()
+}
+
+/// The steps that carry out the intent `goal` (a goal of `domain`, as a guided prompt offers
+/// it) in `snapshot`.
+///
+/// A goal that already holds, such as holding the objective while standing in it, is carried out
+/// by the registry's idle step. Empty if the goal is unknown or GOAP finds no bound plan for it.
+pub fn expand_intent(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+    goal: &str,
+) -> Vec<PlanStep> {
+    let Some(target) = domain.goal(goal) else {
+        return Vec::new();
+    };
+    let start = goap_state(domain, snapshot);
+    if target.is_met(&start) {
+        return vec![registry.idle_step()];
+    }
+    plan_goal(domain, registry, snapshot, &start, goal)
+}
+
+/// The index of the first step of a model's plan that cannot run in `snapshot` after the steps
+/// before it, or `None` if all of them can.
+///
+/// A step fails if it does not validate against the registry and the snapshot, if its verb's
+/// GOAP action is not in `domain`, or if that action's preconditions do not hold in the state
+/// the earlier steps reach: an attack with an empty magazine or nothing in sight, a heal with
+/// no medkit. A verb with no GOAP action (`Say`) changes no fact and always runs.
+pub fn first_invalid(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+    steps: &[PlanStep],
+) -> Option<usize> {
+    run_steps(domain, registry, snapshot, steps).1
+}
+
+/// The rest of a plan whose first steps, `done`, came from a model: GOAP's plan from the state
+/// those steps reach, toward the goal [`fallback_goal`]'s rules choose in that state. Steps of
+/// `done` that cannot run (see [`first_invalid`]) and those after them are ignored.
+pub fn complete_plan(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+    done: &[PlanStep],
+) -> Vec<PlanStep> {
+    let (state, _) = run_steps(domain, registry, snapshot, done);
+    let goal = goal_for(&GoapFacts::from_state(domain, &state));
+    plan_goal(domain, registry, snapshot, &state, goal)
+}
+
+/// Runs `steps` from `snapshot`'s GOAP state: the state reached before the first step that
+/// cannot run (or at the end), and that step's index.
+fn run_steps(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+    steps: &[PlanStep],
+) -> (State, Option<usize>) {
+    let mut state = goap_state(domain, snapshot);
+    for (index, step) in steps.iter().enumerate() {
+        if registry.validate_step(step, snapshot).is_err() {
+            return (state, Some(index));
+        }
+        let Some(verb) = registry.verb(&step.verb) else {
+            return (state, Some(index));
+        };
+        let Some(name) = verb.goap.as_deref() else {
+            continue;
+        };
+        let next = domain
+            .action(name)
+            .and_then(|action| verify(domain, &state, &[action]).ok());
+        match next {
+            Some(next) => state = next,
+            None => return (state, Some(index)),
+        }
+    }
+    (state, None)
 }
 
 #[cfg(test)]
@@ -374,6 +482,76 @@ mod tests {
         for s in [&guard, &lost] {
             assert_eq!(registry.validate_plan(&plan(s), s), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_model_plan_fails_at_the_first_step_the_rules_forbid_and_goap_completes_it() {
+        let assets = assets();
+        let (domain, registry) = (&assets.domain, &assets.registry);
+        let empty = flanking_guard().with_fact("ammo", 0);
+        let attack = PlanStep::new("Attack").with_arg("target", ArgValue::Int(9));
+        let say = PlanStep::new("Say").with_arg("text", ArgValue::Text("Reloading".into()));
+        let reload = PlanStep::new("Reload");
+
+        // Attacking with an empty magazine fails; after a reload it runs.
+        assert_eq!(
+            first_invalid(domain, registry, &empty, &[attack.clone()]),
+            Some(0)
+        );
+        assert_eq!(
+            first_invalid(
+                domain,
+                registry,
+                &empty,
+                &[say.clone(), reload.clone(), attack.clone()]
+            ),
+            None
+        );
+        // Healing with no medkit fails, as does a target the agent cannot see.
+        let heal = PlanStep::new("Heal");
+        assert_eq!(
+            first_invalid(domain, registry, &flanking_guard(), &[reload.clone(), heal]),
+            Some(1)
+        );
+        let unseen = PlanStep::new("Attack").with_arg("target", ArgValue::Int(4));
+        assert_eq!(
+            first_invalid(domain, registry, &flanking_guard(), &[unseen]),
+            Some(0)
+        );
+
+        // GOAP plans on from the state the kept steps reach.
+        assert_eq!(
+            complete_plan(domain, registry, &empty, &[]),
+            [reload.clone()]
+        );
+        assert_eq!(
+            complete_plan(domain, registry, &empty, &[reload]),
+            [attack.clone()]
+        );
+        // Invalid steps of `done` are ignored: the state is the one before them.
+        assert_eq!(
+            complete_plan(domain, registry, &empty, &[attack]),
+            [PlanStep::new("Reload")]
+        );
+    }
+
+    #[test]
+    fn intents_expand_to_their_goal_or_to_nothing() {
+        let assets = assets();
+        let (domain, registry) = (&assets.domain, &assets.registry);
+        let guard = flanking_guard();
+        assert_eq!(
+            expand_intent(domain, registry, &guard, goal::TAKE_COVER),
+            [PlanStep::new("TakeCover").with_arg("at", ArgValue::Point(Point::new(3, 4)))]
+        );
+        // Healing without a medkit cannot be planned; when health is not low it already holds.
+        let hurt = guard.clone().with_health(Health::new(30, 100));
+        assert_eq!(expand_intent(domain, registry, &hurt, goal::HEAL), []);
+        assert_eq!(
+            expand_intent(domain, registry, &guard, goal::HEAL),
+            [registry.idle_step()]
+        );
+        assert_eq!(expand_intent(domain, registry, &guard, "dance"), []);
     }
 
     #[test]

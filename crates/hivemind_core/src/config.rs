@@ -293,11 +293,14 @@ pub enum PromptLayout {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub enum PlanFormat {
-    /// The model writes the steps: `{"agent":ID,"steps":[...]}`.
-    #[default]
+    /// The model writes the steps: `{"agent":ID,"steps":[...]}`. For a model big enough to plan
+    /// well by itself.
     Free,
-    /// The model picks one of a few scored intents and says a line; GOAP writes the steps:
-    /// `{"agent":ID,"intent":K,"say":"…"}`.
+    /// The model picks one of a few scored intents and says a line; the game's planner writes
+    /// the steps: `{"agent":ID,"intent":K,"say":"…"}`. The default: a small model's plans make
+    /// sense this way (see the README's table of modes). A game whose planner offers no intents
+    /// gets free plans.
+    #[default]
     Guided,
 }
 
@@ -318,6 +321,9 @@ pub struct ModelConfig {
     pub layout: PromptLayout,
     /// What the model writes for plans.
     pub plan_format: PlanFormat,
+    /// Whether a model's plan is checked step by step against the game's rules (its planner's
+    /// preconditions), and replaced from the first step that fails by the planner's own steps.
+    pub repair: bool,
 }
 
 impl ModelConfig {
@@ -343,6 +349,7 @@ impl Default for ModelConfig {
             threads: None,
             layout: PromptLayout::default(),
             plan_format: PlanFormat::default(),
+            repair: true,
         }
     }
 }

@@ -172,10 +172,28 @@ impl PromptLevel {
 /// A candidate intent shown in a guided prompt.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IntentOption {
+    /// The intent's name, which the game's planner expands into steps (for a GOAP planner, a
+    /// goal name). Not shown to the model.
+    pub goal: String,
     /// What the intent does, such as "attack enemy 9".
     pub label: String,
     /// Why it might be right, such as "it has 20 hp".
     pub reason: String,
+}
+
+impl IntentOption {
+    /// An option for `goal`, shown as `label: reason`.
+    pub fn new(
+        goal: impl Into<String>,
+        label: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        IntentOption {
+            goal: goal.into(),
+            label: label.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// What one agent asks.
@@ -292,6 +310,8 @@ pub struct PrefixTree {
     root: Arc<PromptLevel>,
     ensemble: Arc<PromptLevel>,
     personas: Vec<(String, Arc<PromptLevel>)>,
+    /// Each persona's name and voice, for the shared layout's ensemble level.
+    voices: Vec<(String, String)>,
     unknown_persona: Arc<PromptLevel>,
 }
 
@@ -307,13 +327,7 @@ impl PrefixTree {
             None,
             root_text(&template, format, rules, registry),
         ));
-        let ensemble = Arc::new(PromptLevel::new(
-            Some(root.key),
-            format!(
-                "You speak for several characters at once; each keeps its own voice.{}{}",
-                template.system_close, template.user_open
-            ),
-        ));
+        let ensemble = ensemble_level(&template, &root, &[]);
         let unknown_persona = persona_level(&template, &root, "someone", "Speak plainly.");
         PrefixTree {
             template,
@@ -321,6 +335,7 @@ impl PrefixTree {
             root,
             ensemble,
             personas: Vec::new(),
+            voices: Vec::new(),
             unknown_persona,
         }
     }
@@ -329,7 +344,7 @@ impl PrefixTree {
     /// decoded again); other personas' levels never change.
     pub fn insert_persona(&mut self, persona: &Persona) -> bool {
         let level = persona_level(&self.template, &self.root, &persona.name, &persona.voice);
-        match self.personas.iter_mut().find(|(n, _)| *n == persona.name) {
+        let changed = match self.personas.iter_mut().find(|(n, _)| *n == persona.name) {
             Some((_, existing)) if **existing == *level => false,
             Some((_, existing)) => {
                 *existing = level;
@@ -339,7 +354,17 @@ impl PrefixTree {
                 self.personas.push((persona.name.clone(), level));
                 true
             }
+        };
+        if changed {
+            match self.voices.iter_mut().find(|(n, _)| *n == persona.name) {
+                Some((_, voice)) => voice.clone_from(&persona.voice),
+                None => self
+                    .voices
+                    .push((persona.name.clone(), persona.voice.clone())),
+            }
+            self.ensemble = ensemble_level(&self.template, &self.root, &self.voices);
         }
+        changed
     }
 
     /// Adds a persona, for chaining.
@@ -410,6 +435,27 @@ impl PrefixTree {
             order,
         }
     }
+}
+
+/// The shared layout's level under the root: every persona's voice, since each agent of the
+/// batch is introduced by its persona's name alone.
+fn ensemble_level(
+    template: &ChatTemplate,
+    root: &PromptLevel,
+    voices: &[(String, String)],
+) -> Arc<PromptLevel> {
+    let mut text = "You speak for several characters at once; each keeps its own voice.".to_owned();
+    for (name, voice) in voices {
+        let _ = write!(
+            text,
+            "\n- {}: {}",
+            escape_untrusted(name, MAX_UNTRUSTED_CHARS),
+            escape_untrusted(voice, 400)
+        );
+    }
+    text.push_str(&template.system_close);
+    text.push_str(&template.user_open);
+    Arc::new(PromptLevel::new(Some(root.key), text))
 }
 
 fn persona_level(
@@ -723,6 +769,13 @@ mod tests {
             prompt.ensemble.key,
             tree.shared(&requests[..1]).ensemble.key
         );
+        // No persona level stands before a shared batch, so the ensemble gives every voice.
+        let ensemble = &prompt.ensemble.text;
+        assert!(
+            ensemble.contains("- veteran: Gruff and terse."),
+            "{ensemble}"
+        );
+        assert!(ensemble.contains("- rookie: Nervous, eager."), "{ensemble}");
     }
 
     #[test]
@@ -760,14 +813,8 @@ mod tests {
         );
         let snapshot = flanking_guard();
         let options = vec![
-            IntentOption {
-                label: "attack 7".into(),
-                reason: "closest".into(),
-            },
-            IntentOption {
-                label: "take cover".into(),
-                reason: "hp low".into(),
-            },
+            IntentOption::new("kill_enemy", "attack 7", "closest"),
+            IntentOption::new("take_cover", "take cover", "hp low"),
         ];
         let request = AgentRequest {
             agent: AgentId(3),

@@ -84,18 +84,9 @@ fn task(format: OutputFormat, i: usize) -> AgentTask {
         OutputFormat::FreePlan => AgentTask::Plan,
         OutputFormat::Guided => AgentTask::Guided {
             options: vec![
-                IntentOption {
-                    label: "attack".into(),
-                    reason: "an enemy is in sight".into(),
-                },
-                IntentOption {
-                    label: "take cover".into(),
-                    reason: "health is not full".into(),
-                },
-                IntentOption {
-                    label: "hold objective".into(),
-                    reason: "the center scores".into(),
-                },
+                IntentOption::new("kill_enemy", "attack", "an enemy is in sight"),
+                IntentOption::new("take_cover", "take cover", "health is not full"),
+                IntentOption::new("hold_objective", "hold objective", "the center scores"),
             ],
         },
         OutputFormat::Line if i.is_multiple_of(2) => AgentTask::Banter {

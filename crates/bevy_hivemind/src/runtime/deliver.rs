@@ -115,8 +115,9 @@ impl Hivemind {
                 }
             }
             WorkerEventKind::Step { step, .. } => self.on_step(id, at, step, metrics),
+            WorkerEventKind::Intent { intent } => self.on_intent(id, at, intent, metrics),
             WorkerEventKind::Words { text } => self.on_words(id, at, &text, metrics),
-            WorkerEventKind::Intent { .. } | WorkerEventKind::DeadlineCrossed => {}
+            WorkerEventKind::DeadlineCrossed => {}
             WorkerEventKind::Finished(outcome) => {
                 self.by_job.remove(&event.job);
                 self.on_finished(id, at, outcome, metrics);
@@ -124,29 +125,93 @@ impl Hivemind {
         }
     }
 
+    /// A model's step arrives. With `model.repair` on, the planner checks it after the steps
+    /// before it; the first step that fails is replaced, with everything after it, by the
+    /// planner's completion from the state the steps before it reach, and the model's later
+    /// steps are ignored.
     fn on_step(&mut self, id: RequestId, at: Timestamp, step: PlanStep, metrics: &mut Metrics) {
+        let repair = self.config.model.repair;
+        let planner = Arc::clone(&self.planner);
+        let idle = self.registry.idle_step();
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        if r.progress.repaired || r.progress.intent.is_some() {
+            return;
+        }
+        r.progress.steps.push(step);
+        if repair && let Some(bad) = planner.first_invalid(&r.snapshot, &r.progress.steps) {
+            let progress = &mut r.progress;
+            progress.steps.truncate(bad.max(progress.delivered));
+            let rest = planner.complete(&r.snapshot, &progress.steps);
+            progress.steps.extend(rest);
+            if progress.steps.is_empty() {
+                progress.steps.push(idle);
+            }
+            progress.repaired = true;
+        }
+        self.deliver_steps(id, at, metrics);
+    }
+
+    /// A guided answer's intent arrives: the planner expands it into the plan's steps. An intent
+    /// the prompt did not offer, or one the planner cannot carry out, is answered with the
+    /// fallback plan, as a repair.
+    fn on_intent(&mut self, id: RequestId, at: Timestamp, intent: u32, metrics: &mut Metrics) {
+        let planner = Arc::clone(&self.planner);
+        let idle = self.registry.idle_step();
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        if r.progress.intent.is_some() || !r.progress.steps.is_empty() {
+            return;
+        }
+        let option = (intent as usize)
+            .checked_sub(1)
+            .and_then(|i| r.options.get(i));
+        let expanded = option.map(|o| (o.goal.clone(), planner.expand(&r.snapshot, &o.goal)));
+        match expanded.filter(|(_, steps)| !steps.is_empty()) {
+            Some((goal, steps)) => {
+                r.progress.intent = Some(goal);
+                r.progress.steps = steps;
+            }
+            None => {
+                r.progress.intent = Some(String::new());
+                r.progress.steps = planner.plan(&r.snapshot);
+                r.progress.repaired = true;
+                if r.progress.steps.is_empty() {
+                    r.progress.steps.push(idle);
+                }
+            }
+        }
+        self.deliver_steps(id, at, metrics);
+    }
+
+    /// Gives the game the steps of a request it does not have yet, if they may go now: while
+    /// streaming, and in time (or after a first step that was).
+    fn deliver_steps(&mut self, id: RequestId, at: Timestamp, metrics: &mut Metrics) {
         let streaming = self.streaming;
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
-        r.progress.steps.push(step.clone());
         let in_time = r.progress.delivered > 0 || r.deadline.is_met_by(at);
         if r.answered || !streaming || !in_time {
             return;
         }
         let Some(entity) = r.entity else { return };
-        let index = r.progress.delivered;
-        r.progress.delivered += 1;
-        if index == 0 {
-            r.first_delivered(at, metrics);
-            self.deadlines.remove(&(r.deadline, id));
+        while r.progress.delivered < r.progress.steps.len() {
+            let index = r.progress.delivered;
+            r.progress.delivered += 1;
+            if index == 0 {
+                r.first_delivered(at, metrics);
+                self.deadlines.remove(&(r.deadline, id));
+            }
+            self.outbox.push(Outgoing::Step(PlanStepReady {
+                agent: entity,
+                request: id,
+                index,
+                step: r.progress.steps[index].clone(),
+            }));
         }
-        self.outbox.push(Outgoing::Step(PlanStepReady {
-            agent: entity,
-            request: id,
-            index,
-            step,
-        }));
     }
 
     fn on_words(&mut self, id: RequestId, at: Timestamp, words: &str, metrics: &mut Metrics) {
@@ -161,8 +226,9 @@ impl Hivemind {
         r.progress.text.push_str(words);
         let in_time = r.progress.delivered > 0 || r.deadline.is_met_by(at);
         let agent = match r.entity {
-            Some(agent) if !r.answered => agent,
-            // The banter pool takes the whole line later; check it as it comes.
+            Some(agent) if !r.answered && r.kind != RequestKind::Plan => agent,
+            // The banter pool takes the whole line later, and a plan says its line with its
+            // completion; check it as it comes.
             _ => {
                 close_if_filtered(&*filter, &mut r.progress);
                 return;
@@ -280,10 +346,14 @@ impl Hivemind {
         };
         match r.kind {
             RequestKind::Plan => {
-                if let (Some(key), Some(answer)) = (
-                    r.cache_key.clone(),
-                    CachedAnswer::from_steps(&r.progress.steps, &r.snapshot, &self.registry),
-                ) {
+                let answer = match &r.progress.intent {
+                    Some(goal) if !r.progress.repaired => Some(CachedAnswer::Intent {
+                        intent: goal.clone(),
+                        say: plan_line(&*self.filter, &r.progress),
+                    }),
+                    _ => CachedAnswer::from_steps(&r.progress.steps, &r.snapshot, &self.registry),
+                };
+                if let (Some(key), Some(answer)) = (r.cache_key.clone(), answer) {
                     self.cache.insert(key, answer, now);
                 }
             }
@@ -330,8 +400,9 @@ impl Hivemind {
                     let rest = planner.complete(&r.snapshot, &steps);
                     steps.extend(rest);
                 }
-                let repaired = reason.is_some();
+                let repaired = reason.is_some() || r.progress.repaired;
                 let source = PlanSource::Llm { backend, repaired };
+                let say = plan_line(&*self.filter, &r.progress);
                 for (index, step) in steps.iter().enumerate().skip(r.progress.delivered) {
                     self.outbox.push(Outgoing::Step(PlanStepReady {
                         agent: entity,
@@ -349,7 +420,7 @@ impl Hivemind {
                     agent: entity,
                     request: id,
                     steps,
-                    say: None,
+                    say,
                     source,
                     fallback: reason,
                     first_after,
@@ -412,7 +483,8 @@ impl Hivemind {
                 }
                 metrics.record_answer(r.kind, PlanSource::Goap, Some(reason));
                 metrics.record_full(r.kind, PlanSource::Goap, latency);
-                self.deliver_plan(entity, id, steps, PlanSource::Goap, Some(reason), latency);
+                let source = PlanSource::Goap;
+                self.deliver_plan(entity, id, steps, None, source, Some(reason), latency);
             }
             Answer::Line(text) => {
                 let kind = r.kind;
@@ -437,6 +509,7 @@ impl Hivemind {
         agent: Entity,
         request: RequestId,
         steps: Vec<PlanStep>,
+        say: Option<String>,
         source: PlanSource,
         fallback: Option<FallbackReason>,
         latency: Duration,
@@ -453,7 +526,7 @@ impl Hivemind {
             agent,
             request,
             steps,
-            say: None,
+            say,
             source,
             fallback,
             first_after: latency,
@@ -538,6 +611,16 @@ pub(super) fn filtered(filter: &dyn LineFilter, mut text: String) -> String {
         }
         LineVerdict::Reject => String::new(),
     }
+}
+
+/// The line a guided plan's answer says, after the filter: `None` if it wrote none or the filter
+/// rejected it.
+fn plan_line(filter: &dyn LineFilter, progress: &Progress) -> Option<String> {
+    if progress.rejected {
+        return None;
+    }
+    let line = filtered(filter, progress.text.trim().to_owned());
+    (!line.is_empty()).then_some(line)
 }
 
 fn close_if_filtered(filter: &dyn LineFilter, progress: &mut Progress) {
