@@ -10,6 +10,11 @@
 //! valid plans, of plans from the model and of repaired ones, and the median times to the first
 //! step and to the whole plan. `--layout shared` runs the single multi-agent prompt, where the
 //! voices column shows whether each agent's line kept its own persona's words.
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "an example that prints its results"
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -120,10 +120,12 @@ impl ArenaAppPlugin {
     }
 }
 
-/// The arena's rules for plans, over its GOAP domain: fallback plans
-/// ([`hivemind_arena::fallback_plan`]), checks and repairs of a model's plans
+/// The arena's rules for plans, over its GOAP domain.
+///
+/// They are fallback plans ([`hivemind_arena::fallback_plan`]), checks and repairs of a model's
+/// plans
 /// ([`hivemind_arena::first_invalid`], [`hivemind_arena::complete_plan`]), and the guided
-/// format's intents ([`hivemind_arena::intents`], [`hivemind_arena::expand_intent`]).
+/// format's intents ([`hivemind_arena::intents()`], [`hivemind_arena::expand_intent`]).
 #[derive(Clone)]
 pub struct ArenaPlanner {
     /// The verbs and the GOAP domain.

@@ -2,6 +2,10 @@
 //! repaired by GOAP, a guided intent is expanded into steps and its line said with the plan, and
 //! the answer cache remembers the intent. The "model" is a scripted backend that writes exactly
 //! the text each test needs, on the lockstep clock.
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test stops at the first thing that is not as it should be"
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -11,9 +11,11 @@ use hivemind_core::snapshot::WorldSnapshot;
 
 use crate::messages::RequestId;
 
-/// The game's rules for plans: the plan whenever a model's would be late or wrong, the check of
-/// a model's plan, and the intents a guided prompt offers. Runs off the main thread where it can
-/// (fallback plans are made as soon as a request is queued).
+/// The game's rules for plans.
+///
+/// They give the plan whenever a model's would be late or wrong, check a model's plan, and offer
+/// the intents of a guided prompt. Fallback plans are made off the main thread, as soon as a
+/// request is queued.
 ///
 /// Any `Fn(&WorldSnapshot) -> Vec<PlanStep>` that is `Send + Sync` is one, such as a GOAP planner
 /// over the game's domain; it makes fallback plans and nothing else. An empty plan is answered

@@ -607,9 +607,16 @@ impl Hivemind {
                 _ => None,
             };
             if let Some((steps, say)) = answer.filter(|(steps, _)| !steps.is_empty()) {
-                let say = say.map(|line| filtered(&*self.filter, line));
-                let (source, latency) = (PlanSource::Cache, Duration::ZERO);
-                self.deliver_plan(new.entity, id, steps, say, source, None, latency);
+                self.deliver_plan(PlanReady {
+                    agent: new.entity,
+                    request: id,
+                    steps,
+                    say: say.map(|line| filtered(&*self.filter, line)),
+                    source: PlanSource::Cache,
+                    fallback: None,
+                    first_after: Duration::ZERO,
+                    latency: Duration::ZERO,
+                });
                 metrics.record_answer(kind, PlanSource::Cache, None);
                 metrics.record_full(kind, PlanSource::Cache, Duration::ZERO);
                 return id;

@@ -27,7 +27,7 @@
 use hivemind_core::action::ActionRegistry;
 use hivemind_core::goap::Domain;
 use hivemind_core::prompt::IntentOption;
-use hivemind_core::snapshot::{EntityInfo, WorldSnapshot};
+use hivemind_core::snapshot::{EntityInfo, Health, Point, WorldSnapshot};
 
 use crate::planning::{GoapFacts, expand_intent, goal};
 use crate::snapshot::{COVER, ENEMY, OBJECTIVE, fact};
@@ -94,7 +94,7 @@ pub fn score_intents(snapshot: &WorldSnapshot) -> Vec<ScoredIntent> {
         .min_by_key(|(current, distance, e)| (*current, *distance, e.id))
         .map(|(_, _, e)| *e);
     if let Some(target) = weakest.filter(|_| !empty) {
-        let th = target.health.map_or(1.0, |t| t.fraction());
+        let th = target.health.map_or(1.0, Health::fraction);
         let mut reason = format!("it is at {}% hp", (th * 100.0).round());
         if enemies.len() > 1 {
             reason.push_str(&format!(", the weakest of {}", enemies.len()));
@@ -176,10 +176,12 @@ pub fn score_intents(snapshot: &WorldSnapshot) -> Vec<ScoredIntent> {
     out
 }
 
-/// The intents a guided prompt offers in `snapshot`, best first: those of [`score_intents`] that
-/// score at least [`MIN_SCORE`] and that GOAP can carry out here ([`expand_intent`] gives steps),
-/// at most [`MAX_INTENTS`]. The best one is offered whatever its score; empty only if GOAP can
-/// carry out none, in which case the free format is the only way to ask.
+/// The intents a guided prompt offers in `snapshot`, best first.
+///
+/// They are those of [`score_intents`] that score at least [`MIN_SCORE`] and that GOAP can carry
+/// out here ([`expand_intent`] gives steps), at most [`MAX_INTENTS`]. The best one is offered
+/// whatever its score; empty only if GOAP can carry out none, in which case the free format is
+/// the only way to ask.
 pub fn intents(
     domain: &Domain,
     registry: &ActionRegistry,
@@ -200,7 +202,7 @@ pub fn intents(
 /// Shots in a full magazine: what the domain's `reload` sets `ammo` to.
 const MAGAZINE: i32 = 3;
 
-fn nearest(snapshot: &WorldSnapshot, set: &str) -> Option<(hivemind_core::snapshot::Point, i64)> {
+fn nearest(snapshot: &WorldSnapshot, set: &str) -> Option<(Point, i64)> {
     let at = snapshot.position;
     snapshot
         .points_in(set)
@@ -217,27 +219,14 @@ fn count(n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use hivemind_core::snapshot::{AgentId, Bounds, EntityId, Health, Point};
+    use hivemind_core::snapshot::Health;
 
     use super::*;
-    use crate::testing::assets;
+    use crate::testing::{assets, flanking_guard};
 
+    /// The shared fixture, with a medkit.
     fn guard() -> WorldSnapshot {
-        WorldSnapshot::new(AgentId(3), Point::new(4, 5))
-            .with_health(Health::new(90, 100))
-            .with_bounds(Bounds::grid(20, 14))
-            .with_fact("ammo", 2)
-            .with_fact("medkits", 1)
-            .with_entity(
-                EntityInfo::new(EntityId(7), ENEMY, Point::new(10, 2))
-                    .with_health(Health::new(80, 100)),
-            )
-            .with_entity(
-                EntityInfo::new(EntityId(9), ENEMY, Point::new(12, 8))
-                    .with_health(Health::new(20, 100)),
-            )
-            .with_point(COVER, Point::new(5, 5))
-            .with_point(OBJECTIVE, Point::new(10, 7))
+        flanking_guard().with_fact("medkits", 1)
     }
 
     fn goals(options: &[IntentOption]) -> Vec<&str> {

@@ -307,9 +307,11 @@ pub fn first_invalid(
     run_steps(domain, registry, snapshot, steps).1
 }
 
-/// The rest of a plan whose first steps, `done`, came from a model: GOAP's plan from the state
-/// those steps reach, toward the goal [`fallback_goal`]'s rules choose in that state. Steps of
-/// `done` that cannot run (see [`first_invalid`]) and those after them are ignored.
+/// The rest of a plan whose first steps, `done`, came from a model.
+///
+/// It is GOAP's plan from the state those steps reach, toward the goal [`fallback_goal`]'s rules
+/// choose in that state. Steps of `done` that cannot run (see [`first_invalid`]) and those after
+/// them are ignored.
 pub fn complete_plan(
     domain: &Domain,
     registry: &ActionRegistry,
@@ -353,31 +355,11 @@ fn run_steps(
 
 #[cfg(test)]
 mod tests {
-    use hivemind_core::snapshot::{AgentId, EntityId, EntityInfo, Health, Point};
+    use hivemind_core::snapshot::{AgentId, Health, Point};
 
     use super::*;
     use crate::World;
-    use crate::testing::{assets, play_goap};
-
-    /// A snapshot written by hand, as a game other than the arena might send it.
-    fn flanking_guard() -> WorldSnapshot {
-        WorldSnapshot::new(AgentId(3), Point::new(4, 5))
-            .with_health(Health::new(90, 100))
-            .with_bounds(hivemind_core::snapshot::Bounds::grid(20, 14))
-            .with_fact("ammo", 2)
-            .with_fact("medkits", 0)
-            .with_entity(
-                EntityInfo::new(EntityId(7), ENEMY, Point::new(10, 2))
-                    .with_health(Health::new(80, 100)),
-            )
-            .with_entity(
-                EntityInfo::new(EntityId(9), ENEMY, Point::new(12, 8))
-                    .with_health(Health::new(20, 100)),
-            )
-            .with_point(COVER, Point::new(10, 2))
-            .with_point(COVER, Point::new(3, 4))
-            .with_point(OBJECTIVE, Point::new(10, 7))
-    }
+    use crate::testing::{assets, flanking_guard, play_goap};
 
     #[test]
     fn facts_come_from_any_snapshot_by_name() {
@@ -495,7 +477,7 @@ mod tests {
 
         // Attacking with an empty magazine fails; after a reload it runs.
         assert_eq!(
-            first_invalid(domain, registry, &empty, &[attack.clone()]),
+            first_invalid(domain, registry, &empty, std::slice::from_ref(&attack)),
             Some(0)
         );
         assert_eq!(
@@ -522,11 +504,11 @@ mod tests {
         // GOAP plans on from the state the kept steps reach.
         assert_eq!(
             complete_plan(domain, registry, &empty, &[]),
-            [reload.clone()]
+            std::slice::from_ref(&reload)
         );
         assert_eq!(
             complete_plan(domain, registry, &empty, &[reload]),
-            [attack.clone()]
+            std::slice::from_ref(&attack)
         );
         // Invalid steps of `done` are ignored: the state is the one before them.
         assert_eq!(

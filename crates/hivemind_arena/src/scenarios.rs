@@ -139,10 +139,12 @@ pub fn accepted(snapshot: &WorldSnapshot) -> Vec<Accepted> {
     if low && in_sight {
         out.push(Accepted::Retreat);
     }
-    if !in_sight && !low && !at_objective {
-        if let Some(objective) = snapshot.points_in(OBJECTIVE).next() {
-            out.push(Accepted::MoveCloser { objective });
-        }
+    if !in_sight
+        && !low
+        && !at_objective
+        && let Some(objective) = snapshot.points_in(OBJECTIVE).next()
+    {
+        out.push(Accepted::MoveCloser { objective });
     }
     if !in_sight && (at_objective || (low && !medkit)) {
         out.push(Accepted::Wait);

@@ -4,8 +4,11 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use hivemind_core::plan::PlanStep;
-use hivemind_core::snapshot::WorldSnapshot;
+use hivemind_core::snapshot::{
+    AgentId, Bounds, EntityId, EntityInfo, Health, Point, WorldSnapshot,
+};
 
+use crate::snapshot::{COVER, ENEMY, OBJECTIVE};
 use crate::{ArenaAssets, TickReport, World, fallback_plan};
 
 /// The workspace's `assets/` directory.
@@ -50,4 +53,24 @@ pub(crate) fn play_goap(
         reports.push(report);
     }
     reports
+}
+
+/// A snapshot written by hand, as a game other than the arena might send it.
+pub(crate) fn flanking_guard() -> WorldSnapshot {
+    WorldSnapshot::new(AgentId(3), Point::new(4, 5))
+        .with_health(Health::new(90, 100))
+        .with_bounds(Bounds::grid(20, 14))
+        .with_fact("ammo", 2)
+        .with_fact("medkits", 0)
+        .with_entity(
+            EntityInfo::new(EntityId(7), ENEMY, Point::new(10, 2))
+                .with_health(Health::new(80, 100)),
+        )
+        .with_entity(
+            EntityInfo::new(EntityId(9), ENEMY, Point::new(12, 8))
+                .with_health(Health::new(20, 100)),
+        )
+        .with_point(COVER, Point::new(10, 2))
+        .with_point(COVER, Point::new(3, 4))
+        .with_point(OBJECTIVE, Point::new(10, 7))
 }

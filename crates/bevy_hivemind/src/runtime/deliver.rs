@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bevy::prelude::{Entity, warn};
+use bevy::prelude::warn;
 use hivemind_core::cache::CachedAnswer;
 use hivemind_core::clock::{ClockKind, Deadline, Timestamp};
 use hivemind_core::metrics::Metrics;
@@ -483,8 +483,16 @@ impl Hivemind {
                 }
                 metrics.record_answer(r.kind, PlanSource::Goap, Some(reason));
                 metrics.record_full(r.kind, PlanSource::Goap, latency);
-                let source = PlanSource::Goap;
-                self.deliver_plan(entity, id, steps, None, source, Some(reason), latency);
+                self.deliver_plan(PlanReady {
+                    agent: entity,
+                    request: id,
+                    steps,
+                    say: None,
+                    source: PlanSource::Goap,
+                    fallback: Some(reason),
+                    first_after: latency,
+                    latency,
+                });
             }
             Answer::Line(text) => {
                 let kind = r.kind;
@@ -504,34 +512,17 @@ impl Hivemind {
         }
     }
 
-    pub(super) fn deliver_plan(
-        &mut self,
-        agent: Entity,
-        request: RequestId,
-        steps: Vec<PlanStep>,
-        say: Option<String>,
-        source: PlanSource,
-        fallback: Option<FallbackReason>,
-        latency: Duration,
-    ) {
-        for (index, step) in steps.iter().enumerate() {
+    /// Sends a whole plan at once: its steps, then its completion.
+    pub(super) fn deliver_plan(&mut self, plan: PlanReady) {
+        for (index, step) in plan.steps.iter().enumerate() {
             self.outbox.push(Outgoing::Step(PlanStepReady {
-                agent,
-                request,
+                agent: plan.agent,
+                request: plan.request,
                 index,
                 step: step.clone(),
             }));
         }
-        self.outbox.push(Outgoing::Plan(PlanReady {
-            agent,
-            request,
-            steps,
-            say,
-            source,
-            fallback,
-            first_after: latency,
-            latency,
-        }));
+        self.outbox.push(Outgoing::Plan(plan));
     }
 
     /// Sends a line's completion, after its words unless they streamed from the model, and
