@@ -71,6 +71,9 @@ struct Args {
     /// Run on the lockstep clock (answers repeat exactly; times are virtual).
     #[arg(long)]
     lockstep: bool,
+    /// Also time this many suite situations asked one at a time (a lone agent, warm prefix).
+    #[arg(long, default_value_t = 0)]
+    lone: usize,
     /// Print every situation's first step and line.
     #[arg(long, short)]
     verbose: bool,
@@ -152,6 +155,37 @@ fn main() {
             let played_report = (!played.is_empty())
                 .then(|| run_suite(&played, &assets, factory.clone(), &options));
             print_row(&name, &report, played_report.as_ref(), &assets);
+            if args.lone > 0 {
+                let mut firsts = Vec::new();
+                let mut fulls = Vec::new();
+                for situation in suite.iter().take(args.lone) {
+                    let one = run_suite(
+                        std::slice::from_ref(situation),
+                        &assets,
+                        factory.clone(),
+                        &options,
+                    );
+                    if let Some(plan) = one.answers.first().and_then(|a| a.plan.as_ref()) {
+                        firsts.push(plan.first_after);
+                        fulls.push(plan.latency);
+                    }
+                }
+                firsts.sort_unstable();
+                fulls.sort_unstable();
+                let at = |v: &[Duration], q: f64| {
+                    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+                        .copied()
+                        .unwrap_or_default()
+                };
+                println!(
+                    "  lone agent, {} situations: first step p50 {:.0}ms p95 {:.0}ms, full plan p50 {:.0}ms p95 {:.0}ms",
+                    firsts.len(),
+                    at(&firsts, 0.5).as_secs_f64() * 1000.0,
+                    at(&firsts, 0.95).as_secs_f64() * 1000.0,
+                    at(&fulls, 0.5).as_secs_f64() * 1000.0,
+                    at(&fulls, 0.95).as_secs_f64() * 1000.0,
+                );
+            }
             if args.verbose {
                 for a in report
                     .answers

@@ -24,7 +24,7 @@ use hivemind::arena_app::{
 };
 use hivemind::bevy::prelude::*;
 use hivemind::core::backend::{BackendFactory, Latency};
-use hivemind::core::config::{ClockMode, HivemindConfig, Throughput};
+use hivemind::core::config::{ClockMode, HivemindConfig, PlanFormat, Throughput};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -111,6 +111,7 @@ struct Outcome {
 }
 
 fn run(
+    format: PlanFormat,
     workers: usize,
     ticks: u32,
     team_size: u32,
@@ -122,6 +123,7 @@ fn run(
     config.clock.mode = ClockMode::Lockstep;
     config.clock.throughput = throughput;
     config.batching.workers = workers;
+    config.model.plan_format = format;
     let arena = ArenaAppPlugin::new(
         ArenaConfig::default()
             .with_seed(7)
@@ -185,7 +187,9 @@ fn a_scripted_lockstep_arena_repeats_byte_for_byte_with_1_2_and_4_workers() {
         generated_tokens_per_sec: 25.0,
     };
     let script = goap_script(assets());
-    let first = run(1, 300, 8, throughput, Arc::clone(&script));
+    // The script writes whole plans, as a model does in the free format.
+    let free = PlanFormat::Free;
+    let first = run(free, 1, 300, 8, throughput, Arc::clone(&script));
     let plans = first.log.matches(" plan ").count();
     assert!(plans > 50, "agents re-planned all game: {plans} plans");
     assert!(first.log.contains("Llm"), "some plans came from the model");
@@ -200,7 +204,7 @@ fn a_scripted_lockstep_arena_repeats_byte_for_byte_with_1_2_and_4_workers() {
         (2, "2 workers"),
         (4, "4 workers"),
     ] {
-        let again = run(workers, 300, 8, throughput, Arc::clone(&script));
+        let again = run(free, workers, 300, 8, throughput, Arc::clone(&script));
         assert_same(&first, &again, what);
     }
 }
@@ -215,14 +219,15 @@ fn a_lockstep_arena_on_the_real_model_repeats_with_1_2_and_4_workers() {
         LlamaFactory::from_config(&config).expect("the model fetched by scripts/setup loads")
     };
     let throughput = config.clock.throughput;
-    let first = run(1, 20, 4, throughput, factory());
+    let format = config.model.plan_format;
+    let first = run(format, 1, 20, 4, throughput, factory());
     assert!(
         first.log.contains("Llm"),
         "the model answered some plans in time:\n{}",
         first.log
     );
     for workers in [2, 4] {
-        let again = run(workers, 20, 4, throughput, factory());
+        let again = run(format, workers, 20, 4, throughput, factory());
         assert_same(&first, &again, &format!("{workers} workers"));
     }
 }
