@@ -123,13 +123,20 @@ fn plan(app: &mut App, snapshot: WorldSnapshot) -> PlanReady {
     panic!("no plan");
 }
 
+/// The default configuration with the model writing the steps.
+fn free() -> HivemindConfig {
+    let mut config = HivemindConfig::default();
+    config.model.plan_format = PlanFormat::Free;
+    config
+}
+
 const ATTACK_WHILE_EMPTY: &str =
     r#"{"agent":ID,"steps":[{"act":"Attack","target":9},{"act":"Wait"}]}"#;
 
 #[test]
 fn a_step_the_rules_forbid_is_repaired_from_there_by_goap() {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut app = app(HivemindConfig::default(), backend(ATTACK_WHILE_EMPTY, seen));
+    let mut app = app(free(), backend(ATTACK_WHILE_EMPTY, seen));
     let done = plan(&mut app, empty_magazine());
     // Attacking with an empty magazine cannot run: GOAP plans from the start instead.
     assert_eq!(done.steps[0], PlanStep::new("Reload"));
@@ -144,7 +151,7 @@ fn a_step_the_rules_forbid_is_repaired_from_there_by_goap() {
 
 #[test]
 fn with_repair_off_the_model_steps_stand() {
-    let mut config = HivemindConfig::default();
+    let mut config = free();
     config.model.repair = false;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut app = app(config, backend(ATTACK_WHILE_EMPTY, seen));
