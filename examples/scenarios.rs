@@ -23,6 +23,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hivemind::arena::ArenaAssets;
 use hivemind::core::config::{ClockMode, HivemindConfig, PromptLayout};
+use hivemind::core::metrics::Histogram;
 use hivemind::scenario_run::{Mode, Situation, SuiteOptions, SuiteReport, run_suite};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,8 +157,7 @@ fn main() {
                 .then(|| run_suite(&played, &assets, factory.clone(), &options));
             print_row(&name, &report, played_report.as_ref(), &assets);
             if args.lone > 0 {
-                let mut firsts = Vec::new();
-                let mut fulls = Vec::new();
+                let (mut firsts, mut fulls) = (Histogram::new(), Histogram::new());
                 for situation in suite.iter().take(args.lone) {
                     let one = run_suite(
                         std::slice::from_ref(situation),
@@ -166,24 +166,19 @@ fn main() {
                         &options,
                     );
                     if let Some(plan) = one.answers.first().and_then(|a| a.plan.as_ref()) {
-                        firsts.push(plan.first_after);
-                        fulls.push(plan.latency);
+                        firsts.record(plan.first_after);
+                        fulls.record(plan.latency);
                     }
                 }
-                firsts.sort_unstable();
-                fulls.sort_unstable();
-                let at = |v: &[Duration], q: f64| {
-                    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-                        .copied()
-                        .unwrap_or_default()
-                };
+                let ms =
+                    |h: &Histogram, q| h.quantile(q).unwrap_or_default().as_secs_f64() * 1000.0;
                 println!(
                     "  lone agent, {} situations: first step p50 {:.0}ms p95 {:.0}ms, full plan p50 {:.0}ms p95 {:.0}ms",
-                    firsts.len(),
-                    at(&firsts, 0.5).as_secs_f64() * 1000.0,
-                    at(&firsts, 0.95).as_secs_f64() * 1000.0,
-                    at(&fulls, 0.5).as_secs_f64() * 1000.0,
-                    at(&fulls, 0.95).as_secs_f64() * 1000.0,
+                    firsts.count(),
+                    ms(&firsts, 0.5),
+                    ms(&firsts, 0.95),
+                    ms(&fulls, 0.5),
+                    ms(&fulls, 0.95),
                 );
             }
             if args.verbose {

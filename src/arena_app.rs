@@ -154,15 +154,6 @@ impl FallbackPlanner for ArenaPlanner {
     }
 }
 
-/// Personas take turns down each team's roster.
-fn persona_of(assets: &ArenaAssets, id: AgentId) -> String {
-    let personas = &assets.prompt.personas;
-    match personas.len() {
-        0 => "default".to_owned(),
-        n => personas[(id.0 as usize / 2) % n].name.clone(),
-    }
-}
-
 impl Plugin for ArenaAppPlugin {
     fn build(&self, app: &mut App) {
         let world = World::new(self.config.clone());
@@ -175,7 +166,7 @@ impl Plugin for ArenaAppPlugin {
                 .world_mut()
                 .spawn((
                     Name::new(name(id)),
-                    NpcAgent::new(persona_of(&self.assets, id)),
+                    NpcAgent::new(self.assets.persona_of(id)),
                     AgentSnapshot(world.snapshot(id)),
                     ArenaAgent {
                         id,

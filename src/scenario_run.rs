@@ -19,6 +19,7 @@ use hivemind_arena::ArenaAssets;
 use hivemind_arena::scenarios::{Voice, is_sensible, voice};
 use hivemind_core::backend::BackendFactory;
 use hivemind_core::config::{ClockMode, HivemindConfig, PlanFormat, PromptLayout};
+use hivemind_core::metrics::Histogram;
 use hivemind_core::plan::PlanSource;
 
 use crate::arena_app::ArenaPlanner;
@@ -267,9 +268,9 @@ pub struct VoiceCounts {
 }
 
 fn median(values: impl Iterator<Item = Duration>) -> Duration {
-    let mut values: Vec<Duration> = values.collect();
-    values.sort_unstable();
-    values.get(values.len() / 2).copied().unwrap_or_default()
+    let mut histogram = Histogram::new();
+    values.for_each(|v| histogram.record(v));
+    histogram.p50().unwrap_or_default()
 }
 
 /// The completions read so far, by agent.

@@ -10,6 +10,7 @@ pub use hivemind_core::config::LoadError;
 use hivemind_core::goap::Domain;
 use hivemind_core::prompt::ChatTemplate;
 pub use hivemind_core::prompt::PromptAsset;
+use hivemind_core::snapshot::AgentId;
 use hivemind_core::templates::TemplateBook;
 use hivemind_core::worker::PromptContext;
 
@@ -67,6 +68,16 @@ impl ArenaAssets {
             templates,
             prompt,
         })
+    }
+
+    /// The persona of arena agent `id`: personas take turns down each team's roster, two agents
+    /// at a time; `"default"` if the prompt has none.
+    pub fn persona_of(&self, id: AgentId) -> String {
+        let personas = &self.prompt.personas;
+        match personas.len() {
+            0 => "default".to_owned(),
+            n => personas[(id.0 as usize / 2) % n].name.clone(),
+        }
     }
 
     /// What workers need to prompt for the arena: its prompt tree in `ChatML` (the default

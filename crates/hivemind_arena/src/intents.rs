@@ -25,6 +25,7 @@
 //! the best one.
 
 use hivemind_core::action::ActionRegistry;
+use hivemind_core::cache::ArgRole;
 use hivemind_core::goap::Domain;
 use hivemind_core::prompt::IntentOption;
 use hivemind_core::snapshot::{EntityInfo, Health, Point, WorldSnapshot};
@@ -82,17 +83,11 @@ pub fn score_intents(snapshot: &WorldSnapshot) -> Vec<ScoredIntent> {
         };
         offer(goal::RELOAD, "reload".into(), reason, score);
     }
-    let weakest = enemies
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e.health?.current,
-                snapshot.position.distance_squared(e.position),
-                e,
-            ))
-        })
-        .min_by_key(|(current, distance, e)| (*current, *distance, e.id))
-        .map(|(_, _, e)| *e);
+    // The target GOAP's `attack` binds to, so the label names the enemy the steps shoot.
+    let weakest = ArgRole::WeakestIn(ENEMY.to_owned())
+        .resolve(snapshot)
+        .and_then(|target| target.as_entity())
+        .and_then(|id| enemies.iter().find(|e| e.id == id).copied());
     if let Some(target) = weakest.filter(|_| !empty) {
         let th = target.health.map_or(1.0, Health::fraction);
         let mut reason = format!("it is at {}% hp", (th * 100.0).round());

@@ -10,7 +10,7 @@
 //!
 //! # Acceptable first actions
 //!
-//! Health is *low* below [`HP_LOW_PERCENT`]% of the maximum. An enemy is *in sight* if the
+//! Health is *low* below [`HP_LOW_PERCENT`](crate::planning::HP_LOW_PERCENT)% of the maximum. An enemy is *in sight* if the
 //! snapshot lists it. The *weakest* enemies are those in sight with the least health.
 //!
 //! 1. **Heal** when health is low and a medkit is held.
@@ -35,7 +35,7 @@ use hivemind_core::snapshot::{
     AgentId, Bounds, EntityId, EntityInfo, Health, Point, WorldSnapshot,
 };
 
-use crate::planning::HP_LOW_PERCENT;
+use crate::planning::GoapFacts;
 use crate::play::played_snapshots;
 use crate::snapshot::{COVER, ENEMY, OBJECTIVE, fact};
 use crate::{ArenaAssets, ArenaConfig};
@@ -100,18 +100,10 @@ impl Accepted {
 
 /// The first actions the [rules](self#acceptable-first-actions) accept in `snapshot`.
 pub fn accepted(snapshot: &WorldSnapshot) -> Vec<Accepted> {
-    let health = snapshot.health;
-    let low = u64::from(health.current.min(health.max)) * 100
-        < u64::from(health.max.max(1)) * u64::from(HP_LOW_PERCENT);
-    let ammo = snapshot.int_fact(fact::AMMO).unwrap_or(0);
-    let medkit = snapshot.int_fact(fact::MEDKITS).unwrap_or(0) > 0;
-    let in_cover = flag(snapshot, fact::IN_COVER)
-        .unwrap_or_else(|| snapshot.points_in(COVER).any(|p| p == snapshot.position));
-    let at_objective = flag(snapshot, fact::AT_OBJECTIVE).unwrap_or_else(|| {
-        snapshot
-            .points_in(OBJECTIVE)
-            .any(|p| p == snapshot.position)
-    });
+    // What the snapshot says, read as the planner reads it; the rules below are the suite's own.
+    let facts = GoapFacts::read(snapshot);
+    let (low, ammo, medkit) = (facts.hp_low, i64::from(facts.ammo), facts.has_medkit);
+    let (in_cover, at_objective) = (facts.in_cover, facts.at_objective);
     let least = snapshot
         .entities_in(ENEMY)
         .map(|e| e.health.map_or(u32::MAX, |h| h.current))
@@ -193,14 +185,6 @@ fn contains_word(line: &str, word: &str) -> bool {
         let after = line[i + word.len()..].chars().next();
         !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
     })
-}
-
-fn flag(snapshot: &WorldSnapshot, key: &str) -> Option<bool> {
-    match snapshot.fact(key)? {
-        hivemind_core::snapshot::Fact::Bool(b) => Some(*b),
-        hivemind_core::snapshot::Fact::Int(n) => Some(*n != 0),
-        hivemind_core::snapshot::Fact::Text(_) => None,
-    }
 }
 
 /// One situation of the suite.
@@ -328,18 +312,11 @@ pub fn played_situations(
     ticks: usize,
     every: usize,
 ) -> Vec<(String, WorldSnapshot)> {
-    let personas = &assets.prompt.personas;
     played_snapshots(assets, ArenaConfig::default().with_seed(seed), ticks)
         .into_iter()
         .filter(|s| s.health.current > 0)
         .step_by(every.max(1))
-        .map(|s| {
-            let persona = match personas.len() {
-                0 => "default".to_owned(),
-                n => personas[(s.agent.0 as usize / 2) % n].name.clone(),
-            };
-            (persona, s)
-        })
+        .map(|s| (assets.persona_of(s.agent), s))
         .collect()
 }
 

@@ -309,9 +309,8 @@ pub struct PrefixTree {
     format: OutputFormat,
     root: Arc<PromptLevel>,
     ensemble: Arc<PromptLevel>,
-    personas: Vec<(String, Arc<PromptLevel>)>,
-    /// Each persona's name and voice, for the shared layout's ensemble level.
-    voices: Vec<(String, String)>,
+    /// Each persona and its level; the shared layout's ensemble lists their voices.
+    personas: Vec<(Persona, Arc<PromptLevel>)>,
     unknown_persona: Arc<PromptLevel>,
 }
 
@@ -327,7 +326,7 @@ impl PrefixTree {
             None,
             root_text(&template, format, rules, registry),
         ));
-        let ensemble = ensemble_level(&template, &root, &[]);
+        let ensemble = ensemble_level(&template, &root, []);
         let unknown_persona = persona_level(&template, &root, "someone", "Speak plainly.");
         PrefixTree {
             template,
@@ -335,7 +334,6 @@ impl PrefixTree {
             root,
             ensemble,
             personas: Vec::new(),
-            voices: Vec::new(),
             unknown_persona,
         }
     }
@@ -344,27 +342,21 @@ impl PrefixTree {
     /// decoded again); other personas' levels never change.
     pub fn insert_persona(&mut self, persona: &Persona) -> bool {
         let level = persona_level(&self.template, &self.root, &persona.name, &persona.voice);
-        let changed = match self.personas.iter_mut().find(|(n, _)| *n == persona.name) {
-            Some((_, existing)) if **existing == *level => false,
-            Some((_, existing)) => {
+        match self
+            .personas
+            .iter_mut()
+            .find(|(p, _)| p.name == persona.name)
+        {
+            Some((_, existing)) if **existing == *level => return false,
+            Some((known, existing)) => {
                 *existing = level;
-                true
+                known.voice.clone_from(&persona.voice);
             }
-            None => {
-                self.personas.push((persona.name.clone(), level));
-                true
-            }
-        };
-        if changed {
-            match self.voices.iter_mut().find(|(n, _)| *n == persona.name) {
-                Some((_, voice)) => voice.clone_from(&persona.voice),
-                None => self
-                    .voices
-                    .push((persona.name.clone(), persona.voice.clone())),
-            }
-            self.ensemble = ensemble_level(&self.template, &self.root, &self.voices);
+            None => self.personas.push((persona.clone(), level)),
         }
-        changed
+        let voices = self.personas.iter().map(|(p, _)| p);
+        self.ensemble = ensemble_level(&self.template, &self.root, voices);
+        true
     }
 
     /// Adds a persona, for chaining.
@@ -387,13 +379,13 @@ impl PrefixTree {
     pub fn persona(&self, name: &str) -> &Arc<PromptLevel> {
         self.personas
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(p, _)| p.name == name)
             .map_or(&self.unknown_persona, |(_, level)| level)
     }
 
     /// Every persona level, in insertion order.
     pub fn personas(&self) -> impl Iterator<Item = (&str, &PromptLevel)> {
-        self.personas.iter().map(|(n, l)| (n.as_str(), &**l))
+        self.personas.iter().map(|(p, l)| (p.name.as_str(), &**l))
     }
 
     /// The prompt for one agent in the parallel-sequences layout.
@@ -439,18 +431,18 @@ impl PrefixTree {
 
 /// The shared layout's level under the root: every persona's voice, since each agent of the
 /// batch is introduced by its persona's name alone.
-fn ensemble_level(
+fn ensemble_level<'a>(
     template: &ChatTemplate,
     root: &PromptLevel,
-    voices: &[(String, String)],
+    personas: impl IntoIterator<Item = &'a Persona>,
 ) -> Arc<PromptLevel> {
     let mut text = "You speak for several characters at once; each keeps its own voice.".to_owned();
-    for (name, voice) in voices {
+    for persona in personas {
         let _ = write!(
             text,
             "\n- {}: {}",
-            escape_untrusted(name, MAX_UNTRUSTED_CHARS),
-            escape_untrusted(voice, 400)
+            escape_untrusted(&persona.name, MAX_UNTRUSTED_CHARS),
+            escape_untrusted(&persona.voice, 400)
         );
     }
     text.push_str(&template.system_close);

@@ -9,10 +9,11 @@ use hivemind_core::cache::CachedAnswer;
 use hivemind_core::clock::{ClockKind, Deadline, Timestamp};
 use hivemind_core::metrics::Metrics;
 use hivemind_core::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
+use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::worker::{JobOutcome, WorkerEvent, WorkerEventKind};
 
 use super::{Answer, Hivemind, LOCKSTEP_PATIENCE, Outgoing, Progress};
-use crate::hooks::{LineFilter, LineVerdict};
+use crate::hooks::{FallbackPlanner, LineFilter, LineVerdict};
 use crate::messages::{LineDelta, LineReady, PlanReady, PlanStepReady, RequestId};
 
 impl Hivemind {
@@ -141,21 +142,16 @@ impl Hivemind {
         }
         r.progress.steps.push(step);
         if repair && let Some(bad) = planner.first_invalid(&r.snapshot, &r.progress.steps) {
-            let progress = &mut r.progress;
-            progress.steps.truncate(bad.max(progress.delivered));
-            let rest = planner.complete(&r.snapshot, &progress.steps);
-            progress.steps.extend(rest);
-            if progress.steps.is_empty() {
-                progress.steps.push(idle);
-            }
-            progress.repaired = true;
+            let keep = bad.max(r.progress.delivered);
+            complete_after(&*planner, &r.snapshot, &mut r.progress.steps, keep, idle);
+            r.progress.repaired = true;
         }
         self.deliver_steps(id, at, metrics);
     }
 
     /// A guided answer's intent arrives: the planner expands it into the plan's steps. An intent
     /// the prompt did not offer, or one the planner cannot carry out, is answered with the
-    /// fallback plan, as a repair.
+    /// prepared fallback plan, as a repair.
     fn on_intent(&mut self, id: RequestId, at: Timestamp, intent: u32, metrics: &mut Metrics) {
         let planner = Arc::clone(&self.planner);
         let idle = self.registry.idle_step();
@@ -175,12 +171,16 @@ impl Hivemind {
                 r.progress.steps = steps;
             }
             None => {
-                r.progress.intent = Some(String::new());
-                r.progress.steps = planner.plan(&r.snapshot);
-                r.progress.repaired = true;
-                if r.progress.steps.is_empty() {
-                    r.progress.steps.push(idle);
+                let mut steps = match r.fallback.take() {
+                    Answer::Plan(steps) => steps,
+                    Answer::Line(_) => Vec::new(),
+                };
+                if steps.is_empty() {
+                    steps.push(idle);
                 }
+                r.progress.intent = Some(String::new());
+                r.progress.steps = steps;
+                r.progress.repaired = true;
             }
         }
         self.deliver_steps(id, at, metrics);
@@ -381,6 +381,7 @@ impl Hivemind {
         metrics: &mut Metrics,
     ) {
         let planner = Arc::clone(&self.planner);
+        let idle = self.registry.idle_step();
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
@@ -396,9 +397,8 @@ impl Hivemind {
             RequestKind::Plan => {
                 let mut steps = std::mem::take(&mut r.progress.steps);
                 if reason.is_some() {
-                    steps.truncate(r.progress.delivered);
-                    let rest = planner.complete(&r.snapshot, &steps);
-                    steps.extend(rest);
+                    let keep = r.progress.delivered;
+                    complete_after(&*planner, &r.snapshot, &mut steps, keep, idle);
                 }
                 let repaired = reason.is_some() || r.progress.repaired;
                 let source = PlanSource::Llm { backend, repaired };
@@ -601,6 +601,23 @@ pub(super) fn filtered(filter: &dyn LineFilter, mut text: String) -> String {
             text
         }
         LineVerdict::Reject => String::new(),
+    }
+}
+
+/// Keeps the first `keep` of a model's `steps` and appends the planner's completion from there;
+/// the idle step if that leaves no step at all.
+fn complete_after(
+    planner: &dyn FallbackPlanner,
+    snapshot: &WorldSnapshot,
+    steps: &mut Vec<PlanStep>,
+    keep: usize,
+    idle: PlanStep,
+) {
+    steps.truncate(keep);
+    let rest = planner.complete(snapshot, steps);
+    steps.extend(rest);
+    if steps.is_empty() {
+        steps.push(idle);
     }
 }
 
