@@ -524,22 +524,30 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
             escape_untrusted(request.persona, MAX_UNTRUSTED_CHARS)
         );
     }
-    out.push_str(&request.snapshot.render());
+    match &request.task {
+        // A guided answer picks an option, and the options carry their places.
+        AgentTask::Guided { .. } => out.push_str(&request.snapshot.render_brief()),
+        _ => out.push_str(&request.snapshot.render()),
+    }
     match &request.task {
         // The snapshot is the whole request: the answer's forced start names the agent.
         AgentTask::Plan => {}
         AgentTask::Guided { options } => {
             out.push_str("\nOptions:\n");
-            for (i, o) in options.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{} {}: {}",
-                    i + 1,
-                    escape_untrusted(&o.label, MAX_UNTRUSTED_CHARS),
-                    escape_untrusted(&o.reason, MAX_UNTRUSTED_CHARS)
-                );
-            }
-            let _ = write!(out, "Choose for agent {}.", request.agent);
+            // As with a plan, the answer's forced start names the agent.
+            let lines: Vec<String> = options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    format!(
+                        "{} {}: {}",
+                        i + 1,
+                        escape_untrusted(&o.label, MAX_UNTRUSTED_CHARS),
+                        escape_untrusted(&o.reason, MAX_UNTRUSTED_CHARS)
+                    )
+                })
+                .collect();
+            out.push_str(&lines.join("\n"));
         }
         AgentTask::Dialogue {
             history,
@@ -823,6 +831,9 @@ mod tests {
             !tree.root().text.contains("Actions:"),
             "guided prompts need no action list"
         );
+        // The options carry their places; the situation is told without coordinates.
+        assert!(text.starts_with(&snapshot.render_brief()), "{text}");
+        assert!(!text.contains("at=("), "{text}");
     }
 
     #[test]

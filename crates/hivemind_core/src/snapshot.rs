@@ -375,8 +375,31 @@ impl WorldSnapshot {
     /// Entities and points are listed nearest first (ties by id, then position), and sets in
     /// alphabetical order, so the same situation always renders the same bytes.
     pub fn render(&self) -> String {
+        self.render_with(true)
+    }
+
+    /// The snapshot without the agent's id, positions or points: how it and the others stand,
+    /// in the order [`WorldSnapshot::render`] lists them.
+    ///
+    /// ```text
+    /// self hp=40% ammo=0 obj="hold the center"
+    /// enemy: 7 hp=50%; 9 hp=20%
+    /// ```
+    ///
+    /// For answers that name no place, such as a guided choice among options that already
+    /// carry their places: coordinates cost several tokens each and tell such an answer
+    /// nothing, and the answer's forced start already names the agent.
+    pub fn render_brief(&self) -> String {
+        self.render_with(false)
+    }
+
+    fn render_with(&self, positions: bool) -> String {
         let mut out = String::with_capacity(128);
-        let _ = write!(out, "self id={} at={} ", self.agent, self.position);
+        out.push_str("self ");
+        // The brief form goes with answers whose forced start names the agent.
+        if positions {
+            let _ = write!(out, "id={} at={} ", self.agent, self.position);
+        }
         write_health(&mut out, self.health);
         write_facts(&mut out, &self.facts);
 
@@ -403,7 +426,10 @@ impl WorldSnapshot {
                 out.push_str(": ");
                 current_set = Some(e.set.as_str());
             }
-            let _ = write!(out, "{}@{}", e.id, e.position);
+            let _ = write!(out, "{}", e.id);
+            if positions {
+                let _ = write!(out, "@{}", e.position);
+            }
             if let Some(name) = &e.name {
                 let _ = write!(out, " \"{}\"", escape_untrusted(name, MAX_UNTRUSTED_CHARS));
             }
@@ -414,6 +440,9 @@ impl WorldSnapshot {
             write_facts(&mut out, &e.facts);
         }
 
+        if !positions {
+            return out;
+        }
         let mut points: Vec<&NamedPoint> = self.points.iter().collect();
         points.sort_by(|a, b| {
             (a.set.as_str(), self.position.distance_squared(a.at), a.at).cmp(&(
@@ -635,6 +664,16 @@ mod tests {
              ally: 4@(3,3)\n\
              enemy: 7@(5,5) hp=50%; 9@(12,8) hp=20%\n\
              cover: (3,4) (10,2)"
+        );
+    }
+
+    #[test]
+    fn the_brief_render_keeps_who_and_how_but_no_place() {
+        assert_eq!(
+            guard().render_brief(),
+            "self hp=40% ammo=0 objective=\"hold the center\"\n\
+             ally: 4\n\
+             enemy: 7 hp=50%; 9 hp=20%"
         );
     }
 

@@ -310,6 +310,15 @@ impl StreamParser {
         self
     }
 
+    /// Sets the highest intent a guided answer may name (its number of options; in an answer
+    /// for several agents, the most any of them has), for chaining. An intent is then reported
+    /// as soon as no further digit could keep it in range, a byte earlier than its end: with up
+    /// to nine options, on its one digit. Digits that still follow are a fault.
+    pub fn with_intent_bound(mut self, max: u32) -> Self {
+        self.shape.intent_bound = Some(max);
+        self
+    }
+
     /// Sets the agent the output belongs to, in place. See [`StreamParser::with_agent`].
     pub fn insert_agent(&mut self, agent: AgentId) -> &mut Self {
         self.shape.expected = Some(agent);

@@ -2,7 +2,8 @@
 //! the default configuration, side by side in one process, on real arena situations.
 //!
 //! ```text
-//! cargo bench -p hivemind_llama --bench e2e [-- --agents 1,4,8,16 --quants Q4_1,Q8_0,Q4_0 --out DIR]
+//! cargo bench -p hivemind_llama --bench e2e [-- --agents 1,4,8,16 --quants Q4_1,Q8_0,Q4_0 --out DIR
+//!     --lone-runs N --batched-bench PATH]
 //! ```
 //!
 //! It prints a table and writes `e2e.csv` and `e2e.svg` (wall time per strategy and agent
@@ -12,8 +13,12 @@
 //!   another, on the shipped `Q4_1`.
 //! - `parallel` and `shared`: the two layouts on the same prompts and model file, the system
 //!   prefix decoded once (warm), 40 tokens per agent.
-//! - `default/<quant>`: the product: arena prompt tree, compact blocks, grammar, parallel
-//!   layout, through the worker pool, on each model file.
+//! - `default/<quant>`: the product: arena prompt tree, compact blocks, the default plan format
+//!   (guided: the arena's intents, bound by grammar), parallel layout, through the worker pool,
+//!   on each model file.
+//!
+//! - `llama-batched-bench` (with `--batched-bench PATH`): llama.cpp's own tool at the parallel
+//!   layout's shapes (its mean block length, 40 tokens, as many sequences), the engine's limit.
 //!
 //! Then a lone agent's latency (warm prefix) and the cold start with a saved prefix state.
 #![expect(
@@ -25,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;
-use std::num::NonZeroU32;
+use std::num::{NonZero, NonZeroU32};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +39,7 @@ use hivemind_arena::{ArenaAssets, ArenaConfig};
 use hivemind_core::action::ActionRegistry;
 use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::{Clock, Deadline};
-use hivemind_core::config::{HivemindConfig, Sampling};
+use hivemind_core::config::{HivemindConfig, PlanFormat, Sampling};
 use hivemind_core::plan::{OutputFormat, PlanStep};
 use hivemind_core::prompt::{AgentTask, PromptLevel};
 use hivemind_core::snapshot::{AgentId, WorldSnapshot};
@@ -58,6 +63,8 @@ struct Args {
     quants: Vec<Quantization>,
     out: PathBuf,
     lone_runs: usize,
+    /// llama.cpp's `llama-batched-bench`, run at the parallel layout's shapes as the engine limit.
+    batched_bench: Option<PathBuf>,
 }
 
 fn args() -> Result<Args, Box<dyn Error>> {
@@ -66,6 +73,7 @@ fn args() -> Result<Args, Box<dyn Error>> {
         quants: vec![Quantization::Q4_1, Quantization::Q8_0, Quantization::Q4_0],
         out: Path::new(ROOT).join("target/hivemind-bench"),
         lone_runs: 12,
+        batched_bench: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +96,7 @@ fn args() -> Result<Args, Box<dyn Error>> {
             }
             "--out" => a.out = PathBuf::from(it.next().unwrap_or_default()),
             "--lone-runs" => a.lone_runs = it.next().unwrap_or_default().parse()?,
+            "--batched-bench" => a.batched_bench = it.next().map(PathBuf::from),
             // cargo bench passes this to every bench target.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
@@ -107,6 +116,8 @@ struct Row {
     generated_tokens: u64,
     first_step: Vec<Duration>,
     full_plan: Vec<Duration>,
+    /// When each answer ended. A guided plan is whole at its intent; its line comes after.
+    answer: Vec<Duration>,
     valid: usize,
 }
 
@@ -117,9 +128,15 @@ impl Row {
 
     /// The row's columns, formatted once for both the table and the CSV: strategy, model,
     /// agents, wall s, plans/s, prompt and generation tok/s, first step p50 and p95 ms, full
-    /// plan p95 ms, valid %, and `ratio` to naive.
-    fn fields(&self, ratio: f64) -> [String; 12] {
+    /// plan p95 ms, answer p95 ms, valid %, and `ratio` to naive; then the time until every
+    /// plan was whole, and naive's wall time over it.
+    fn fields(&self, ratio: f64, naive: f64) -> [String; 15] {
         let secs = self.wall.as_secs_f64();
+        let plans = self
+            .full_plan
+            .iter()
+            .max()
+            .map_or(secs, Duration::as_secs_f64);
         [
             self.strategy.clone(),
             self.model.clone(),
@@ -131,11 +148,14 @@ impl Row {
             ms(percentile(&self.first_step, 50.0)),
             ms(percentile(&self.first_step, 95.0)),
             ms(percentile(&self.full_plan, 95.0)),
+            ms(percentile(&self.answer, 95.0)),
             format!(
                 "{:.0}",
                 100.0 * self.valid as f64 / self.agents.max(1) as f64
             ),
             format!("{ratio:.2}"),
+            format!("{plans:.2}"),
+            format!("{:.2}", naive / plans),
         ]
     }
 }
@@ -287,6 +307,7 @@ fn naive(
             row.generated_tokens += 1;
         }
         row.full_plan.push(agent_start.elapsed());
+        row.answer.push(agent_start.elapsed());
         if naive_valid(registry, snapshot, &String::from_utf8_lossy(&text)) {
             row.valid += 1;
         }
@@ -386,6 +407,7 @@ fn layout_on_naive_prompts(
     if !shared {
         row.first_step = timing.first.iter().flatten().copied().collect();
         row.full_plan = timing.end.iter().flatten().copied().collect();
+        row.answer.clone_from(&row.full_plan);
         row.valid = snapshots
             .iter()
             .zip(&timing.text)
@@ -393,29 +415,100 @@ fn layout_on_naive_prompts(
             .count();
     } else {
         row.full_plan = timing.end.iter().flatten().copied().collect();
+        row.answer.clone_from(&row.full_plan);
     }
     Ok(row)
 }
 
+/// The task the default configuration asks for `snapshot`: its plan format, and in the guided
+/// format the arena's intents, as the plugin's planner offers them.
+fn default_task(assets: &ArenaAssets, snapshot: &WorldSnapshot) -> AgentTask {
+    match HivemindConfig::default().model.plan_format {
+        PlanFormat::Guided => AgentTask::Guided {
+            options: hivemind_arena::intents(&assets.domain, &assets.registry, snapshot),
+        },
+        PlanFormat::Free => AgentTask::Plan,
+    }
+}
+
+/// llama.cpp's own `llama-batched-bench` at `agents` sequences of `block` prompt tokens and 40
+/// generated, with a unified cache and as many threads as the backend: the engine's limit at
+/// the parallel layout's shapes. Its prefill starts from an empty cache, where the layout's
+/// agents also attend over the system prompt.
+fn batched_bench(
+    bench: &Path,
+    model: &Path,
+    block: usize,
+    agents: usize,
+) -> Result<Row, Box<dyn Error>> {
+    let threads = std::thread::available_parallelism().map_or(2, NonZero::get);
+    let out = std::process::Command::new(bench)
+        .args([
+            "-m",
+            &model.to_string_lossy(),
+            "-c",
+            "8192",
+            "-b",
+            "2048",
+            "-ub",
+            "512",
+        ])
+        .args(["-npp", &block.to_string(), "-ntg", &GENERATED.to_string()])
+        .args([
+            "-npl",
+            &agents.to_string(),
+            "-t",
+            &threads.to_string(),
+            "-kvu",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
+    let cells: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            let cells: Vec<f64> = l.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+            (cells.len() == 10).then_some(cells)
+        })
+        .next_back()
+        .ok_or_else(|| format!("no result row from {}:\n{text}", bench.display()))?;
+    Ok(Row {
+        strategy: "llama-batched-bench".into(),
+        agents,
+        wall: Duration::from_secs_f64(cells[8]),
+        prompt_tokens: (block * agents) as u64,
+        generated_tokens: u64::from(GENERATED) * agents as u64,
+        ..Row::default()
+    })
+}
+
 /// The default configuration through the worker pool: first steps, full plans, validity.
+///
+/// A guided answer's first step is its intent: the game expands it into steps at once. It is
+/// valid when it names an offered option whose expansion has steps.
 fn default_config(
     pool: &mut WorkerPool,
     clock: &Clock,
+    assets: &ArenaAssets,
     snapshots: &[WorldSnapshot],
 ) -> Result<Row, Box<dyn Error>> {
     let start = clock.now();
     let wall = Instant::now();
+    let mut tasks = BTreeMap::new();
     for (i, s) in snapshots.iter().enumerate() {
-        pool.submit(
+        let task = default_task(assets, s);
+        let job = pool.submit(
             JobRequest {
                 agent: s.agent,
                 persona: if i % 2 == 0 { "veteran" } else { "rookie" }.into(),
-                task: AgentTask::Plan,
+                task: task.clone(),
                 snapshot: s.clone(),
                 deadline: Deadline::after(start, Duration::from_millis(500)),
             },
             0,
         );
+        tasks.insert(job.0, (s, task));
     }
     pool.dispatch();
     let mut row = Row {
@@ -434,9 +527,39 @@ fn default_config(
                 *steps.entry(event.job.0).or_default() += 1;
             }
             WorkerEventKind::Step { .. } => *steps.entry(event.job.0).or_default() += 1,
+            WorkerEventKind::Intent { intent } => {
+                row.first_step.push(event.at.since(start));
+                row.full_plan.push(event.at.since(start));
+                let expanded = tasks.get(&event.job.0).and_then(|(s, task)| match task {
+                    AgentTask::Guided { options } => {
+                        let option = options.get((intent as usize).checked_sub(1)?)?;
+                        Some(hivemind_arena::expand_intent(
+                            &assets.domain,
+                            &assets.registry,
+                            s,
+                            &option.goal,
+                        ))
+                    }
+                    _ => None,
+                });
+                let valid = expanded.is_some_and(|steps| {
+                    !steps.is_empty()
+                        && tasks.get(&event.job.0).is_some_and(|(s, _)| {
+                            steps
+                                .iter()
+                                .all(|step| assets.registry.validate_step(step, s).is_ok())
+                        })
+                });
+                if valid {
+                    *steps.entry(event.job.0).or_default() += 1;
+                }
+            }
             WorkerEventKind::Finished(outcome) => {
                 finished += 1;
-                row.full_plan.push(event.at.since(start));
+                row.answer.push(event.at.since(start));
+                if !matches!(tasks.get(&event.job.0), Some((_, AgentTask::Guided { .. }))) {
+                    row.full_plan.push(event.at.since(start));
+                }
                 match outcome {
                     JobOutcome::Completed { usage } => {
                         row.prompt_tokens += usage.prompt_tokens;
@@ -504,6 +627,16 @@ fn main() -> Result<(), Box<dyn Error>> {
             let mut r = layout_on_naive_prompts(&base, &assets.registry, snapshots, shared)?;
             r.model = tag(&shipped);
             eprintln!("{} n={n}: {:.2} s", r.strategy, r.wall.as_secs_f64());
+            if let (Some(bench), false) = (&args.batched_bench, shared) {
+                // The same shapes: each agent's block (the mean, rounded) and 40 tokens.
+                let block = (r.prompt_tokens as f64 / n as f64).round() as usize;
+                let mut b = batched_bench(bench, &shipped, block, n)?;
+                b.model = tag(&shipped);
+                eprintln!("llama-batched-bench n={n}: {:.2} s", b.wall.as_secs_f64());
+                rows.push(r);
+                rows.push(b);
+                continue;
+            }
             rows.push(r);
         }
     }
@@ -520,9 +653,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         let factory = LlamaFactory::new(options_for(&path, &state_dir))?;
         let mut pool = pool_for(Arc::clone(&factory), &assets, &clock);
         // Warm the prefix tree (and save it) with one untimed batch.
-        default_config(&mut pool, &clock, &all[..2])?;
+        default_config(&mut pool, &clock, &assets, &all[..2])?;
         for &n in &args.agents {
-            let mut r = default_config(&mut pool, &clock, &all[..n])?;
+            let mut r = default_config(&mut pool, &clock, &assets, &all[..n])?;
             r.strategy = format!("default/{}", quant.tag());
             r.model = quant.tag().into();
             eprintln!("{} n={n}: {:.2} s", r.strategy, r.wall.as_secs_f64());
@@ -535,7 +668,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             ..Row::default()
         };
         for s in all.iter().take(args.lone_runs) {
-            let r = default_config(&mut pool, &clock, std::slice::from_ref(s))?;
+            let r = default_config(&mut pool, &clock, &assets, std::slice::from_ref(s))?;
             l.agents += 1;
             l.wall += r.wall;
             l.valid += r.valid;
@@ -543,6 +676,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             l.generated_tokens += r.generated_tokens;
             l.first_step.extend(r.first_step);
             l.full_plan.extend(r.full_plan);
+            l.answer.extend(r.answer);
         }
         pool.shutdown();
         drop(pool);
@@ -550,7 +684,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let cold = Instant::now();
         let factory = LlamaFactory::new(options_for(&path, &state_dir))?;
         let mut pool = pool_for(factory, &assets, &clock);
-        let r = default_config(&mut pool, &clock, &all[..1])?;
+        let r = default_config(&mut pool, &clock, &assets, &all[..1])?;
         let cold = cold.elapsed();
         pool.shutdown();
         lone.push((quant, l, cold, r.valid));
@@ -563,39 +697,55 @@ fn main() -> Result<(), Box<dyn Error>> {
         .collect();
     let mut table = String::new();
     let mut csv = String::from(
-        "strategy,model,agents,wall_s,plans_per_s,prompt_tok_s,gen_tok_s,first_step_p50_ms,first_step_p95_ms,full_plan_p95_ms,valid_pct,vs_naive\n",
+        "strategy,model,agents,wall_s,plans_per_s,prompt_tok_s,gen_tok_s,first_step_p50_ms,first_step_p95_ms,full_plan_p95_ms,answer_p95_ms,valid_pct,vs_naive,all_plans_s,plans_vs_naive\n",
     );
     let _ = writeln!(
         table,
-        "| strategy | model | agents | wall s | plans/s | prompt tok/s | gen tok/s | first step p50 / p95 ms | full plan p95 ms | valid | × naive |"
+        "| strategy | model | agents | wall s | plans/s | prompt tok/s | gen tok/s | first step p50 / p95 ms | full plan p95 ms | answer p95 ms | valid | × naive | all plans in s | × naive (plans) |"
     );
-    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        table,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &rows {
-        let ratio = naive_wall
-            .get(&r.agents)
-            .map_or(0.0, |n| n.as_secs_f64() / r.wall.as_secs_f64());
-        let f = r.fields(ratio);
+        let naive = naive_wall.get(&r.agents).map_or(0.0, Duration::as_secs_f64);
+        let f = r.fields(naive / r.wall.as_secs_f64(), naive);
         let _ = writeln!(csv, "{}", f.join(","));
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} % | {}× |",
-            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} % | {}× | {} | {}× |",
+            f[0],
+            f[1],
+            f[2],
+            f[3],
+            f[4],
+            f[5],
+            f[6],
+            f[7],
+            f[8],
+            f[9],
+            f[10],
+            f[11],
+            f[12],
+            f[13],
+            f[14]
         );
     }
     let _ = writeln!(
         table,
-        "\n| lone agent, warm prefix | runs | first step p50 ms | first step p95 ms | full plan p50 ms | full plan p95 ms | valid | cold start to first plan |"
+        "\n| lone agent, warm prefix | runs | first step p50 ms | first step p95 ms | full plan p50 ms | full plan p95 ms | answer p95 ms | valid | cold start to first plan |"
     );
-    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
     for (quant, l, cold, cold_valid) in &lone {
         let _ = writeln!(
             table,
-            "| {quant} | {} | {} | {} | {} | {} | {}/{} | {:.0} ms ({}) |",
+            "| {quant} | {} | {} | {} | {} | {} | {} | {}/{} | {:.0} ms ({}) |",
             l.agents,
             ms(percentile(&l.first_step, 50.0)),
             ms(percentile(&l.first_step, 95.0)),
             ms(percentile(&l.full_plan, 50.0)),
             ms(percentile(&l.full_plan, 95.0)),
+            ms(percentile(&l.answer, 95.0)),
             l.valid,
             l.agents,
             cold.as_secs_f64() * 1000.0,
@@ -603,16 +753,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         );
         let _ = writeln!(
             csv,
-            "lone/{quant},{quant},1,{:.3},,,,{},{},{},{:.1},",
+            "lone/{quant},{quant},1,{:.3},,,,{},{},{},{},{:.1},",
             l.wall.as_secs_f64() / l.agents.max(1) as f64,
             ms(percentile(&l.first_step, 50.0)),
             ms(percentile(&l.first_step, 95.0)),
             ms(percentile(&l.full_plan, 95.0)),
+            ms(percentile(&l.answer, 95.0)),
             100.0 * l.valid as f64 / l.agents.max(1) as f64,
         );
         let _ = writeln!(
             csv,
-            "cold_start/{quant},{quant},1,{:.3},,,,,,,,",
+            "cold_start/{quant},{quant},1,{:.3},,,,,,,,,",
             cold.as_secs_f64()
         );
     }

@@ -7,7 +7,9 @@
 //! and puts back the root and the batch's branches in a fixed order. A batch therefore always
 //! starts from the same cells in the same places, whatever ran before it and on whichever
 //! worker, which is what makes a lockstep run repeat exactly. Restoring copies memory; it
-//! decodes nothing.
+//! decodes nothing. When the last batch ended cleanly on the same levels, the cache already
+//! holds exactly that state (a batch only adds its agents' cells and removes them all), so the
+//! copy is skipped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ pub struct PrefixStats {
     pub loaded_levels: u64,
     /// Batches started from restored prefix state.
     pub restores: u64,
+    /// Of those, batches that found the state already in place and copied nothing.
+    pub reused: u64,
 }
 
 /// The levels every session of one factory holds in memory, counted per session, so the
@@ -89,6 +93,18 @@ pub(crate) struct PrefixStore {
     clock: u64,
     pub(crate) stats: PrefixStats,
     warm: WarmLevels,
+    /// The levels the cache holds exactly, and nothing else, since the last clean batch.
+    resident: Option<Resident>,
+    /// The levels of the batch under way, resident again once it ends cleanly.
+    in_use: Option<Resident>,
+}
+
+/// A restored set of levels: the root, the sorted branch keys and where they are.
+#[derive(Clone, Debug)]
+struct Resident {
+    root: u64,
+    keys: Vec<u64>,
+    restored: Restored,
 }
 
 impl Drop for PrefixStore {
@@ -100,6 +116,7 @@ impl Drop for PrefixStore {
 }
 
 /// Where a restored batch's prefixes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Restored {
     /// Sequence of each branch key.
     pub(crate) branches: Vec<(u64, SeqId, u32)>,
@@ -129,6 +146,8 @@ impl PrefixStore {
             clock: 0,
             stats: PrefixStats::default(),
             warm: WarmLevels::default(),
+            resident: None,
+            in_use: None,
         }
     }
 
@@ -187,6 +206,8 @@ impl PrefixStore {
                 shape.n_ctx
             )));
         }
+        // Loading or decoding a level empties the cache.
+        self.resident = None;
         let state = match self.load(engine, level.key, &tokens)? {
             Some(state) => {
                 self.stats.loaded_levels += 1;
@@ -237,17 +258,48 @@ impl PrefixStore {
     }
 
     /// Empties the cache and restores `root` into sequence 0 and each branch into a sequence of
-    /// its own (in key order), sharing the root's cells.
+    /// its own (in key order), sharing the root's cells. If the last batch restored the same
+    /// levels and ended cleanly ([`PrefixStore::batch_ended`]), the cache already holds exactly
+    /// that and is left as it is.
     pub(crate) fn restore(
         &mut self,
         engine: &mut Engine,
         root: u64,
         branches: &[u64],
     ) -> Result<Restored, LlamaError> {
-        let missing = || LlamaError::State("a prefix level was not decoded".into());
         let mut keys: Vec<u64> = branches.to_vec();
         keys.sort_unstable();
         keys.dedup();
+        self.stats.restores += 1;
+        let resident = match self.resident.take() {
+            Some(r) if r.root == root && r.keys == keys => {
+                self.stats.reused += 1;
+                r
+            }
+            _ => Resident {
+                restored: self.copy_in(engine, root, &keys)?,
+                root,
+                keys,
+            },
+        };
+        let restored = resident.restored.clone();
+        self.in_use = Some(resident);
+        Ok(restored)
+    }
+
+    /// Marks the batch begun by the last [`PrefixStore::restore`] as ended with every agent's
+    /// cells removed, so the cache holds only its prefix levels again.
+    pub(crate) fn batch_ended(&mut self) {
+        self.resident = self.in_use.take();
+    }
+
+    fn copy_in(
+        &mut self,
+        engine: &mut Engine,
+        root: u64,
+        keys: &[u64],
+    ) -> Result<Restored, LlamaError> {
+        let missing = || LlamaError::State("a prefix level was not decoded".into());
         engine.clear_cache();
         let root_node = self.nodes.get(&root).ok_or_else(missing)?;
         let s0 = engine.seq(0)?;
@@ -255,7 +307,7 @@ impl PrefixStore {
         let root_end = root_node.end;
         let mut cells = root_end;
         let mut restored = Vec::with_capacity(keys.len());
-        for (i, key) in keys.into_iter().enumerate() {
+        for (i, &key) in keys.iter().enumerate() {
             let node = self.nodes.get(&key).ok_or_else(missing)?;
             let seq = engine.seq(1 + i as u32)?;
             engine.restore_seq(&node.state, seq)?;
@@ -263,7 +315,6 @@ impl PrefixStore {
             cells += node.end - node.start;
             restored.push((key, seq, node.end));
         }
-        self.stats.restores += 1;
         Ok(Restored {
             first_free: 1 + restored.len() as u32,
             branches: restored,

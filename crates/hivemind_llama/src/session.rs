@@ -348,7 +348,9 @@ impl LlamaSession {
             self.stats.decodes += 1;
             self.sample_step(&mut active, sink, &mut free_cells, &mut free_seqs);
         }
-        // Agents' cells are gone; only the prefix remains, as the next run expects.
+        // Agents' cells are gone; only the prefix remains, as the next run expects. (A run that
+        // failed above may have left cells, and the next one copies its prefix in again.)
+        self.prefix.batch_ended();
         Ok(())
     }
 

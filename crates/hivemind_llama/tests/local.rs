@@ -313,8 +313,17 @@ fn greedy_output_repeats_whatever_ran_before_and_on_any_worker() {
 
     let mut first = factory.session().unwrap();
     let a = run(&mut first, &plans);
+    // Straight after a clean batch on the same levels, the cache is reused as it stands.
+    let again = run(&mut first, &plans);
+    assert_eq!(first.stats().prefix.reused, 1);
     let _ = run(&mut first, &lines);
     let b = run(&mut first, &plans);
+    assert_eq!(
+        first.stats().prefix.reused,
+        1,
+        "other levels ran in between"
+    );
+    assert_eq!(a.text, again.text, "the same batch on the cache it left");
     // A second worker: its own context, which never ran anything else.
     let mut second = factory.session().unwrap();
     let c = run(&mut second, &plans);

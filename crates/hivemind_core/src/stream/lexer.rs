@@ -142,6 +142,11 @@ impl NumLexer {
         Ok(true)
     }
 
+    /// The value so far, if it is a whole number that more digits could only make larger.
+    fn partial(&self) -> Option<u64> {
+        (self.state == NumState::Int && !self.negative && !self.overflow).then_some(self.magnitude)
+    }
+
     fn value(&self) -> Number {
         if !matches!(self.state, NumState::Zero | NumState::Int) {
             return Number::Fraction;
@@ -205,7 +210,7 @@ impl Lexer {
             State::Lit => return self.literal_byte(byte, shape),
             State::Num => {
                 if self.num.accept(byte)? {
-                    return Ok(());
+                    return shape.number_so_far(self.num.partial(), out);
                 }
                 // The byte after a number ends it and is then read as what follows the value.
                 self.state = self.after_value();
@@ -224,7 +229,13 @@ impl Lexer {
                 )),
             },
             State::ValueOrClose if byte == b']' => self.close(shape, out),
-            State::Value | State::ValueOrClose => self.start_value(byte, at, shape),
+            State::Value | State::ValueOrClose => {
+                self.start_value(byte, at, shape)?;
+                if self.state == State::Num {
+                    shape.number_so_far(self.num.partial(), out)?;
+                }
+                Ok(())
+            }
             State::KeyOrClose | State::Key if byte == b'"' => {
                 self.start_string(true);
                 shape.key_start();

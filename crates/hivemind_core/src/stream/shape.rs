@@ -184,6 +184,9 @@ impl Words {
 pub(super) struct Shape {
     pub(super) format: OutputFormat,
     pub(super) expected: Option<AgentId>,
+    /// The highest intent any answer may name, if known: an intent is then reported as soon as
+    /// no further digit could keep it in range, not when the byte after it arrives.
+    pub(super) intent_bound: Option<u32>,
     level: Level,
     in_wrapper: bool,
     /// How deep the lexer is inside a value that is being skipped.
@@ -198,6 +201,8 @@ pub(super) struct Shape {
     agent: Option<AgentId>,
     keys_seen: u8,
     answer_key: AnswerKey,
+    /// The intent already reported from its digits, before the number ended.
+    intent_early: Option<u32>,
     steps_done: usize,
     held: Vec<Held>,
     held_steps: usize,
@@ -219,6 +224,7 @@ impl Shape {
         Shape {
             format,
             expected: None,
+            intent_bound: None,
             level: Level::Top,
             in_wrapper: false,
             skip: 0,
@@ -230,6 +236,7 @@ impl Shape {
             agent: None,
             keys_seen: 0,
             answer_key: AnswerKey::Other,
+            intent_early: None,
             steps_done: 0,
             held: Vec::new(),
             held_steps: 0,
@@ -335,6 +342,7 @@ impl Shape {
         self.agent = None;
         self.keys_seen = 0;
         self.answer_key = AnswerKey::Other;
+        self.intent_early = None;
         self.steps_done = 0;
         self.held.clear();
         self.held_steps = 0;
@@ -525,6 +533,33 @@ impl Shape {
         }
     }
 
+    /// A number grew by a digit; `so_far` is its value if it is a whole number that more digits
+    /// could only make larger. An intent that no further digit could keep within
+    /// [`Shape::intent_bound`] is complete already, and reported now.
+    pub(super) fn number_so_far(
+        &mut self,
+        so_far: Option<u64>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), Fault> {
+        let (Some(bound), Some(n)) = (self.intent_bound, so_far) else {
+            return Ok(());
+        };
+        let complete = n >= 1 && n.saturating_mul(10) > u64::from(bound);
+        if self.skip > 0
+            || self.level != Level::Answer
+            || self.answer_key != AnswerKey::Intent
+            || self.intent_early.is_some()
+            || !complete
+        {
+            return Ok(());
+        }
+        let Ok(intent) = u32::try_from(n) else {
+            return Ok(());
+        };
+        self.intent_early = Some(intent);
+        self.emit(Held::Intent(intent), out)
+    }
+
     pub(super) fn number(
         &mut self,
         number: Number,
@@ -536,19 +571,21 @@ impl Shape {
         match self.level {
             Level::Answer => match self.answer_key {
                 AnswerKey::Agent => self.agent_id(number, out),
-                AnswerKey::Intent => match number {
-                    Number::Int(n) => match u32::try_from(n) {
-                        Ok(intent) => self.emit(Held::Intent(intent), out),
-                        Err(_) => Err(Fault::BadValue {
+                AnswerKey::Intent => {
+                    let whole = match number {
+                        Number::Int(n) => u32::try_from(n).ok(),
+                        Number::TooBig | Number::Fraction => None,
+                    };
+                    match (whole, self.intent_early) {
+                        // Reported from its digits; it must have ended as it was.
+                        (Some(intent), Some(early)) if intent == early => Ok(()),
+                        (Some(intent), None) => self.emit(Held::Intent(intent), out),
+                        _ => Err(Fault::BadValue {
                             key: "intent",
                             expected: INTENT_EXPECTED,
                         }),
-                    },
-                    Number::TooBig | Number::Fraction => Err(Fault::BadValue {
-                        key: "intent",
-                        expected: INTENT_EXPECTED,
-                    }),
-                },
+                    }
+                }
                 AnswerKey::Steps | AnswerKey::Say | AnswerKey::Other => Ok(()),
             },
             Level::Step => {

@@ -1310,3 +1310,46 @@ proptest! {
         prop_assert!(parser.bytes_seen() <= bytes.len());
     }
 }
+
+#[test]
+fn a_bounded_intent_is_reported_on_its_last_possible_digit() {
+    let feed = |bound: u32, text: &str| {
+        let mut parser = StreamParser::new(OutputFormat::Guided)
+            .with_agent(AgentId(3))
+            .with_intent_bound(bound);
+        let mut events = Vec::new();
+        parser.feed(text.as_bytes(), &mut events).map(|()| events)
+    };
+    // With four options, the one digit is the whole intent: no need to wait for the comma.
+    assert_eq!(feed(4, r#"{"agent":3,"intent":2"#), Ok(vec![intent(3, 2)]));
+    // Without a bound (or with one it might still grow into) it waits for the number's end.
+    let unbounded = {
+        let mut parser = StreamParser::new(OutputFormat::Guided).with_agent(AgentId(3));
+        let mut events = Vec::new();
+        parser
+            .feed(br#"{"agent":3,"intent":2"#, &mut events)
+            .map(|()| events)
+    };
+    assert_eq!(unbounded, Ok(vec![]));
+    assert_eq!(feed(12, r#"{"agent":3,"intent":1"#), Ok(vec![]));
+    assert_eq!(
+        feed(12, r#"{"agent":3,"intent":11"#),
+        Ok(vec![intent(3, 11)])
+    );
+    assert_eq!(
+        feed(12, r#"{"agent":3,"intent":1,"#),
+        Ok(vec![intent(3, 1)])
+    );
+    // The end of the number reports nothing twice, and the answer goes on as before.
+    let whole = feed(4, r#"{"agent":3,"intent":2,"say":"Go."}"#).unwrap();
+    assert_eq!(whole, [intent(3, 2), words(3, "Go."), done(3)]);
+    // Digits or a fraction after an intent that was already complete are a fault.
+    assert!(matches!(
+        feed(4, r#"{"agent":3,"intent":23,"#),
+        Err(StreamError::BadValue { .. })
+    ));
+    assert!(matches!(
+        feed(4, r#"{"agent":3,"intent":2.5,"#),
+        Err(StreamError::BadValue { .. })
+    ));
+}

@@ -12,8 +12,12 @@ use super::{
     WorkItem, WorkerEvent, WorkerEventKind,
 };
 use crate::action::ActionRegistry;
-use crate::backend::{BackendError, Batch, BatchSink, InferenceBackend, JobId, TokenUsage};
+use crate::backend::{
+    BackendError, Batch, BatchAgent, BatchSink, InferenceBackend, JobId, TokenUsage,
+};
 use crate::clock::{Clock, Deadline, Timestamp};
+use crate::plan::OutputFormat;
+use crate::prompt::AgentTask;
 use crate::snapshot::{AgentId, WorldSnapshot};
 use crate::stream::{StreamEvent, StreamParser};
 
@@ -301,6 +305,18 @@ impl<'r, 's> Sink<'r, 's> {
         registry: &'r ActionRegistry,
         start: Timestamp,
     ) -> Self {
+        // A guided answer's intent is reported on its last possible digit.
+        let parser = |agents: &[&BatchAgent]| {
+            let options = agents.iter().map(|a| match &a.task {
+                AgentTask::Guided { options } => options.len(),
+                _ => 0,
+            });
+            let parser = StreamParser::new(batch.format);
+            match u32::try_from(options.max().unwrap_or(0)) {
+                Ok(max) if batch.format == OutputFormat::Guided => parser.with_intent_bound(max),
+                _ => parser,
+            }
+        };
         let (streams, by_agent) = if batch.shared.is_some() {
             let by_agent = batch
                 .agents
@@ -308,13 +324,14 @@ impl<'r, 's> Sink<'r, 's> {
                 .zip(&slot_of)
                 .map(|(a, s)| (a.agent, *s))
                 .collect();
-            (vec![(StreamParser::new(batch.format), slot_of)], by_agent)
+            let all: Vec<&BatchAgent> = batch.agents.iter().collect();
+            (vec![(parser(&all), slot_of)], by_agent)
         } else {
             let streams = batch
                 .agents
                 .iter()
                 .zip(slot_of)
-                .map(|(a, s)| (StreamParser::new(batch.format).with_agent(a.agent), vec![s]))
+                .map(|(a, s)| (parser(&[a]).with_agent(a.agent), vec![s]))
                 .collect();
             (streams, HashMap::new())
         };
