@@ -182,6 +182,12 @@ pub struct IntentOption {
 }
 
 impl IntentOption {
+    /// The option an answer's `intent` names among `options`, numbered from 1 as the prompt
+    /// lists them; `None` for a number that was not offered.
+    pub fn numbered(options: &[IntentOption], intent: u32) -> Option<&IntentOption> {
+        options.get(usize::try_from(intent).ok()?.checked_sub(1)?)
+    }
+
     /// An option for `goal`, shown as `label: reason`.
     pub fn new(
         goal: impl Into<String>,
@@ -227,6 +233,14 @@ impl AgentTask {
             AgentTask::Plan => OutputFormat::FreePlan,
             AgentTask::Guided { .. } => OutputFormat::Guided,
             AgentTask::Dialogue { .. } | AgentTask::Banter { .. } => OutputFormat::Line,
+        }
+    }
+
+    /// The options a guided task offers, best first; none for other tasks.
+    pub fn options(&self) -> &[IntentOption] {
+        match self {
+            AgentTask::Guided { options } => options,
+            _ => &[],
         }
     }
 
@@ -524,30 +538,30 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
             escape_untrusted(request.persona, MAX_UNTRUSTED_CHARS)
         );
     }
-    match &request.task {
-        // A guided answer picks an option, and the options carry their places.
-        AgentTask::Guided { .. } => out.push_str(&request.snapshot.render_brief()),
-        _ => out.push_str(&request.snapshot.render()),
-    }
+    // A guided answer picks an option, and the options carry their places.
+    out.push_str(&if matches!(request.task, AgentTask::Guided { .. }) {
+        request.snapshot.render_brief()
+    } else {
+        request.snapshot.render()
+    });
     match &request.task {
         // The snapshot is the whole request: the answer's forced start names the agent.
         AgentTask::Plan => {}
         AgentTask::Guided { options } => {
             out.push_str("\nOptions:\n");
             // As with a plan, the answer's forced start names the agent.
-            let lines: Vec<String> = options
-                .iter()
-                .enumerate()
-                .map(|(i, o)| {
-                    format!(
-                        "{} {}: {}",
-                        i + 1,
-                        escape_untrusted(&o.label, MAX_UNTRUSTED_CHARS),
-                        escape_untrusted(&o.reason, MAX_UNTRUSTED_CHARS)
-                    )
-                })
-                .collect();
-            out.push_str(&lines.join("\n"));
+            for (i, o) in options.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                let _ = write!(
+                    out,
+                    "{} {}: {}",
+                    i + 1,
+                    escape_untrusted(&o.label, MAX_UNTRUSTED_CHARS),
+                    escape_untrusted(&o.reason, MAX_UNTRUSTED_CHARS)
+                );
+            }
         }
         AgentTask::Dialogue {
             history,
@@ -834,6 +848,25 @@ mod tests {
         // The options carry their places; the situation is told without coordinates.
         assert!(text.starts_with(&snapshot.render_brief()), "{text}");
         assert!(!text.contains("at=("), "{text}");
+    }
+
+    #[test]
+    fn intents_are_numbered_from_one_as_the_prompt_lists_them() {
+        let options = [
+            IntentOption::new("kill_enemy", "attack 7", "closest"),
+            IntentOption::new("take_cover", "take cover", "hp low"),
+        ];
+        let goal = |n| IntentOption::numbered(&options, n).map(|o| o.goal.as_str());
+        assert_eq!(goal(1), Some("kill_enemy"));
+        assert_eq!(goal(2), Some("take_cover"));
+        assert_eq!(goal(0), None);
+        assert_eq!(goal(3), None);
+        assert_eq!(goal(u32::MAX), None);
+        let task = AgentTask::Guided {
+            options: options.to_vec(),
+        };
+        assert_eq!(task.options(), options);
+        assert!(AgentTask::Plan.options().is_empty());
     }
 
     #[test]

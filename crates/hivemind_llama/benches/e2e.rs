@@ -41,7 +41,7 @@ use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::{Clock, Deadline};
 use hivemind_core::config::{HivemindConfig, PlanFormat, Sampling};
 use hivemind_core::plan::{OutputFormat, PlanStep};
-use hivemind_core::prompt::{AgentTask, PromptLevel};
+use hivemind_core::prompt::{AgentTask, IntentOption, PromptLevel};
 use hivemind_core::snapshot::{AgentId, WorldSnapshot};
 use hivemind_core::stream::{StreamEvent, StreamParser};
 use hivemind_core::worker::{JobOutcome, JobRequest, WorkerEventKind, WorkerPool};
@@ -537,26 +537,17 @@ fn default_config(
             WorkerEventKind::Intent { intent } => {
                 row.first_step.push(event.at.since(start));
                 row.full_plan.push(event.at.since(start));
-                let expanded = tasks.get(&event.job.0).and_then(|(s, task)| match task {
-                    AgentTask::Guided { options } => {
-                        let option = options.get((intent as usize).checked_sub(1)?)?;
-                        Some(hivemind_arena::expand_intent(
-                            &assets.domain,
-                            &assets.registry,
-                            s,
-                            &option.goal,
-                        ))
-                    }
-                    _ => None,
-                });
-                let valid = expanded.is_some_and(|steps| {
-                    !steps.is_empty()
-                        && tasks.get(&event.job.0).is_some_and(|(s, _)| {
-                            steps
-                                .iter()
-                                .all(|step| assets.registry.validate_step(step, s).is_ok())
-                        })
-                });
+                let Some((s, task)) = tasks.get(&event.job.0) else {
+                    continue;
+                };
+                let expanded = IntentOption::numbered(task.options(), intent)
+                    .map_or_else(Vec::new, |o| {
+                        hivemind_arena::expand_intent(&assets.domain, &assets.registry, s, &o.goal)
+                    });
+                let valid = !expanded.is_empty()
+                    && expanded
+                        .iter()
+                        .all(|step| assets.registry.validate_step(step, s).is_ok());
                 if valid {
                     *steps.entry(event.job.0).or_default() += 1;
                 }

@@ -9,6 +9,7 @@ use hivemind_core::cache::CachedAnswer;
 use hivemind_core::clock::{ClockKind, Deadline, Timestamp};
 use hivemind_core::metrics::Metrics;
 use hivemind_core::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
+use hivemind_core::prompt::IntentOption;
 use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::worker::{JobOutcome, WorkerEvent, WorkerEventKind};
 
@@ -161,9 +162,7 @@ impl Hivemind {
         if r.progress.intent.is_some() || !r.progress.steps.is_empty() {
             return;
         }
-        let option = (intent as usize)
-            .checked_sub(1)
-            .and_then(|i| r.options.get(i));
+        let option = IntentOption::numbered(&r.options, intent);
         let expanded = option.map(|o| (o.goal.clone(), planner.expand(&r.snapshot, &o.goal)));
         match expanded.filter(|(_, steps)| !steps.is_empty()) {
             Some((goal, steps)) => {

@@ -172,13 +172,7 @@ impl PromptContext {
     ) -> Result<Grammar, GrammarError> {
         let agents: Vec<GrammarAgent<'_>> = agents
             .iter()
-            .map(|(snapshot, task)| {
-                let options = match task {
-                    AgentTask::Guided { options } => options.len(),
-                    _ => 0,
-                };
-                GrammarAgent::new(snapshot).with_options(options)
-            })
+            .map(|(snapshot, task)| GrammarAgent::new(snapshot).with_options(task.options().len()))
             .collect();
         Grammar::build(format, &self.registry, &agents, self.limits)
     }

@@ -17,7 +17,6 @@ use crate::backend::{
 };
 use crate::clock::{Clock, Deadline, Timestamp};
 use crate::plan::OutputFormat;
-use crate::prompt::AgentTask;
 use crate::snapshot::{AgentId, WorldSnapshot};
 use crate::stream::{StreamEvent, StreamParser};
 
@@ -307,12 +306,9 @@ impl<'r, 's> Sink<'r, 's> {
     ) -> Self {
         // A guided answer's intent is reported on its last possible digit.
         let parser = |agents: &[&BatchAgent]| {
-            let options = agents.iter().map(|a| match &a.task {
-                AgentTask::Guided { options } => options.len(),
-                _ => 0,
-            });
+            let most = agents.iter().map(|a| a.task.options().len()).max();
             let parser = StreamParser::new(batch.format);
-            match u32::try_from(options.max().unwrap_or(0)) {
+            match u32::try_from(most.unwrap_or(0)) {
                 Ok(max) if batch.format == OutputFormat::Guided => parser.with_intent_bound(max),
                 _ => parser,
             }
