@@ -7,7 +7,6 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use hivemind::arena::fallback_plan;
 use hivemind::core::cache::{AnswerCache, CachedAnswer};
 use hivemind::core::clock::Timestamp;
 use hivemind::core::config::{CacheConfig, HivemindConfig};
@@ -18,6 +17,7 @@ use hivemind::core::prompt::{
 use hivemind::core::stream::StreamParser;
 use hivemind::core::templates::Slots;
 use hivemind::prelude::*;
+use hivemind_arena::fallback_plan;
 
 #[path = "support.rs"]
 mod support;

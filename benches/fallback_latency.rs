@@ -10,12 +10,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use hivemind::arena::fallback_plan;
 use hivemind::core::cache::{AnswerCache, CachedAnswer};
 use hivemind::core::clock::Timestamp;
 use hivemind::core::config::CacheConfig;
 use hivemind::core::templates::Slots;
 use hivemind::prelude::*;
+use hivemind_arena::fallback_plan;
 
 #[path = "support.rs"]
 mod support;

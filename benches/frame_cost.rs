@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use hivemind::arena::fallback_plan;
 use hivemind::bevy::prelude::*;
 use hivemind::bevy::{AgentSnapshot, FrameCost};
 use hivemind::core::backend::{FnFactory, InferenceBackend, Latency, ScriptedBackend};
 use hivemind::core::config::HivemindConfig;
 use hivemind::core::plan::BackendId;
+use hivemind_arena::fallback_plan;
 
 #[path = "support.rs"]
 mod support;
@@ -96,7 +96,7 @@ fn main() {
     config.deadlines.plan_ms = 50;
     config.batching.workers = 1;
     let script = ScriptedBackend::canned(&assets.registry.idle);
-    let backend = FnFactory::new(BackendId::Scripted, move || {
+    let backend = FnFactory::new(BackendId::SCRIPTED, move || {
         Ok(Box::new(
             ScriptedBackend::new(Arc::clone(&script)).with_latency(Latency::Real {
                 prompt: Duration::from_millis(40),

@@ -1,7 +1,7 @@
 //! What the benchmarks share: the arena's assets and varied situations from a played game.
 
-use hivemind::arena::{ArenaAssets, ArenaConfig};
 use hivemind::core::snapshot::WorldSnapshot;
+use hivemind_arena::{ArenaAssets, ArenaConfig};
 
 /// The shipped arena assets.
 #[expect(
@@ -15,5 +15,5 @@ pub fn assets() -> ArenaAssets {
 
 /// Every agent's snapshot at every tick of a GOAP-played game of `ticks` ticks.
 pub fn played_snapshots(assets: &ArenaAssets, ticks: usize) -> Vec<WorldSnapshot> {
-    hivemind::arena::play::played_snapshots(assets, ArenaConfig::default(), ticks)
+    hivemind_arena::play::played_snapshots(assets, ArenaConfig::default(), ticks)
 }

@@ -37,16 +37,16 @@ use bevy::text::TextBounds;
 use bevy::time::TimeUpdateStrategy;
 use bevy::window::WindowResolution;
 use clap::Parser;
-use hivemind::arena::{ArenaAssets, ArenaConfig, Team};
-use hivemind::arena_app::{
-    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, Stagger, name, scripted_backend,
-};
 use hivemind::bevy::prelude::*;
 use hivemind::bevy::{FallbackOnly, Hivemind, HivemindMetrics, RequestId};
 use hivemind::core::backend::{BackendError, BackendFactory, FnFactory, Latency, ReplayFactory};
 use hivemind::core::config::{ClockMode, HivemindConfig};
 use hivemind::core::metrics::{HumanDuration, LatencyStage};
 use hivemind::core::plan::{BackendId, RequestKind};
+use hivemind_arena::{ArenaAssets, ArenaConfig, Team};
+use hivemind_examples::arena_app::{
+    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, Stagger, name, scripted_backend,
+};
 
 /// One tick of the arena.
 const TICK: Duration = Duration::from_millis(200);
@@ -205,7 +205,7 @@ fn add_game(app: &mut App, args: &Args, assets: Arc<ArenaAssets>) {
         Ok(replay) => replay,
         Err(e) => {
             let why = e.to_string();
-            FnFactory::new(BackendId::Replay, move || {
+            FnFactory::new(BackendId::REPLAY, move || {
                 Err(BackendError::NoModel(why.clone()))
             })
         }
@@ -240,7 +240,7 @@ fn local_backend(config: &HivemindConfig) -> Arc<dyn BackendFactory> {
         let _ = config;
         "built without the `llama` feature".to_owned()
     };
-    FnFactory::new(BackendId::Local, move || {
+    FnFactory::new(BackendId::LOCAL, move || {
         Err(BackendError::NoModel(why.clone()))
     })
 }
@@ -796,7 +796,7 @@ fn update_hud(
     for (agent, view, npc, plan) in rows {
         let alive = world
             .agent(agent.id)
-            .is_some_and(hivemind::arena::Agent::is_alive);
+            .is_some_and(hivemind_arena::Agent::is_alive);
         let doing = if alive {
             plan.current_step()
                 .map_or_else(|| "-".to_owned(), |s| truncate(&s.to_string(), 15))

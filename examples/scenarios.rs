@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use hivemind::arena::ArenaAssets;
 use hivemind::core::config::{ClockMode, HivemindConfig, PromptLayout};
 use hivemind::core::metrics::Histogram;
-use hivemind::scenario_run::{Mode, Situation, SuiteOptions, SuiteReport, run_suite};
+use hivemind_arena::ArenaAssets;
+use hivemind_examples::scenario_run::{Mode, Situation, SuiteOptions, SuiteReport, run_suite};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ModeArg {

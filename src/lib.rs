@@ -6,7 +6,6 @@
 //! | module | crate | what it holds |
 //! |---|---|---|
 //! | [`core`] | `hivemind_core` | snapshots, plans, prompts, grammars, the stream parser, config, clock |
-//! | [`arena`] | `hivemind_arena` | the example arena's rules |
 //! | [`bevy`] | `bevy_hivemind` | the Bevy plugin |
 //! | `llama` (feature `llama`, default) | `hivemind_llama` | the in-process llama.cpp backend |
 //! | `remote` (feature `remote`) | `hivemind_remote` | the backend for OpenAI-compatible servers |
@@ -18,12 +17,12 @@
 //! in seconds; each backend and the plugin depend on it and never on each other. llama-cpp-2
 //! declares its API unstable, so only `hivemind_llama` names it. A game that only wants remote
 //! inference turns off the default `llama` feature and needs no C++ toolchain.
-
-pub mod arena_app;
-pub mod scenario_run;
+//!
+//! The example arena is not part of the facade: its rules (`hivemind_arena`) and its Bevy app and suite
+//! runners (`hivemind_examples`) are dev-dependencies, used only by this package's examples,
+//! tests and benchmarks, so a game that depends on hivemind compiles no example game.
 
 pub use bevy_hivemind as bevy;
-pub use hivemind_arena as arena;
 pub use hivemind_core as core;
 #[cfg(feature = "llama")]
 pub use hivemind_llama as llama;

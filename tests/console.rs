@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
-use hivemind::arena::{ArenaAssets, ArenaConfig};
-use hivemind::arena_app::{ArenaAppPlugin, scripted_backend};
 use hivemind::bevy::console::{
     Console, ConsoleAppExt, ConsoleCommands, ConsoleReply, HivemindConsolePlugin, Probe,
 };
@@ -21,6 +19,8 @@ use hivemind::bevy::{Hivemind, HivemindMetrics};
 use hivemind::core::backend::Latency;
 use hivemind::core::config::{ClockMode, HivemindConfig, PromptLayout};
 use hivemind::core::plan::BackendId;
+use hivemind_arena::{ArenaAssets, ArenaConfig};
+use hivemind_examples::arena_app::{ArenaAppPlugin, scripted_backend};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -115,7 +115,7 @@ fn unknown_commands_and_bad_arguments_print_usage_and_change_nothing() {
     ));
     let hm = app.world().resource::<Hivemind>();
     assert_eq!(hm.layout(), PromptLayout::ParallelSequences);
-    assert_eq!(hm.backend(), BackendId::Scripted);
+    assert_eq!(hm.backend(), BackendId::new(BackendId::SCRIPTED));
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn backend_layout_stream_and_force_fallback_switch_the_runtime() {
     assert!(has(&out, "registered: scripted"), "{out:?}");
     assert_eq!(
         app.world().resource::<Hivemind>().backend(),
-        BackendId::Scripted
+        BackendId::new(BackendId::SCRIPTED)
     );
 
     assert!(has(&run(&mut app, "hm layout shared"), "layout: shared"));
@@ -239,7 +239,7 @@ fn replay_records_a_transcript_and_plays_it_back() {
     assert!(has(&out, "backend: replay"), "{out:?}");
     assert_eq!(
         app.world().resource::<Hivemind>().backend(),
-        BackendId::Replay
+        BackendId::new(BackendId::REPLAY)
     );
     let out = run(&mut app, "hm replay play /no/such/file.jsonl");
     assert!(

@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
-use hivemind::arena::{ArenaAssets, ArenaConfig};
-use hivemind::arena_app::{
-    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, name, scripted_backend,
-};
 use hivemind::bevy::prelude::*;
 use hivemind::core::backend::{BackendFactory, Latency};
 use hivemind::core::config::{ClockMode, HivemindConfig, PlanFormat, Throughput};
+use hivemind_arena::{ArenaAssets, ArenaConfig};
+use hivemind_examples::arena_app::{
+    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, name, scripted_backend,
+};
 
 const TICK: Duration = Duration::from_millis(100);
 

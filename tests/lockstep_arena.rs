@@ -13,13 +13,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hivemind::arena::{ArenaAssets, ArenaConfig, World, fallback_plan};
 use hivemind::core::backend::{BatchAgent, FnFactory, InferenceBackend, Script, ScriptedBackend};
 use hivemind::core::clock::{Clock, Deadline};
 use hivemind::core::config::{BatchingConfig, HivemindConfig, OverflowPolicy, Throughput};
 use hivemind::core::prompt::{AgentTask, ChatTemplate, Persona, PromptRules};
 use hivemind::core::worker::{JobOutcome, JobRequest, PromptContext, WorkerEventKind, WorkerPool};
 use hivemind::prelude::*;
+use hivemind_arena::{ArenaAssets, ArenaConfig, ArenaWorld, fallback_plan};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -61,7 +61,7 @@ fn run(workers: usize, seed: u64, ticks: usize) -> Run {
         );
         Plan::new(agent.agent, steps, PlanSource::Goap).to_json()
     });
-    let factory = FnFactory::new(BackendId::Scripted, move || {
+    let factory = FnFactory::new(BackendId::SCRIPTED, move || {
         Ok(Box::new(ScriptedBackend::new(Arc::clone(&script))) as Box<dyn InferenceBackend>)
     });
     // A first step costs about 400 ms of virtual time at this rate, and agents' deadlines range
@@ -83,7 +83,7 @@ fn run(workers: usize, seed: u64, ticks: usize) -> Run {
         Clock::lockstep(throughput),
     );
 
-    let mut world = World::new(ArenaConfig::default().with_seed(seed));
+    let mut world = ArenaWorld::new(ArenaConfig::default().with_seed(seed));
     let mut result = Run {
         state_hash: 0,
         plans: 0,

@@ -14,9 +14,6 @@ use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_hivemind::HivemindMetrics;
 use bevy_hivemind::prelude::*;
-use hivemind::arena::ArenaAssets;
-use hivemind::arena::snapshot::{COVER, ENEMY, OBJECTIVE};
-use hivemind::arena_app::ArenaPlanner;
 use hivemind::core::backend::{
     BackendFactory, BatchAgent, FnFactory, InferenceBackend, Script, ScriptedBackend,
 };
@@ -24,6 +21,8 @@ use hivemind::core::config::{ClockMode, HivemindConfig, PlanFormat};
 use hivemind::core::plan::{ArgValue, BackendId, OutputFormat, PlanSource};
 use hivemind::core::prompt::AgentTask;
 use hivemind::core::snapshot::{Bounds, EntityId, EntityInfo, Health, Point};
+use hivemind_arena::snapshot::{COVER, ENEMY, OBJECTIVE};
+use hivemind_arena::{ArenaAssets, ArenaPlanner};
 
 fn assets() -> Arc<ArenaAssets> {
     Arc::new(
@@ -63,7 +62,7 @@ fn backend(answer: &'static str, seen: Arc<Mutex<Seen>>) -> Arc<dyn BackendFacto
         }
         answer.replace("ID", &agent.agent.to_string())
     });
-    FnFactory::new(BackendId::Scripted, move || {
+    FnFactory::new(BackendId::SCRIPTED, move || {
         Ok(Box::new(ScriptedBackend::new(Arc::clone(&script))) as Box<dyn InferenceBackend>)
     })
 }
@@ -86,7 +85,7 @@ fn app(config: HivemindConfig, factory: Arc<dyn BackendFactory>) -> App {
         .with_registry(assets.registry.clone())
         .with_templates(assets.templates.clone())
         .with_prompt(assets.prompt.clone())
-        .with_planner(ArenaPlanner { assets })
+        .with_planner(ArenaPlanner::new(assets))
         .with_backend(factory);
     let mut app = App::new();
     app.add_plugins((MinimalPlugins, plugin))

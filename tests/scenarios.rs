@@ -12,11 +12,11 @@
 
 use std::sync::Arc;
 
-use hivemind::arena::ArenaAssets;
 use hivemind::core::backend::BackendFactory;
 use hivemind::core::config::{ClockMode, HivemindConfig, PromptLayout};
 use hivemind::llama::LlamaFactory;
-use hivemind::scenario_run::{Mode, Situation, SuiteOptions, SuiteReport, run_suite};
+use hivemind_arena::ArenaAssets;
+use hivemind_examples::scenario_run::{Mode, Situation, SuiteOptions, SuiteReport, run_suite};
 
 fn assets() -> Arc<ArenaAssets> {
     let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets"));

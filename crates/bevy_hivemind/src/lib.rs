@@ -36,8 +36,10 @@
 //! same messages. A model that finishes late still fills the cache for the next agent in the same
 //! situation, but never overrides what an agent was already told.
 //!
-//! All of that bookkeeping lives in one resource, [`Hivemind`], as plain Rust; the systems only
-//! move messages in and out of it. The game sees facts as messages
+//! All of that bookkeeping is the request lifecycle of `hivemind_core`
+//! ([`Lifecycle`](hivemind_core::lifecycle::Lifecycle)), plain Rust unit-tested without an
+//! `App`; the resource [`Hivemind`] holds it keyed by `Entity`, and the systems (a file per
+//! set under `systems/`) only move messages in and out of it. The game sees facts as messages
 //! ([`PlanStepReady`], [`PlanReady`], …) and state as components ([`ActivePlan`], [`Thinking`]),
 //! and plugs its own rules in as values: a [`FallbackPlanner`], a [`LineFilter`], verb
 //! handlers.
@@ -53,7 +55,6 @@
 )]
 
 mod assets;
-pub mod banter;
 mod components;
 #[cfg(feature = "console")]
 pub mod console;
@@ -63,16 +64,16 @@ mod metrics;
 mod runtime;
 mod systems;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bevy::app::AppExit;
 use bevy::ecs::schedule::{InternedScheduleLabel, ScheduleLabel};
 use bevy::prelude::*;
 use hivemind_core::action::{ActionRegistry, VerbSpec};
-use hivemind_core::backend::{BackendError, BackendFactory, FnFactory};
+use hivemind_core::backend::BackendFactory;
 use hivemind_core::clock::Clock;
 use hivemind_core::config::{ClockMode, HivemindConfig};
+use hivemind_core::lifecycle::{Lifecycle, LifecycleParts};
 use hivemind_core::plan::BackendId;
 use hivemind_core::prompt::{ChatTemplate, PromptAsset};
 use hivemind_core::templates::TemplateBook;
@@ -81,20 +82,19 @@ pub use assets::{
     AssetLoadError, ConfigAsset, ConfigLoader, HivemindAssetHandles, PromptFileAsset, PromptLoader,
     RonAsset, RonLoader,
 };
-pub use banter::BanterLines;
+pub use hivemind_core::banter::BanterLines;
+pub use hivemind_core::lifecycle::{DuplicateBackend, FallbackOnly, Phase, UnknownBackend};
 pub use components::{
     ActivePlan, AgentSnapshot, Conversation, Exchange, NpcAgent, PlanStatus, RequestKinds, Thinking,
 };
-pub use hooks::{
-    FallbackPlanner, HivemindAppExt, IdlePlanner, LineFilter, LineRules, LineVerdict, VerbCall,
-    VerbHandlers,
-};
+pub use hivemind_core::hooks::{FallbackPlanner, IdlePlanner, LineFilter, LineRules, LineVerdict};
+pub use hooks::{HivemindAppExt, VerbCall, VerbHandlers};
 pub use messages::{
     CancelRequest, LineDelta, LineKind, LineReady, PlanReady, PlanStepReady, RequestId,
     RequestLine, RequestPlan, RequestSlot, StepFinished,
 };
 pub use metrics::{FrameCost, HivemindMetrics, diagnostic};
-pub use runtime::{FallbackOnly, Hivemind, UnknownBackend};
+pub use runtime::{Hivemind, TaskPoolExecutor};
 
 /// What a game needs in scope.
 pub mod prelude {
@@ -198,7 +198,8 @@ impl Default for HivemindPlugin {
 impl HivemindPlugin {
     /// The plugin with its systems in `schedule`, the default configuration, a registry with
     /// only the `Wait` verb, no templates, and no backend (every answer is a fallback, with
-    /// reason `NoModel`, until one is added).
+    /// reason `NoModel`, and [`Lifecycle::fallback_only`] says "no backend", until one is
+    /// added).
     pub fn new(schedule: impl ScheduleLabel) -> Self {
         HivemindPlugin {
             schedule: schedule.intern(),
@@ -233,13 +234,22 @@ impl HivemindPlugin {
     }
 
     /// Adds a backend and makes it the one in use (the last one added wins). Others stay
-    /// registered for [`Hivemind::set_backend`].
+    /// registered for [`Lifecycle::set_backend`].
+    ///
+    /// # Panics
+    ///
+    /// If a backend with the same id is registered already: give one of them another name
+    /// with [`BackendFactoryExt::with_id`](hivemind_core::backend::BackendFactoryExt::with_id).
     pub fn with_backend(mut self, factory: Arc<dyn BackendFactory>) -> Self {
         self.insert_backend(factory);
         self
     }
 
     /// Adds a backend and makes it the one in use.
+    ///
+    /// # Panics
+    ///
+    /// As [`HivemindPlugin::with_backend`].
     pub fn insert_backend(&mut self, factory: Arc<dyn BackendFactory>) -> &mut Self {
         self.backend = Some(factory.id());
         self.register_backend(factory);
@@ -247,14 +257,22 @@ impl HivemindPlugin {
     }
 
     /// Adds a backend the game can switch to, without using it yet.
+    ///
+    /// # Panics
+    ///
+    /// As [`HivemindPlugin::with_backend`].
     pub fn with_standby_backend(mut self, factory: Arc<dyn BackendFactory>) -> Self {
         self.register_backend(factory);
         self
     }
 
-    /// Registers `factory`, replacing one with the same id.
     fn register_backend(&mut self, factory: Arc<dyn BackendFactory>) {
-        self.backends.retain(|f| f.id() != factory.id());
+        let id = factory.id();
+        assert!(
+            self.backends.iter().all(|f| f.id() != id),
+            "hivemind: {}",
+            DuplicateBackend(id)
+        );
         self.backends.push(factory);
     }
 
@@ -313,26 +331,7 @@ impl HivemindPlugin {
     }
 
     fn runtime(&self) -> Hivemind {
-        let mut backends: BTreeMap<BackendId, Arc<dyn BackendFactory>> = self
-            .backends
-            .iter()
-            .map(|f| (f.id(), Arc::clone(f)))
-            .collect();
-        let backend = match self.backend.and_then(|id| backends.get(&id)) {
-            Some(f) => Arc::clone(f),
-            None => {
-                let missing = FnFactory::new(BackendId::Local, || {
-                    Err(BackendError::NoModel(
-                        "no backend: add one with HivemindPlugin::with_backend".into(),
-                    ))
-                });
-                backends
-                    .entry(BackendId::Local)
-                    .or_insert_with(|| missing.clone());
-                missing
-            }
-        };
-        Hivemind::new(runtime::HivemindParts {
+        let lifecycle = Lifecycle::new(LifecycleParts {
             config: self.config.clone(),
             registry: self.registry.clone(),
             templates: self.templates.clone(),
@@ -340,13 +339,19 @@ impl HivemindPlugin {
             chat: self.chat_template.clone(),
             planner: Arc::clone(&self.planner),
             filter: Arc::clone(&self.line_filter),
-            backends,
-            backend,
+            executor: Arc::new(TaskPoolExecutor),
+            backends: self.backends.clone(),
+            backend: self.backend.clone(),
             clock: self
                 .clock
                 .clone()
                 .unwrap_or_else(|| Clock::from_config(&self.config.clock)),
-        })
+        });
+        match lifecycle {
+            Ok(lifecycle) => Hivemind(lifecycle),
+            // The builder registers each id once and chooses only registered ones.
+            Err(e) => unreachable!("hivemind: {e}"),
+        }
     }
 }
 
@@ -392,13 +397,17 @@ impl Plugin for HivemindPlugin {
         .add_systems(
             self.schedule,
             (
-                (systems::begin_frame, systems::gather)
+                (systems::gather::begin_frame, systems::gather::gather)
                     .chain()
                     .in_set(Gather),
-                systems::dispatch.in_set(Dispatch),
-                systems::drain.in_set(Drain),
-                systems::fallback.in_set(Fallback),
-                (systems::apply, systems::start_steps, systems::publish)
+                systems::dispatch::dispatch.in_set(Dispatch),
+                systems::drain::drain.in_set(Drain),
+                systems::fallback::fallback.in_set(Fallback),
+                (
+                    systems::apply::apply,
+                    systems::apply::start_steps,
+                    systems::apply::publish,
+                )
                     .chain()
                     .in_set(Apply),
             ),
@@ -426,9 +435,9 @@ impl Plugin for HivemindPlugin {
         };
         app.insert_resource(handles).add_systems(
             self.schedule,
-            systems::reload_assets
+            systems::gather::reload_assets
                 .in_set(HivemindSystems::Gather)
-                .before(systems::begin_frame),
+                .before(systems::gather::begin_frame),
         );
     }
 }

@@ -11,17 +11,9 @@
 use std::time::Duration;
 
 use bevy::prelude::*;
+pub use hivemind_core::lifecycle::{LineKind, RequestId, RequestSlot};
+use hivemind_core::lifecycle::{LineDone, PlanDone, StepReady, WordsReady};
 use hivemind_core::plan::{FallbackReason, PlanSource, PlanStep, RequestKind};
-
-/// Names one request, from the moment hivemind reads it until its completion message.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
-pub struct RequestId(pub u64);
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "r{}", self.0)
-    }
-}
 
 /// Asks for a plan for `agent`, which needs [`NpcAgent`](crate::NpcAgent) and an
 /// [`AgentSnapshot`](crate::AgentSnapshot). A plan already on its way for the agent is replaced.
@@ -47,19 +39,6 @@ impl RequestPlan {
         self.spotlight = true;
         self
     }
-}
-
-/// Which kind of line to say.
-#[derive(Clone, Debug, PartialEq, Eq, Reflect)]
-pub enum LineKind {
-    /// A remark about the situation. Answered in the same frame, never by waiting for a model:
-    /// from lines the model wrote in idle time, or from the templates.
-    Banter,
-    /// A reply to the player.
-    Dialogue {
-        /// What the player said. Escaped before it reaches a prompt.
-        player_said: String,
-    },
 }
 
 /// Asks `agent` to say something. A line of the same kind already on its way is replaced.
@@ -118,26 +97,6 @@ impl RequestLine {
         match self.kind {
             LineKind::Banter => RequestKind::Banter,
             LineKind::Dialogue { .. } => RequestKind::Dialogue,
-        }
-    }
-}
-
-/// Which of an agent's requests a [`CancelRequest`] ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
-pub enum RequestSlot {
-    /// Its plan.
-    Plan,
-    /// Its line of dialogue.
-    Dialogue,
-}
-
-impl RequestSlot {
-    /// The slot a request of `kind` occupies; banter is answered at once and occupies none.
-    pub fn of(kind: RequestKind) -> Option<Self> {
-        match kind {
-            RequestKind::Plan => Some(RequestSlot::Plan),
-            RequestKind::Dialogue => Some(RequestSlot::Dialogue),
-            RequestKind::Banter => None,
         }
     }
 }
@@ -240,4 +199,54 @@ pub struct LineReady {
     pub fallback: Option<FallbackReason>,
     /// From the request to the line being complete, on hivemind's clock.
     pub latency: Duration,
+}
+
+impl From<StepReady<Entity>> for PlanStepReady {
+    fn from(m: StepReady<Entity>) -> Self {
+        PlanStepReady {
+            agent: m.agent,
+            request: m.request,
+            index: m.index,
+            step: m.step,
+        }
+    }
+}
+
+impl From<WordsReady<Entity>> for LineDelta {
+    fn from(m: WordsReady<Entity>) -> Self {
+        LineDelta {
+            agent: m.agent,
+            request: m.request,
+            text: m.text,
+        }
+    }
+}
+
+impl From<PlanDone<Entity>> for PlanReady {
+    fn from(m: PlanDone<Entity>) -> Self {
+        PlanReady {
+            agent: m.agent,
+            request: m.request,
+            steps: m.steps,
+            say: m.say,
+            source: m.source,
+            fallback: m.fallback,
+            first_after: m.first_after,
+            latency: m.latency,
+        }
+    }
+}
+
+impl From<LineDone<Entity>> for LineReady {
+    fn from(m: LineDone<Entity>) -> Self {
+        LineReady {
+            agent: m.agent,
+            request: m.request,
+            kind: m.kind,
+            text: m.text,
+            source: m.source,
+            fallback: m.fallback,
+            latency: m.latency,
+        }
+    }
 }

@@ -115,7 +115,7 @@ fn plugin(fast: bool) -> HivemindPlugin {
         .with_registry(registry())
         .with_templates(TemplateBook::from_ron(TEMPLATES, "test templates").unwrap())
         .with_planner(planner)
-        .with_backend(FnFactory::new(BackendId::Scripted, move || {
+        .with_backend(FnFactory::new(BackendId::SCRIPTED, move || {
             Ok(Box::new(ScriptedBackend::new(Arc::clone(&script))) as Box<dyn InferenceBackend>)
         }))
 }
@@ -364,7 +364,7 @@ fn plan_steps_stream_over_several_frames_before_the_completion() {
     assert_eq!(
         plan.source,
         PlanSource::Llm {
-            backend: BackendId::Scripted,
+            backend: BackendId::new(BackendId::SCRIPTED),
             repaired: false
         }
     );
@@ -572,7 +572,7 @@ fn a_missing_backend_runs_on_fallbacks_and_says_why() {
 #[test]
 fn app_exit_stops_the_workers_in_the_middle_of_a_decode() {
     let slow = script();
-    let mut real_time = plugin(true).with_backend(FnFactory::new(BackendId::Scripted, move || {
+    let mut real_time = plugin(true).with_backend(FnFactory::new(BackendId::SCRIPTED, move || {
         Ok(Box::new(
             ScriptedBackend::new(Arc::clone(&slow)).with_latency(Latency::Real {
                 prompt: Duration::from_millis(1),
@@ -708,7 +708,7 @@ fn config_and_personas_reload_through_the_asset_server_and_bad_files_lose_nothin
 #[test]
 fn the_layout_and_the_backend_switch_at_run_time() {
     let mut app = app(
-        plugin(true).with_standby_backend(FnFactory::new(BackendId::Replay, || {
+        plugin(true).with_standby_backend(FnFactory::new(BackendId::REPLAY, || {
             Ok(
                 Box::new(ScriptedBackend::new(ScriptedBackend::canned("Wait")))
                     as Box<dyn InferenceBackend>,
@@ -726,9 +726,12 @@ fn the_layout_and_the_backend_switch_at_run_time() {
         hivemind_core::config::PromptLayout::SharedPrompt
     );
     let mut hm = app.world_mut().resource_mut::<Hivemind>();
-    assert!(hm.set_backend(BackendId::Remote).is_err(), "not registered");
-    hm.set_backend(BackendId::Replay).unwrap();
-    assert_eq!(hm.backend(), BackendId::Replay);
+    assert!(
+        hm.set_backend(BackendId::new("remote")).is_err(),
+        "not registered"
+    );
+    hm.set_backend(BackendId::new(BackendId::REPLAY)).unwrap();
+    assert_eq!(hm.backend(), BackendId::new(BackendId::REPLAY));
     send(&mut app, RequestPlan::new(agent));
     run(&mut app, 20);
     let done = completions(&app, agent);

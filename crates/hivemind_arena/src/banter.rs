@@ -15,7 +15,7 @@ use hivemind_core::snapshot::AgentId;
 use hivemind_core::templates::{Slots, situation as known, slot};
 
 use crate::planning::HP_LOW_PERCENT;
-use crate::world::{Agent, World};
+use crate::world::{Agent, ArenaWorld};
 
 /// How long, in ticks, a teammate's death is worth remarking on.
 pub const ALLY_DOWN_TICKS: u64 = 10;
@@ -37,7 +37,7 @@ pub const SITUATIONS: [&str; 6] = [
 ];
 
 /// The banter situation of `agent` now. See the [module docs](self); an unknown id is `idle`.
-pub fn situation(world: &World, agent: AgentId) -> &'static str {
+pub fn situation(world: &ArenaWorld, agent: AgentId) -> &'static str {
     let Some(me) = world.agent(agent) else {
         return known::IDLE;
     };
@@ -69,7 +69,7 @@ pub fn situation(world: &World, agent: AgentId) -> &'static str {
 ///
 /// A slot with no one to name is left out, so lines that need it are skipped.
 pub fn banter_slots(
-    world: &World,
+    world: &ArenaWorld,
     agent: AgentId,
     mut name_of: impl FnMut(AgentId) -> String,
 ) -> Slots {
@@ -95,7 +95,7 @@ pub fn banter_slots(
 }
 
 /// The teammate of `agent` who died most recently, within [`ALLY_DOWN_TICKS`].
-fn recently_downed_ally(world: &World, agent: AgentId) -> Option<AgentId> {
+fn recently_downed_ally(world: &ArenaWorld, agent: AgentId) -> Option<AgentId> {
     let me = world.agent(agent)?;
     world
         .agents()
@@ -124,15 +124,15 @@ mod tests {
         NAMES[agent.0 as usize].to_owned()
     }
 
-    fn sure_shots() -> World {
-        World::new(ArenaConfig {
+    fn sure_shots() -> ArenaWorld {
+        ArenaWorld::new(ArenaConfig {
             hit_percent: 100,
             ..ArenaConfig::default()
         })
     }
 
     /// Red 0 shoots Blue `victim` dead from (6,6); the victim stands at (9,4) with 1 hp.
-    fn kill(world: &mut World, victim: AgentId) {
+    fn kill(world: &mut ArenaWorld, victim: AgentId) {
         let killer = AgentId(0);
         world.place(victim, Point::new(9, 4)).unwrap();
         world.set_health(victim, 1).unwrap();

@@ -17,8 +17,8 @@ use rand::Rng;
 use rand::rngs::Xoshiro256PlusPlus;
 
 use crate::orders::StepFailure;
-use crate::tick::{Kill, ScoreReason, Shot, StepFinished, TickReport};
-use crate::world::{Agent, World};
+use crate::tick::{Kill, ScoreReason, Shot, StepOutcome, TickReport};
+use crate::world::{Agent, ArenaWorld};
 
 /// A shot fired this tick, waiting to be resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub(crate) struct PendingShot {
     pub(crate) target: AgentId,
 }
 
-impl World {
+impl ArenaWorld {
     /// Whether `viewer` sees `target`: both alive, within sight range, with a clear line.
     /// Unknown ids see and are seen by no one.
     pub fn can_see(&self, viewer: AgentId, target: AgentId) -> bool {
@@ -99,7 +99,7 @@ impl World {
         v.died_at = Some(now);
         v.last_killer = Some(killer);
         if v.order.take().is_some() {
-            report.finished.push(StepFinished {
+            report.finished.push(StepOutcome {
                 agent: victim,
                 ok: false,
                 failure: Some(StepFailure::Died),
@@ -141,8 +141,8 @@ mod tests {
     }
 
     /// Every shot hits: outcomes do not depend on the seed.
-    fn sure_shots() -> World {
-        World::new(ArenaConfig {
+    fn sure_shots() -> ArenaWorld {
+        ArenaWorld::new(ArenaConfig {
             hit_percent: 100,
             cover_hit_percent: 100,
             ..ArenaConfig::default()
@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(third.shots.len(), 1);
 
         // A target that keeps its distance is given up after `chase_ticks`.
-        let mut world = World::new(ArenaConfig {
+        let mut world = ArenaWorld::new(ArenaConfig {
             chase_ticks: 0,
             ..ArenaConfig::default()
         });
@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(report.shots[0].damage, 12);
 
         // With no chance to hit a covered target, every shot misses.
-        let mut world = World::new(ArenaConfig {
+        let mut world = ArenaWorld::new(ArenaConfig {
             cover_hit_percent: 0,
             ..ArenaConfig::default()
         });

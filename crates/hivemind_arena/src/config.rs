@@ -13,8 +13,9 @@ pub const MAX_SIDE: i32 = 128;
 /// it changes.
 ///
 /// Durations are in ticks, distances in cells (Euclidean, compared squared), chances in whole
-/// percent. [`World::new`](crate::World::new) applies [`ArenaConfig::sanitized`] first, so any
-/// value is safe to pass; [`World::config`](crate::World::config) returns what is in force.
+/// percent. [`ArenaWorld::new`](crate::ArenaWorld::new) applies [`ArenaConfig::sanitized`]
+/// first, so any value is safe to pass; [`ArenaWorld::config`](crate::ArenaWorld::config) returns
+/// what is in force.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArenaConfig {

@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn every_offered_intent_expands_to_steps_that_validate() {
         let assets = assets();
-        let mut world = crate::World::new(crate::ArenaConfig::default().with_seed(5));
+        let mut world = crate::ArenaWorld::new(crate::ArenaConfig::default().with_seed(5));
         let mut offered = 0;
         crate::testing::play_goap(&mut world, &assets, 150, |_, snapshot, _| {
             let options = intents(&assets.domain, &assets.registry, snapshot);

@@ -1,13 +1,13 @@
 //! Orders: how a [`PlanStep`] becomes what an agent does, and the two ways that can go wrong.
 //!
-//! [`World::begin_step`] checks a step's *shape* at once: the verb is one of [`verb::ALL`], the
-//! arguments are the ones it takes with the right types, an attack target is an agent of the
+//! [`ArenaWorld::begin_step`] checks a step's *shape* at once: the verb is one of [`verb::ALL`],
+//! the arguments are the ones it takes with the right types, an attack target is an agent of the
 //! other team, a cell is on the map and walkable, a cover point is one. A step that fails is
 //! refused with a [`StepRejected`] and the agent keeps what it was doing.
 //!
 //! Whether a well-formed step *works out* is found while it runs: the target may die or slip out
 //! of sight, the magazine may be empty, the way may be blocked. Such a step ends with
-//! [`StepFinished`](crate::tick::StepFinished) `ok: false` and a [`StepFailure`].
+//! [`StepOutcome`](crate::tick::StepOutcome) `ok: false` and a [`StepFailure`].
 //!
 //! | verb | lasts | ends `ok` | fails with |
 //! |---|---|---|---|
@@ -27,7 +27,7 @@ use std::fmt;
 use hivemind_core::plan::{ArgValue, PlanStep};
 use hivemind_core::snapshot::{AgentId, Point};
 
-use crate::world::{Order, World};
+use crate::world::{ArenaWorld, Order};
 
 /// The verbs the arena understands; the same names as in `assets/actions.ron`.
 pub mod verb {
@@ -67,7 +67,7 @@ pub(crate) enum Command {
     Say(String),
 }
 
-/// Why [`World::begin_step`] refused a step. The agent keeps its current step.
+/// Why [`ArenaWorld::begin_step`] refused a step. The agent keeps its current step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepRejected {
     /// No agent has this id.
@@ -223,11 +223,11 @@ impl fmt::Display for StepFailure {
     }
 }
 
-impl World {
+impl ArenaWorld {
     /// Gives `agent` its next step, replacing the current one (which then reports nothing).
     ///
     /// The step's shape is checked now (see the [module docs](crate::orders)); whether it works
-    /// out is reported by [`World::tick`]. A refused step leaves the agent as it was.
+    /// out is reported by [`ArenaWorld::tick`]. A refused step leaves the agent as it was.
     pub fn begin_step(&mut self, agent: AgentId, step: &PlanStep) -> Result<(), StepRejected> {
         let command = self.check_step(agent, step)?;
         if let Some(a) = self.agents.get_mut(agent.0 as usize) {
@@ -247,7 +247,7 @@ impl World {
         Some(order.step)
     }
 
-    /// Whether [`World::begin_step`] would accept `step` for `agent`, without giving it.
+    /// Whether [`ArenaWorld::begin_step`] would accept `step` for `agent`, without giving it.
     pub fn validate_step(&self, agent: AgentId, step: &PlanStep) -> Result<(), StepRejected> {
         self.check_step(agent, step).map(|_| ())
     }
@@ -348,8 +348,8 @@ mod tests {
     use super::*;
     use crate::ArenaConfig;
 
-    fn world() -> World {
-        World::new(ArenaConfig::default())
+    fn world() -> ArenaWorld {
+        ArenaWorld::new(ArenaConfig::default())
     }
 
     fn cell(x: i32, y: i32) -> ArgValue {
@@ -383,8 +383,9 @@ mod tests {
         let mut world = world();
         let red_scout = AgentId(0);
         world.begin_step(red_scout, &PlanStep::new("Wait")).unwrap();
-        let reject =
-            |world: &mut World, step: PlanStep| world.begin_step(red_scout, &step).unwrap_err();
+        let reject = |world: &mut ArenaWorld, step: PlanStep| {
+            world.begin_step(red_scout, &step).unwrap_err()
+        };
 
         assert_eq!(
             reject(&mut world, PlanStep::new("Dance")),

@@ -358,7 +358,7 @@ mod tests {
     use hivemind_core::snapshot::{AgentId, Health, Point};
 
     use super::*;
-    use crate::World;
+    use crate::ArenaWorld;
     use crate::testing::{assets, flanking_guard, play_goap};
 
     #[test]
@@ -551,7 +551,7 @@ mod tests {
     /// `begin_step`). Returns how many plans were made and how many goals of each kind.
     fn every_plan_validates(seed: u64, ticks: usize) -> (usize, usize) {
         let assets = assets();
-        let mut world = World::new(crate::ArenaConfig::default().with_seed(seed));
+        let mut world = ArenaWorld::new(crate::ArenaConfig::default().with_seed(seed));
         let (mut plans, mut attacks) = (0, 0);
         play_goap(&mut world, &assets, ticks, |world, snapshot, steps| {
             plans += 1;

@@ -2,7 +2,7 @@
 
 use hivemind_core::snapshot::WorldSnapshot;
 
-use crate::{ArenaAssets, ArenaConfig, World, fallback_plan};
+use crate::{ArenaAssets, ArenaConfig, ArenaWorld, fallback_plan};
 
 /// Every agent's snapshot at every tick of a `ticks`-tick game of `config`.
 ///
@@ -13,7 +13,7 @@ pub fn played_snapshots(
     config: ArenaConfig,
     ticks: usize,
 ) -> Vec<WorldSnapshot> {
-    let mut world = World::new(config);
+    let mut world = ArenaWorld::new(config);
     let mut snapshots = Vec::new();
     for _ in 0..ticks {
         for agent in world.agent_ids() {

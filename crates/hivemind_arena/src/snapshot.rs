@@ -3,7 +3,7 @@
 //! | part | contents |
 //! |---|---|
 //! | `position`, `health`, `bounds` | the agent's cell, its health, the whole grid |
-//! | entities `enemy` | enemies it [sees](World::can_see), with their health |
+//! | entities `enemy` | enemies it [sees](ArenaWorld::can_see), with their health |
 //! | points `cover` | the nearest free cover points, at most `snapshot_cover_points` |
 //! | points `objective` | the centre of the objective zone (on the agent's side), where `MoveTo` holds it |
 //! | points `medkit` | medkit pickups lying on the map in sight |
@@ -26,7 +26,7 @@
 
 use hivemind_core::snapshot::{EntityId, EntityInfo, Health, Point, WorldSnapshot};
 
-use crate::world::World;
+use crate::world::ArenaWorld;
 
 /// The entity set of visible enemies.
 pub const ENEMY: &str = "enemy";
@@ -49,7 +49,7 @@ pub mod fact {
     pub const AT_OBJECTIVE: &str = "at_objective";
 }
 
-impl World {
+impl ArenaWorld {
     /// What `agent` knows now. See the [module docs](self).
     ///
     /// A dead agent's snapshot has zero health and lists no one; an unknown id gives a bare
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn snapshots_show_only_visible_enemies_with_their_health() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         let (red_scout, blue_sniper, blue_flanker) = (AgentId(0), AgentId(6), AgentId(7));
         world.place(red_scout, Point::new(6, 6)).unwrap();
         // In the open, up and to the east: visible.
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn snapshots_list_the_nearest_free_cover_and_the_facts() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         let red_scout = AgentId(0);
         world.place(red_scout, Point::new(8, 6)).unwrap();
         world.place(AgentId(1), Point::new(8, 7)).unwrap();
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn an_unknown_agent_gets_a_bare_snapshot() {
-        let world = World::new(ArenaConfig::default());
+        let world = ArenaWorld::new(ArenaConfig::default());
         let snapshot = world.snapshot(AgentId(500));
         assert!(snapshot.entities.is_empty() && snapshot.bounds.is_none());
     }

@@ -9,7 +9,7 @@ use hivemind_core::snapshot::{
 };
 
 use crate::snapshot::{COVER, ENEMY, OBJECTIVE};
-use crate::{ArenaAssets, TickReport, World, fallback_plan};
+use crate::{ArenaAssets, ArenaWorld, TickReport, fallback_plan};
 
 /// The workspace's `assets/` directory.
 pub(crate) const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
@@ -21,10 +21,10 @@ pub(crate) fn assets() -> ArenaAssets {
 /// Plays `ticks` ticks in which every agent follows GOAP fallback plans, re-planning when its
 /// plan is used up or a step fails. `on_plan` sees every plan with the snapshot it was made from.
 pub(crate) fn play_goap(
-    world: &mut World,
+    world: &mut ArenaWorld,
     assets: &ArenaAssets,
     ticks: usize,
-    mut on_plan: impl FnMut(&World, &WorldSnapshot, &[PlanStep]),
+    mut on_plan: impl FnMut(&ArenaWorld, &WorldSnapshot, &[PlanStep]),
 ) -> Vec<TickReport> {
     let mut plans: Vec<VecDeque<PlanStep>> = vec![VecDeque::new(); world.agents().len()];
     let mut reports = Vec::with_capacity(ticks);

@@ -1,6 +1,6 @@
 //! One tick of play, and what it reports.
 //!
-//! [`World::tick`] runs these phases, each in agent-id order:
+//! [`ArenaWorld::tick`] runs these phases, each in agent-id order:
 //!
 //! 1. **Respawn**: a dead agent's countdown runs down; at zero it reappears on the first free
 //!    cell of its base with full health, a full magazine and its starting medkits.
@@ -20,11 +20,11 @@ use hivemind_core::snapshot::{AgentId, Point};
 use crate::combat::PendingShot;
 use crate::grid::{Team, steps};
 use crate::orders::{Command, StepFailure};
-use crate::world::{Agent, World};
+use crate::world::{Agent, ArenaWorld};
 
-/// A step that ended this tick.
+/// How a step that ended this tick went: carried out, or failed and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StepFinished {
+pub struct StepOutcome {
     /// The agent whose step ended; it is idle now (or dead).
     pub agent: AgentId,
     /// Whether the step did what it was for. Always `failure.is_none()`.
@@ -92,7 +92,7 @@ pub struct TickReport {
     /// The tick's number, counting from 1.
     pub tick: u64,
     /// Steps that ended.
-    pub finished: Vec<StepFinished>,
+    pub finished: Vec<StepOutcome>,
     /// Shots fired.
     pub shots: Vec<Shot>,
     /// Agents killed.
@@ -144,7 +144,7 @@ enum Progress {
     Unreachable,
 }
 
-impl World {
+impl ArenaWorld {
     /// Advances the game by one tick. See the [module docs](self) for the phases.
     pub fn tick(&mut self) -> TickReport {
         self.now += 1;
@@ -176,12 +176,12 @@ impl World {
                     order.elapsed = order.elapsed.saturating_add(1);
                     self.agents[i].order = Some(order);
                 }
-                Outcome::Done => report.finished.push(StepFinished {
+                Outcome::Done => report.finished.push(StepOutcome {
                     agent,
                     ok: true,
                     failure: None,
                 }),
-                Outcome::Failed(why) => report.finished.push(StepFinished {
+                Outcome::Failed(why) => report.finished.push(StepOutcome {
                     agent,
                     ok: false,
                     failure: Some(why),
@@ -497,7 +497,7 @@ mod tests {
     }
 
     /// Ticks until `agent`'s step ends; panics after `limit`.
-    fn run(world: &mut World, agent: AgentId, limit: usize) -> (usize, StepFinished) {
+    fn run(world: &mut ArenaWorld, agent: AgentId, limit: usize) -> (usize, StepOutcome) {
         for ticks in 1..=limit {
             let report = world.tick();
             if let Some(done) = report.finished.iter().find(|f| f.agent == agent) {
@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn moves_go_one_cell_a_tick_around_cover_and_stay_on_the_map() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         let runner = AgentId(0);
         world.place(runner, Point::new(6, 6)).unwrap();
         // (7,6) and (7,7) are a pillar: the way to (8,6) goes around it.
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn agents_never_share_a_cell() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         let (runner, sentry) = (AgentId(0), AgentId(1));
         world.place(sentry, Point::new(10, 7)).unwrap();
         world.place(runner, Point::new(5, 7)).unwrap();
@@ -564,7 +564,7 @@ mod tests {
         assert_eq!(world.agent(runner).unwrap().position(), Point::new(0, 0));
 
         // Many agents walking to one cell: never two on one cell, never onto cover.
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         for agent in world.agent_ids().collect::<Vec<_>>() {
             world.begin_step(agent, &move_to(10, 7)).unwrap();
         }
@@ -580,7 +580,7 @@ mod tests {
 
     #[test]
     fn reload_heal_wait_say_and_retreat_run_their_course() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         let medic = AgentId(2);
         world.place(medic, Point::new(8, 8)).unwrap();
 
@@ -626,7 +626,7 @@ mod tests {
 
     #[test]
     fn the_objective_scores_for_a_team_holding_it_alone() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         world.place(AgentId(0), Point::new(9, 6)).unwrap();
         let report = world.tick();
         assert_eq!(world.score(Team::Red), 1);
@@ -641,7 +641,7 @@ mod tests {
     fn the_same_seed_plays_the_same_game() {
         let assets = assets();
         let play = |seed| {
-            let mut world = World::new(ArenaConfig::default().with_seed(seed));
+            let mut world = ArenaWorld::new(ArenaConfig::default().with_seed(seed));
             let reports = play_goap(&mut world, &assets, 300, |_, _, _| {});
             (world.state_hash(), reports)
         };

@@ -1,9 +1,9 @@
 //! The arena's state: agents, pickups, scores, the clock and the random generator.
 //!
-//! [`World`] is changed in only two ways during play: [`World::begin_step`] gives an agent its
-//! next order (see [`crate::orders`]) and [`World::tick`] advances everyone by one tick (see
-//! [`crate::tick`]). The setters at the bottom ([`World::place`], [`World::set_health`] …) exist
-//! for tests and scenarios that need a particular situation.
+//! [`ArenaWorld`] is changed in only two ways during play: [`ArenaWorld::begin_step`] gives an
+//! agent its next order (see [`crate::orders`]) and [`ArenaWorld::tick`] advances everyone by one
+//! tick (see [`crate::tick`]). The setters at the bottom ([`ArenaWorld::place`],
+//! [`ArenaWorld::set_health`] …) exist for tests and scenarios that need a particular situation.
 
 use std::fmt;
 
@@ -17,7 +17,7 @@ use crate::config::ArenaConfig;
 use crate::grid::{Grid, Team};
 use crate::orders::Command;
 
-/// One agent of either team, as the rules see it. Read it through [`World::agent`].
+/// One agent of either team, as the rules see it. Read it through [`ArenaWorld::agent`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Agent {
     pub(crate) id: AgentId,
@@ -140,8 +140,10 @@ pub(crate) struct Pickup {
 }
 
 /// The whole arena. See the [module docs](self) and the [crate docs](crate).
+///
+/// Named apart from Bevy's `World`, so a game can import both.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct World {
+pub struct ArenaWorld {
     pub(crate) config: ArenaConfig,
     pub(crate) grid: Grid,
     /// Indexed by agent id: Red is `0..team_size`, Blue follows.
@@ -154,10 +156,10 @@ pub struct World {
     pub(crate) rng: Xoshiro256PlusPlus,
 }
 
-impl World {
+impl ArenaWorld {
     /// A fresh game: every agent at its base with full health, a full magazine and its starting
     /// medkits; scores at zero. The config is [sanitized](ArenaConfig::sanitized) first.
-    pub fn new(config: ArenaConfig) -> World {
+    pub fn new(config: ArenaConfig) -> ArenaWorld {
         let config = config.sanitized();
         let grid = Grid::new(config.width, config.height);
         let team_size = config.team_size as usize;
@@ -197,7 +199,7 @@ impl World {
         } else {
             Vec::new()
         };
-        World {
+        ArenaWorld {
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             config,
             grid,
@@ -390,7 +392,7 @@ impl World {
     }
 }
 
-/// Why a setter such as [`World::place`] refused.
+/// Why a setter such as [`ArenaWorld::place`] refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetupError {
     /// No agent has this id.
@@ -442,7 +444,7 @@ mod tests {
 
     #[test]
     fn teams_start_at_their_bases_in_id_order() {
-        let world = World::new(ArenaConfig::default());
+        let world = ArenaWorld::new(ArenaConfig::default());
         assert_eq!(world.agents().len(), 12);
         for a in world.agents() {
             let expected = if a.id.0 < 6 { Team::Red } else { Team::Blue };
@@ -460,7 +462,7 @@ mod tests {
 
     #[test]
     fn setters_check_the_cell_and_clamp_values() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         let scout = AgentId(0);
         assert_eq!(
             world.place(scout, Point::new(7, 6)),
@@ -495,11 +497,11 @@ mod tests {
 
     #[test]
     fn the_state_hash_sees_every_change() {
-        let mut world = World::new(ArenaConfig::default());
+        let mut world = ArenaWorld::new(ArenaConfig::default());
         let fresh = world.state_hash();
-        assert_eq!(World::new(ArenaConfig::default()).state_hash(), fresh);
+        assert_eq!(ArenaWorld::new(ArenaConfig::default()).state_hash(), fresh);
         assert_ne!(
-            World::new(ArenaConfig::default().with_seed(2)).state_hash(),
+            ArenaWorld::new(ArenaConfig::default().with_seed(2)).state_hash(),
             fresh
         );
         world.set_ammo(AgentId(3), 1).unwrap();

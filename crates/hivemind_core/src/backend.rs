@@ -155,11 +155,8 @@ pub trait BatchSink {
     fn is_cancelled(&self, stream: usize) -> bool;
 }
 
-/// Something that writes answers.
+/// Something that writes answers. Its name is its factory's ([`BackendFactory::id`]).
 pub trait InferenceBackend {
-    /// Which backend this is.
-    fn id(&self) -> BackendId;
-
     /// Runs a batch, reporting every stream's text, end or error to `sink`. Every stream should
     /// end in `done` or `error`; the pool fails any stream that does neither.
     ///
@@ -169,7 +166,11 @@ pub trait InferenceBackend {
 
 /// Builds a backend on a worker's thread.
 pub trait BackendFactory: Send + Sync {
-    /// Which backend it builds.
+    /// The backend's name: each factory declares a default (`local`, `scripted`, …), and
+    /// [`BackendFactoryExt::with_id`] gives it another. Metrics, [`PlanSource`] and transcripts
+    /// carry it; two backends registered under one name are an error.
+    ///
+    /// [`PlanSource`]: crate::plan::PlanSource
     fn id(&self) -> BackendId;
 
     /// Builds one backend; called once per worker, and again after a worker's backend panicked
@@ -207,8 +208,11 @@ where
     F: Fn() -> Result<Box<dyn InferenceBackend>, BackendError> + Send + Sync,
 {
     /// A factory for backend `id` that calls `build`.
-    pub fn new(id: BackendId, build: F) -> Arc<Self> {
-        Arc::new(FnFactory { id, build })
+    pub fn new(id: impl Into<BackendId>, build: F) -> Arc<Self> {
+        Arc::new(FnFactory {
+            id: id.into(),
+            build,
+        })
     }
 }
 
@@ -217,11 +221,47 @@ where
     F: Fn() -> Result<Box<dyn InferenceBackend>, BackendError> + Send + Sync,
 {
     fn id(&self) -> BackendId {
-        self.id
+        self.id.clone()
     }
 
     fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
         (self.build)()
+    }
+}
+
+/// Renames any [`BackendFactory`].
+pub trait BackendFactoryExt {
+    /// The same backend under the name `id`, to register two of one kind (a small and a big
+    /// local model, say) or to match the game's own names.
+    fn with_id(self, id: impl Into<BackendId>) -> Arc<dyn BackendFactory>;
+}
+
+impl<F: BackendFactory + ?Sized + 'static> BackendFactoryExt for Arc<F> {
+    fn with_id(self, id: impl Into<BackendId>) -> Arc<dyn BackendFactory> {
+        Arc::new(Renamed {
+            id: id.into(),
+            inner: self,
+        })
+    }
+}
+
+/// A factory under another name.
+struct Renamed<F: ?Sized> {
+    id: BackendId,
+    inner: Arc<F>,
+}
+
+impl<F: BackendFactory + ?Sized> BackendFactory for Renamed<F> {
+    fn id(&self) -> BackendId {
+        self.id.clone()
+    }
+
+    fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        self.inner.build()
+    }
+
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
     }
 }
 

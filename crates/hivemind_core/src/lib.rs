@@ -25,11 +25,14 @@
 
 pub mod action;
 pub mod backend;
+pub mod banter;
 pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod goap;
 pub mod grammar;
+pub mod hooks;
+pub mod lifecycle;
 pub mod metrics;
 pub mod plan;
 pub mod prompt;
@@ -43,6 +46,7 @@ pub mod prelude {
     pub use crate::action::{ActionRegistry, ArgKind};
     pub use crate::clock::{Clock, Timestamp};
     pub use crate::config::HivemindConfig;
+    pub use crate::hooks::{FallbackPlanner, LineFilter, LineRules, LineVerdict};
     pub use crate::plan::{
         ArgValue, BackendId, FallbackReason, OutputFormat, Plan, PlanSource, PlanStep, RequestKind,
     };

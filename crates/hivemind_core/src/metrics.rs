@@ -46,7 +46,7 @@ pub const RECENT_LATENCY_SAMPLES: usize = 256;
 pub const BATCH_SIZES_TRACKED: usize = 64;
 
 /// Where an answer's latency was measured: a backend, or one of the fallback paths.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LatencySource {
     /// A model's answer from this backend, repaired or not.
     Backend(BackendId),
@@ -59,38 +59,20 @@ pub enum LatencySource {
 }
 
 impl LatencySource {
-    /// How many sources there are.
-    pub const COUNT: usize = BackendId::ALL.len() + 3;
-
-    /// Every source: the backends in [`BackendId::ALL`] order, then cache, GOAP and template.
-    pub const ALL: [LatencySource; Self::COUNT] = [
-        LatencySource::Backend(BackendId::Scripted),
-        LatencySource::Backend(BackendId::Replay),
-        LatencySource::Backend(BackendId::Local),
-        LatencySource::Backend(BackendId::Remote),
-        LatencySource::Backend(BackendId::Router),
+    /// The fallback paths, in the order tables list them after the backends.
+    pub const FALLBACKS: [LatencySource; 3] = [
         LatencySource::Cache,
         LatencySource::Goap,
         LatencySource::Template,
     ];
 
     /// The backend's name, or `cache`, `goap` or `template`.
-    pub fn label(self) -> &'static str {
+    pub fn label(&self) -> &str {
         match self {
             LatencySource::Backend(backend) => backend.as_str(),
             LatencySource::Cache => "cache",
             LatencySource::Goap => "goap",
             LatencySource::Template => "template",
-        }
-    }
-
-    /// The position in [`LatencySource::ALL`].
-    fn index(self) -> usize {
-        match self {
-            LatencySource::Backend(backend) => backend as usize,
-            LatencySource::Cache => BackendId::ALL.len(),
-            LatencySource::Goap => BackendId::ALL.len() + 1,
-            LatencySource::Template => BackendId::ALL.len() + 2,
         }
     }
 }
@@ -101,10 +83,16 @@ impl From<BackendId> for LatencySource {
     }
 }
 
-impl From<PlanSource> for LatencySource {
-    fn from(source: PlanSource) -> Self {
+impl From<&BackendId> for LatencySource {
+    fn from(backend: &BackendId) -> Self {
+        LatencySource::Backend(backend.clone())
+    }
+}
+
+impl From<&PlanSource> for LatencySource {
+    fn from(source: &PlanSource) -> Self {
         match source {
-            PlanSource::Llm { backend, .. } => LatencySource::Backend(backend),
+            PlanSource::Llm { backend, .. } => LatencySource::Backend(backend.clone()),
             PlanSource::Cache => LatencySource::Cache,
             PlanSource::Goap => LatencySource::Goap,
             PlanSource::Template => LatencySource::Template,
@@ -158,8 +146,8 @@ impl SourceLabel {
     }
 }
 
-impl From<PlanSource> for SourceLabel {
-    fn from(source: PlanSource) -> Self {
+impl From<&PlanSource> for SourceLabel {
+    fn from(source: &PlanSource) -> Self {
         match source {
             PlanSource::Llm {
                 repaired: false, ..
@@ -241,7 +229,7 @@ impl LatencyStats {
 }
 
 /// One full-answer latency in the series behind a live plot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LatencySample {
     /// The sample's position in its kind's series: 0, 1, 2, …, never reused, even across
     /// [`Metrics::reset`], so a plot's x axis only moves forward.
@@ -283,7 +271,7 @@ impl RecentLatencies {
 
     fn iter(&self) -> impl DoubleEndedIterator<Item = LatencySample> + '_ {
         let (newer, older) = self.samples.split_at(self.head);
-        older.iter().chain(newer).copied()
+        older.iter().chain(newer).cloned()
     }
 
     fn clear(&mut self) {
@@ -579,7 +567,10 @@ impl CacheStats {
 /// table. See the [module docs](self) for how latency is keyed.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    latency: [[LatencyStats; LatencySource::COUNT]; KINDS],
+    /// Latency by source (in the order first seen), then kind.
+    latency: Vec<(LatencySource, [LatencyStats; KINDS])>,
+    /// What [`Metrics::latency`] answers for a source never seen.
+    empty: LatencyStats,
     recent: [RecentLatencies; KINDS],
     tokens: TokenStats,
     batches: BatchStats,
@@ -627,10 +618,10 @@ impl Metrics {
         latency: Duration,
     ) {
         let source = source.into();
-        self.stats_mut(kind, source).full.record(latency);
         if let Some(recent) = self.recent.get_mut(kind as usize) {
-            recent.push(latency, source);
+            recent.push(latency, source.clone());
         }
+        self.stats_mut(kind, source).full.record(latency);
     }
 
     /// Records one job's token counts and the wall time it took (see [`TokenStats`]).
@@ -661,7 +652,7 @@ impl Metrics {
     pub fn record_answer(
         &mut self,
         kind: RequestKind,
-        source: PlanSource,
+        source: &PlanSource,
         fallback: Option<FallbackReason>,
     ) {
         let kind = kind as usize;
@@ -693,7 +684,7 @@ impl Metrics {
     pub fn reset(&mut self) {
         self.latency
             .iter_mut()
-            .flatten()
+            .flat_map(|(_, by_kind)| by_kind)
             .for_each(LatencyStats::clear);
         self.recent.iter_mut().for_each(RecentLatencies::clear);
         self.tokens = TokenStats::default();
@@ -706,29 +697,35 @@ impl Metrics {
 
     /// The latency histograms of one key.
     pub fn latency(&self, kind: RequestKind, source: impl Into<LatencySource>) -> &LatencyStats {
-        &self.latency[kind as usize][source.into().index()]
+        let source = source.into();
+        self.latency
+            .iter()
+            .find(|(s, _)| *s == source)
+            .map_or(&self.empty, |(_, by_kind)| &by_kind[kind as usize])
     }
 
-    /// Every key with at least one latency, by kind then source (in their `ALL` orders).
+    /// Every key with at least one latency, by kind, then backends by name, then cache, GOAP
+    /// and template.
     pub fn latencies(
         &self,
-    ) -> impl Iterator<Item = (RequestKind, LatencySource, &LatencyStats)> + '_ {
-        RequestKind::ALL
-            .into_iter()
-            .flat_map(|kind| {
-                LatencySource::ALL
-                    .into_iter()
-                    .map(move |source| (kind, source))
-            })
-            .map(|(kind, source)| (kind, source, self.latency(kind, source)))
-            .filter(|(_, _, stats)| !stats.is_empty())
+    ) -> impl Iterator<Item = (RequestKind, &LatencySource, &LatencyStats)> + '_ {
+        let mut sources: Vec<&(LatencySource, [LatencyStats; KINDS])> =
+            self.latency.iter().collect();
+        sources.sort_by(|(a, _), (b, _)| a.cmp(b));
+        RequestKind::ALL.into_iter().flat_map(move |kind| {
+            sources
+                .clone()
+                .into_iter()
+                .map(move |(source, by_kind)| (kind, source, &by_kind[kind as usize]))
+                .filter(|(_, _, stats)| !stats.is_empty())
+        })
     }
 
     /// One stage's latency of `kind` over every source, merged.
     pub fn latency_by_kind(&self, kind: RequestKind, stage: LatencyStage) -> Histogram {
         let mut merged = Histogram::new();
-        for stats in &self.latency[kind as usize] {
-            merged.merge(stats.get(stage));
+        for (_, by_kind) in &self.latency {
+            merged.merge(by_kind[kind as usize].get(stage));
         }
         merged
     }
@@ -742,7 +739,7 @@ impl Metrics {
         let source = source.into();
         let mut merged = Histogram::new();
         for kind in RequestKind::ALL {
-            merged.merge(self.latency(kind, source).get(stage));
+            merged.merge(self.latency(kind, source.clone()).get(stage));
         }
         merged
     }
@@ -804,7 +801,14 @@ impl Metrics {
     }
 
     fn stats_mut(&mut self, kind: RequestKind, source: LatencySource) -> &mut LatencyStats {
-        &mut self.latency[kind as usize][source.index()]
+        let at = match self.latency.iter().position(|(s, _)| *s == source) {
+            Some(at) => at,
+            None => {
+                self.latency.push((source, Default::default()));
+                self.latency.len() - 1
+            }
+        };
+        &mut self.latency[at].1[kind as usize]
     }
 }
 
@@ -963,9 +967,6 @@ mod tests {
         for (i, kind) in RequestKind::ALL.into_iter().enumerate() {
             assert_eq!(kind as usize, i);
         }
-        for (i, source) in LatencySource::ALL.into_iter().enumerate() {
-            assert_eq!(source.index(), i);
-        }
         for (i, label) in SourceLabel::ALL.into_iter().enumerate() {
             assert_eq!(label as usize, i);
         }
@@ -974,14 +975,14 @@ mod tests {
         }
         for source in [
             PlanSource::Llm {
-                backend: BackendId::Remote,
+                backend: BackendId::new("remote"),
                 repaired: true,
             },
             PlanSource::Cache,
             PlanSource::Goap,
             PlanSource::Template,
         ] {
-            assert_eq!(SourceLabel::from(source).as_str(), source.label());
+            assert_eq!(SourceLabel::from(&source).as_str(), source.label());
         }
     }
 
@@ -990,42 +991,42 @@ mod tests {
         let mut metrics = Metrics::new();
         metrics.record_full(
             RequestKind::Plan,
-            BackendId::Local,
+            &BackendId::new("local"),
             Duration::from_millis(120),
         );
         metrics.record_full(
             RequestKind::Plan,
-            BackendId::Remote,
+            &BackendId::new("remote"),
             Duration::from_millis(900),
         );
         metrics.record_full(
             RequestKind::Dialogue,
-            BackendId::Local,
+            &BackendId::new("local"),
             Duration::from_millis(40),
         );
         metrics.record_first(RequestKind::Plan, LatencySource::Goap, micros(300));
-        metrics.record_queue_wait(RequestKind::Plan, BackendId::Local, micros(50));
+        metrics.record_queue_wait(RequestKind::Plan, &BackendId::new("local"), micros(50));
         let repaired = PlanSource::Llm {
-            backend: BackendId::Local,
+            backend: BackendId::new("local"),
             repaired: true,
         };
-        metrics.record_full(RequestKind::Plan, repaired, Duration::from_millis(130));
+        metrics.record_full(RequestKind::Plan, &repaired, Duration::from_millis(130));
 
-        let local_plans = metrics.latency(RequestKind::Plan, BackendId::Local);
+        let local_plans = metrics.latency(RequestKind::Plan, &BackendId::new("local"));
         assert_eq!(local_plans.full.count(), 2);
         assert_eq!(local_plans.full.min(), Some(Duration::from_millis(120)));
         assert_eq!(local_plans.queue_wait.count(), 1);
         assert!(local_plans.first.is_empty());
         assert_eq!(
             metrics
-                .latency(RequestKind::Plan, BackendId::Remote)
+                .latency(RequestKind::Plan, &BackendId::new("remote"))
                 .full
                 .count(),
             1
         );
         assert_eq!(
             metrics
-                .latency(RequestKind::Dialogue, BackendId::Local)
+                .latency(RequestKind::Dialogue, &BackendId::new("local"))
                 .full
                 .max(),
             Some(Duration::from_millis(40))
@@ -1039,23 +1040,29 @@ mod tests {
         );
         assert!(
             metrics
-                .latency(RequestKind::Banter, BackendId::Local)
+                .latency(RequestKind::Banter, &BackendId::new("local"))
                 .is_empty()
         );
 
         let keys: Vec<_> = metrics
             .latencies()
-            .map(|(kind, source, _)| (kind, source))
+            .map(|(kind, source, _)| (kind, source.clone()))
             .collect();
         assert_eq!(
             keys,
             [
                 (
                     RequestKind::Dialogue,
-                    LatencySource::Backend(BackendId::Local)
+                    LatencySource::Backend(BackendId::new("local"))
                 ),
-                (RequestKind::Plan, LatencySource::Backend(BackendId::Local)),
-                (RequestKind::Plan, LatencySource::Backend(BackendId::Remote)),
+                (
+                    RequestKind::Plan,
+                    LatencySource::Backend(BackendId::new("local"))
+                ),
+                (
+                    RequestKind::Plan,
+                    LatencySource::Backend(BackendId::new("remote"))
+                ),
                 (RequestKind::Plan, LatencySource::Goap),
             ]
         );
@@ -1067,7 +1074,7 @@ mod tests {
         );
         assert_eq!(
             metrics
-                .latency_by_source(BackendId::Local, LatencyStage::Full)
+                .latency_by_source(&BackendId::new("local"), LatencyStage::Full)
                 .count(),
             3
         );
@@ -1089,29 +1096,29 @@ mod tests {
     fn answers_are_counted_by_source_and_fallbacks_by_reason() {
         let mut metrics = Metrics::new();
         let local = PlanSource::Llm {
-            backend: BackendId::Local,
+            backend: BackendId::new("local"),
             repaired: false,
         };
         let repaired = PlanSource::Llm {
-            backend: BackendId::Local,
+            backend: BackendId::new("local"),
             repaired: true,
         };
-        metrics.record_answer(RequestKind::Plan, local, None);
-        metrics.record_answer(RequestKind::Plan, repaired, None);
+        metrics.record_answer(RequestKind::Plan, &local, None);
+        metrics.record_answer(RequestKind::Plan, &repaired, None);
         metrics.record_repair();
         metrics.record_answer(
             RequestKind::Plan,
-            PlanSource::Goap,
+            &PlanSource::Goap,
             Some(FallbackReason::Deadline),
         );
         metrics.record_answer(
             RequestKind::Plan,
-            PlanSource::Goap,
+            &PlanSource::Goap,
             Some(FallbackReason::Deadline),
         );
         metrics.record_answer(
             RequestKind::Dialogue,
-            PlanSource::Template,
+            &PlanSource::Template,
             Some(FallbackReason::Parse),
         );
 
@@ -1199,7 +1206,7 @@ mod tests {
         }
         metrics.record_full(
             RequestKind::Plan,
-            BackendId::Local,
+            &BackendId::new("local"),
             Duration::from_millis(80),
         );
         let banter: Vec<_> = metrics.recent_full(RequestKind::Banter).collect();
@@ -1238,7 +1245,7 @@ mod tests {
         let mut metrics = Metrics::new();
         metrics.record_full(
             RequestKind::Plan,
-            BackendId::Local,
+            &BackendId::new("local"),
             Duration::from_millis(80),
         );
         metrics.record_tokens(5, 50, Duration::from_millis(10));
@@ -1246,7 +1253,7 @@ mod tests {
         metrics.record_cache(true);
         metrics.record_answer(
             RequestKind::Plan,
-            PlanSource::Goap,
+            &PlanSource::Goap,
             Some(FallbackReason::Overflow),
         );
         metrics.record_repair();
@@ -1267,12 +1274,12 @@ mod tests {
         for ms in [10, 12, 14, 200] {
             metrics.record_first(
                 RequestKind::Plan,
-                BackendId::Local,
+                &BackendId::new("local"),
                 Duration::from_millis(ms),
             );
             metrics.record_full(
                 RequestKind::Plan,
-                BackendId::Local,
+                &BackendId::new("local"),
                 Duration::from_millis(ms * 3),
             );
         }
@@ -1283,7 +1290,7 @@ mod tests {
         metrics.record_cache(false);
         metrics.record_answer(
             RequestKind::Plan,
-            PlanSource::Goap,
+            &PlanSource::Goap,
             Some(FallbackReason::BackendError),
         );
         metrics.record_repair();

@@ -281,7 +281,9 @@ impl WorkerPool {
         self.shared
             .factory
             .read()
-            .map_or(BackendId::Scripted, |f| f.1.id())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .id()
     }
 
     /// Swaps the backend: each worker builds the new one before its next batch. Batches already

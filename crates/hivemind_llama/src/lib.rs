@@ -252,7 +252,7 @@ impl LlamaFactory {
 
 impl BackendFactory for LlamaFactory {
     fn id(&self) -> BackendId {
-        BackendId::Local
+        BackendId::new(BackendId::LOCAL)
     }
 
     fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
@@ -283,10 +283,6 @@ impl LlamaBackend {
 }
 
 impl InferenceBackend for LlamaBackend {
-    fn id(&self) -> BackendId {
-        BackendId::Local
-    }
-
     fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
         let specs = stream_specs(batch, self.session.options());
         self.session.run(&specs, sink).map_err(BackendError::from)

@@ -1,11 +1,9 @@
 //! The `hm` command: hivemind's status, performance, agents, cache and switches.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::PoisonError;
 
 use bevy::prelude::*;
-use clap::builder::PossibleValuesParser;
 use hivemind_core::backend::{ReplayFactory, Transcript};
 use hivemind_core::config::PromptLayout;
 use hivemind_core::metrics::HumanDuration;
@@ -15,7 +13,8 @@ use hivemind_core::snapshot::WorldSnapshot;
 use super::{Console, ConsoleAppExt, ConsoleReply};
 use crate::components::{ActivePlan, AgentSnapshot, NpcAgent, PlanStatus, Thinking};
 use crate::messages::{PlanReady, RequestPlan};
-use crate::runtime::{FallbackOnly, Hivemind};
+use crate::runtime::Hivemind;
+use hivemind_core::lifecycle::FallbackOnly;
 use crate::{HivemindMetrics, HivemindSettings, HivemindSystems};
 
 /// hivemind: status, performance, agents, cache, personas and run-time switches.
@@ -49,8 +48,7 @@ pub enum HmCommand {
     },
     /// Switches to a registered backend.
     Backend {
-        /// The backend id.
-        #[arg(value_parser = backend_names())]
+        /// The backend id, as its factory declared it (`hm status` lists them).
         id: String,
     },
     /// Switches the prompt layout.
@@ -121,10 +119,6 @@ pub enum LayoutArg {
     Parallel,
     /// One prompt and one sequence for the whole batch.
     Shared,
-}
-
-fn backend_names() -> PossibleValuesParser {
-    PossibleValuesParser::new(BackendId::ALL.map(BackendId::as_str))
 }
 
 /// A probe sent by `hm test`: an agent of its own, despawned when its plan is complete.
@@ -202,7 +196,8 @@ fn status(world: &mut World, reply: &mut ConsoleReply) {
     let registered: Vec<&str> = hm.backends().map(BackendId::as_str).collect();
     reply.line(format!(
         "backend   {} (registered: {})",
-        hm.backend(),
+        hm.backend()
+            .map_or_else(|| "none".to_owned(), |id| id.to_string()),
         registered.join(", ")
     ));
     let model = match (&info.source, &info.quantization) {
@@ -244,6 +239,7 @@ fn status(world: &mut World, reply: &mut ConsoleReply) {
         None => "model answers, fallbacks past deadlines".to_owned(),
         Some(FallbackOnly::Forced) => "fallback only: forced (hm force-fallback on)".to_owned(),
         Some(FallbackOnly::NoModel(why)) => format!("fallback only: no model ({why})"),
+        Some(FallbackOnly::NoBackend) => "fallback only: no backend".to_owned(),
     };
     reply.line(format!("mode      {mode}"));
     reply.line(format!(
@@ -306,7 +302,7 @@ fn agents(world: &mut World, reply: &mut ConsoleReply) {
             state,
             step,
             doing,
-            source_text(plan.source, plan.fallback.map(FallbackReason::as_str))
+            source_text(plan.source.clone(), plan.fallback.map(FallbackReason::as_str))
         ));
     }
     if rows.is_empty() {
@@ -319,7 +315,7 @@ fn source_text(source: Option<PlanSource>, fallback: Option<&str>) -> String {
     let Some(source) = source else {
         return "-".to_owned();
     };
-    let detail = match (source, fallback) {
+    let detail = match (&source, fallback) {
         (_, Some(reason)) => format!(" ({reason})"),
         (PlanSource::Llm { backend, .. }, None) => format!(" ({backend})"),
         _ => String::new(),
@@ -406,12 +402,9 @@ fn persona(world: &mut World, id: &str, reply: &mut ConsoleReply) {
 }
 
 fn backend(world: &mut World, id: &str, reply: &mut ConsoleReply) {
-    let Ok(id) = BackendId::from_str(id) else {
-        reply.line(format!("unknown backend `{id}`"));
-        return;
-    };
+    let id = BackendId::new(id);
     let mut hm = world.resource_mut::<Hivemind>();
-    match hm.set_backend(id) {
+    match hm.set_backend(&id) {
         Ok(()) => reply.line(format!("backend: {id}")),
         Err(e) => {
             let registered: Vec<&str> = hm.backends().map(BackendId::as_str).collect();
@@ -441,8 +434,8 @@ fn replay(world: &mut World, action: ReplayAction, reply: &mut ConsoleReply) {
             match ReplayFactory::load(&file) {
                 Ok(factory) => {
                     let mut hm = world.resource_mut::<Hivemind>();
-                    hm.insert_backend(factory);
-                    if hm.set_backend(BackendId::Replay).is_ok() {
+                    hm.replace_backend(factory);
+                    if hm.set_backend(&BackendId::new(BackendId::REPLAY)).is_ok() {
                         reply.line(format!("backend: replay of {}", file.display()));
                     }
                 }
@@ -519,7 +512,7 @@ fn report_probes(
             "probe {}: {} step(s) from {} in {} (first step after {}, {} frames)",
             plan.agent,
             plan.steps.len(),
-            source_text(Some(plan.source), plan.fallback.map(FallbackReason::as_str)),
+            source_text(Some(plan.source.clone()), plan.fallback.map(FallbackReason::as_str)),
             HumanDuration(plan.latency),
             HumanDuration(plan.first_after),
             hm.tick().saturating_sub(probe.sent_at_tick),

@@ -147,10 +147,6 @@ impl ReplayBackend {
 }
 
 impl InferenceBackend for ReplayBackend {
-    fn id(&self) -> BackendId {
-        BackendId::Replay
-    }
-
     fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
         for stream in 0..batch.streams() {
             let key = Transcript::key(&stream_prompt(batch, stream).unwrap_or_default());
@@ -230,10 +226,6 @@ impl BatchSink for RecordingSink<'_> {
 }
 
 impl InferenceBackend for Recorder {
-    fn id(&self) -> BackendId {
-        self.inner.id()
-    }
-
     fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
         let streams: Vec<RecordedStream> = (0..batch.streams())
             .map(|s| RecordedStream {
@@ -295,7 +287,7 @@ impl ReplayFactory {
 
 impl BackendFactory for ReplayFactory {
     fn id(&self) -> BackendId {
-        BackendId::Replay
+        BackendId::new(BackendId::REPLAY)
     }
 
     fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {

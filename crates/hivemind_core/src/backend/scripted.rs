@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BackendError, Batch, BatchAgent, BatchSink, InferenceBackend, TokenUsage};
-use crate::plan::{BackendId, OutputFormat};
+use crate::plan::OutputFormat;
 use crate::prompt::AgentTask;
 use crate::snapshot::estimate_tokens;
 
@@ -81,10 +81,6 @@ impl ScriptedBackend {
 }
 
 impl InferenceBackend for ScriptedBackend {
-    fn id(&self) -> BackendId {
-        BackendId::Scripted
-    }
-
     fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
         let outputs: Vec<(String, u64)> = match &batch.shared {
             Some(shared) => {

@@ -219,7 +219,7 @@ impl<'s> Run<'s> {
         let Some(Built { backend, .. }) = built.as_mut() else {
             return;
         };
-        let backend_id = backend.id();
+        let backend_id = factory.id();
 
         let context = Arc::clone(
             &self
@@ -261,7 +261,7 @@ impl<'s> Run<'s> {
             if slot < self.slots.len() {
                 let queue_wait = now.since(self.slots[slot].submitted);
                 let started = WorkerEventKind::Started {
-                    backend: backend_id,
+                    backend: backend_id.clone(),
                     batch: batch.id,
                     batch_size: size,
                     queue_wait,

@@ -35,7 +35,7 @@ fn context(layout: PromptLayout) -> Arc<PromptContext> {
 }
 
 fn scripted(script: Script, latency: Latency) -> Arc<dyn BackendFactory> {
-    FnFactory::new(BackendId::Scripted, move || {
+    FnFactory::new(BackendId::SCRIPTED, move || {
         Ok(
             Box::new(ScriptedBackend::new(Arc::clone(&script)).with_latency(latency))
                 as Box<dyn InferenceBackend>,
@@ -136,10 +136,10 @@ fn a_plan_streams_validated_steps_then_finishes() {
     assert!(matches!(
         kinds[0],
         WorkerEventKind::Started {
-            backend: BackendId::Scripted,
+            backend,
             batch_size: 1,
             ..
-        }
+        } if *backend == BackendId::SCRIPTED
     ));
     let WorkerEventKind::Step { index: 0, step } = kinds[1] else {
         panic!("{kinds:?}")
@@ -341,19 +341,16 @@ fn the_backend_can_be_swapped_while_running() {
     pool.dispatch();
     drain(&mut pool, &BTreeSet::from([first]));
     let transcript = Arc::new(Transcript::new());
-    pool.set_backend(FnFactory::new(BackendId::Replay, move || {
+    pool.set_backend(FnFactory::new(BackendId::REPLAY, move || {
         Ok(Box::new(ReplayBackend::new(Arc::clone(&transcript))) as Box<dyn InferenceBackend>)
     }));
-    assert_eq!(pool.backend_id(), BackendId::Replay);
+    assert_eq!(pool.backend_id(), BackendId::REPLAY);
     let second = pool.submit(plan_request(1, far()), 1);
     pool.dispatch();
     let events = drain(&mut pool, &BTreeSet::from([second]));
     assert!(events.iter().any(|e| matches!(
-        e.kind,
-        WorkerEventKind::Started {
-            backend: BackendId::Replay,
-            ..
-        }
+        &e.kind,
+        WorkerEventKind::Started { backend, .. } if *backend == BackendId::REPLAY
     )));
     // The empty transcript has nothing for this prompt.
     assert!(matches!(
@@ -366,7 +363,7 @@ fn the_backend_can_be_swapped_while_running() {
 fn a_recorded_session_replays_identically() {
     let transcript = Arc::new(Mutex::new(Transcript::new()));
     let recorded = Arc::clone(&transcript);
-    let recording = FnFactory::new(BackendId::Scripted, move || {
+    let recording = FnFactory::new(BackendId::SCRIPTED, move || {
         let inner = Box::new(ScriptedBackend::new(attacker()));
         Ok(Box::new(Recorder::new(inner, Arc::clone(&recorded))) as Box<dyn InferenceBackend>)
     });
@@ -394,7 +391,7 @@ fn a_recorded_session_replays_identically() {
     let loaded = Arc::new(Transcript::load(&path).unwrap());
     std::fs::remove_file(&path).unwrap();
     assert_eq!(loaded.streams().len(), 6);
-    let replayed = session(FnFactory::new(BackendId::Replay, move || {
+    let replayed = session(FnFactory::new(BackendId::REPLAY, move || {
         Ok(Box::new(ReplayBackend::new(Arc::clone(&loaded))) as Box<dyn InferenceBackend>)
     }));
     let sorted = |mut v: Vec<(JobId, Timestamp, WorkerEventKind)>| {
@@ -515,7 +512,7 @@ fn the_shared_layout_routes_each_object_to_its_job() {
 
 #[test]
 fn a_backend_that_cannot_be_built_fails_jobs_with_its_reason() {
-    let factory = FnFactory::new(BackendId::Local, || {
+    let factory = FnFactory::new(BackendId::LOCAL, || {
         Err(BackendError::NoModel("models/x.gguf is missing".into()))
     });
     let mut pool = WorkerPool::new(

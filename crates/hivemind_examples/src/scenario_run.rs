@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_hivemind::prelude::*;
-use hivemind_arena::ArenaAssets;
 use hivemind_arena::scenarios::{Voice, is_sensible, voice};
+use hivemind_arena::{ArenaAssets, ArenaPlanner};
 use hivemind_core::backend::BackendFactory;
 use hivemind_core::config::{ClockMode, HivemindConfig, PlanFormat, PromptLayout};
 use hivemind_core::metrics::Histogram;
 use hivemind_core::plan::PlanSource;
-
-use crate::arena_app::ArenaPlanner;
 
 /// How plans are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -308,9 +306,7 @@ pub fn run_suite(
         .with_registry(assets.registry.clone())
         .with_templates(assets.templates.clone())
         .with_prompt(prompt)
-        .with_planner(ArenaPlanner {
-            assets: Arc::clone(assets),
-        })
+        .with_planner(ArenaPlanner::new(Arc::clone(assets)))
         .with_backend(factory);
     let mut app = App::new();
     app.add_plugins((MinimalPlugins, plugin))

@@ -6,15 +6,15 @@
 //! bantered there. A banter request takes a fresh line from here ([`PlanSource::Cache`]) or
 //! else a template ([`PlanSource::Template`]).
 //!
-//! [`PlanSource::Cache`]: hivemind_core::plan::PlanSource::Cache
-//! [`PlanSource::Template`]: hivemind_core::plan::PlanSource::Template
+//! [`PlanSource::Cache`]: crate::plan::PlanSource::Cache
+//! [`PlanSource::Template`]: crate::plan::PlanSource::Template
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hivemind_core::clock::Timestamp;
-use hivemind_core::snapshot::WorldSnapshot;
+use crate::clock::Timestamp;
+use crate::snapshot::WorldSnapshot;
 
 /// Lines kept per persona and situation; the oldest goes first.
 pub const KEEP: usize = 6;
@@ -123,7 +123,7 @@ impl BanterLines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hivemind_core::snapshot::{AgentId, Point};
+    use crate::snapshot::{AgentId, Point};
 
     #[test]
     fn idle_time_writes_for_the_thinnest_situation_and_lines_expire() {

@@ -1,6 +1,6 @@
 //! The arena as a Bevy app: [`hivemind_arena`]'s rules driven by [`bevy_hivemind`]'s messages.
 //!
-//! [`ArenaAppPlugin`] owns an arena [`World`] and spawns one entity per arena agent with
+//! [`ArenaAppPlugin`] owns an [`ArenaWorld`] and spawns one entity per arena agent with
 //! [`NpcAgent`] and [`ArenaAgent`]. Each time hivemind's schedule runs:
 //!
 //! 1. before [`HivemindSystems::Gather`], every idle living agent whose plan is used up asks for
@@ -19,14 +19,13 @@ use bevy::prelude::*;
 use bevy_hivemind::prelude::*;
 use bevy_hivemind::{AgentSnapshot, RequestId};
 use hivemind_arena::{
-    ArenaAssets, ArenaConfig, Team, TickReport, World, banter_slots, complete_plan, expand_intent,
-    fallback_plan, first_invalid, intents, situation,
+    ArenaAssets, ArenaConfig, ArenaPlanner, ArenaWorld, Team, TickReport, banter_slots,
+    fallback_plan, situation,
 };
 use hivemind_core::backend::{
     BackendFactory, BatchAgent, FnFactory, InferenceBackend, Latency, Script, ScriptedBackend,
 };
 use hivemind_core::plan::{BackendId, OutputFormat, Plan};
-use hivemind_core::prompt::IntentOption;
 
 /// Call signs, Red's six first.
 pub const NAMES: [&str; 12] = [
@@ -44,7 +43,7 @@ pub fn name(id: AgentId) -> String {
 #[derive(Resource)]
 pub struct Arena {
     /// The rules and the state.
-    pub world: World,
+    pub world: ArenaWorld,
     /// Verbs, GOAP domain, templates and prompt.
     pub assets: Arc<ArenaAssets>,
     /// The entity of each agent.
@@ -111,52 +110,17 @@ impl ArenaAppPlugin {
 
     /// `plugin` set up for the arena: its verbs, templates, prompt and GOAP fallback planner.
     pub fn hivemind(&self, plugin: HivemindPlugin) -> HivemindPlugin {
-        let assets = Arc::clone(&self.assets);
         plugin
             .with_registry(self.assets.registry.clone())
             .with_templates(self.assets.templates.clone())
             .with_prompt(self.assets.prompt.clone())
-            .with_planner(ArenaPlanner { assets })
-    }
-}
-
-/// The arena's rules for plans, over its GOAP domain.
-///
-/// They are fallback plans ([`hivemind_arena::fallback_plan`]), checks and repairs of a model's
-/// plans
-/// ([`hivemind_arena::first_invalid`], [`hivemind_arena::complete_plan`]), and the guided
-/// format's intents ([`hivemind_arena::intents()`], [`hivemind_arena::expand_intent`]).
-#[derive(Clone)]
-pub struct ArenaPlanner {
-    /// The verbs and the GOAP domain.
-    pub assets: Arc<ArenaAssets>,
-}
-
-impl FallbackPlanner for ArenaPlanner {
-    fn plan(&self, snapshot: &WorldSnapshot) -> Vec<PlanStep> {
-        fallback_plan(&self.assets.domain, &self.assets.registry, snapshot)
-    }
-
-    fn complete(&self, snapshot: &WorldSnapshot, done: &[PlanStep]) -> Vec<PlanStep> {
-        complete_plan(&self.assets.domain, &self.assets.registry, snapshot, done)
-    }
-
-    fn first_invalid(&self, snapshot: &WorldSnapshot, steps: &[PlanStep]) -> Option<usize> {
-        first_invalid(&self.assets.domain, &self.assets.registry, snapshot, steps)
-    }
-
-    fn intents(&self, snapshot: &WorldSnapshot) -> Vec<IntentOption> {
-        intents(&self.assets.domain, &self.assets.registry, snapshot)
-    }
-
-    fn expand(&self, snapshot: &WorldSnapshot, goal: &str) -> Vec<PlanStep> {
-        expand_intent(&self.assets.domain, &self.assets.registry, snapshot, goal)
+            .with_planner(ArenaPlanner::new(Arc::clone(&self.assets)))
     }
 }
 
 impl Plugin for ArenaAppPlugin {
     fn build(&self, app: &mut App) {
-        let world = World::new(self.config.clone());
+        let world = ArenaWorld::new(self.config.clone());
         let mut entities = BTreeMap::new();
         for id in world.agent_ids() {
             let team = world
@@ -326,7 +290,7 @@ pub fn scripted_backend(assets: Arc<ArenaAssets>, latency: Latency) -> Arc<dyn B
             canned(agent, format)
         }
     });
-    FnFactory::new(BackendId::Scripted, move || {
+    FnFactory::new(BackendId::SCRIPTED, move || {
         Ok(
             Box::new(ScriptedBackend::new(Arc::clone(&script)).with_latency(latency))
                 as Box<dyn InferenceBackend>,

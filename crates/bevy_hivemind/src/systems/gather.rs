@@ -1,0 +1,153 @@
+//! Gather: the game's messages in, requests queued or answered at once, reloaded assets and
+//! edited settings applied.
+
+use std::time::Instant;
+
+use bevy::prelude::*;
+use hivemind_core::lifecycle::{Ask, NewRequest};
+
+use super::Outbox;
+use crate::HivemindSettings;
+use crate::assets::{ConfigAsset, HivemindAssetHandles, PromptFileAsset};
+use crate::components::{ActivePlan, AgentSnapshot, Conversation, NpcAgent, PlanStatus, Thinking};
+use crate::messages::{CancelRequest, RequestLine, RequestPlan, StepFinished};
+use crate::metrics::{FrameCost, HivemindMetrics};
+use crate::runtime::Hivemind;
+
+/// Gather, first: applies edited settings and moves the clock on.
+pub(crate) fn begin_frame(
+    mut hm: ResMut<Hivemind>,
+    settings: Res<HivemindSettings>,
+    time: Res<Time>,
+    virtual_time: Option<Res<Time<Virtual>>>,
+    mut cost: ResMut<FrameCost>,
+) {
+    cost.start = Some(Instant::now());
+    if settings.is_changed() && settings.0 != *hm.config() {
+        hm.apply_config(settings.0.clone());
+    }
+    let paused = virtual_time.is_some_and(|t| t.is_paused());
+    hm.begin_frame(time.delta(), paused);
+}
+
+/// Gather: reads the game's messages. Despawned agents' requests end, cancels and replacements
+/// take effect, finished steps move plans on (a failed one asks for a new plan), and new
+/// requests are answered at once or queued.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a system reading every input message"
+)]
+pub(crate) fn gather(
+    mut hm: ResMut<Hivemind>,
+    mut metrics: ResMut<HivemindMetrics>,
+    mut plans: MessageReader<RequestPlan>,
+    mut lines: MessageReader<RequestLine>,
+    mut cancels: MessageReader<CancelRequest>,
+    mut finished: MessageReader<StepFinished>,
+    mut removed: RemovedComponents<NpcAgent>,
+    mut agents: Query<(&NpcAgent, &AgentSnapshot, &Conversation, &mut ActivePlan)>,
+    mut commands: Commands,
+    mut out: Outbox,
+) {
+    for entity in removed.read() {
+        hm.forget_agent(entity);
+    }
+    for cancel in cancels.read() {
+        match cancel.slot {
+            Some(slot) => hm.cancel_slot(cancel.agent, slot),
+            None => hm.forget_agent(cancel.agent),
+        }
+    }
+    let mut replans = Vec::new();
+    for done in finished.read() {
+        let Ok((.., mut plan)) = agents.get_mut(done.agent) else {
+            continue;
+        };
+        if done.ok {
+            plan.current = (plan.current + 1).min(plan.steps.len());
+        } else {
+            plan.status = PlanStatus::Failed;
+            replans.push(RequestPlan::new(done.agent));
+        }
+    }
+    let asks = plans
+        .read()
+        .cloned()
+        .chain(replans)
+        .map(|p| (p.agent, None))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .chain(lines.read().map(|l| (l.agent, Some(l))));
+    let mut new = Vec::new();
+    for (entity, line) in asks {
+        let Ok((agent, snapshot, conversation, _)) = agents.get(entity) else {
+            warn!("hivemind: {entity} asked for something but is not an NpcAgent");
+            continue;
+        };
+        let ask = match line {
+            None => Ask::Plan,
+            Some(line) => Ask::Line {
+                kind: line.kind.clone(),
+                situation: line.situation.clone(),
+                slots: line.slots.clone(),
+                history: conversation.history(),
+            },
+        };
+        if !agent.kinds.allows(ask.kind()) {
+            warn!(
+                "hivemind: {entity} may not make {} requests",
+                ask.kind().as_str()
+            );
+            continue;
+        }
+        new.push(NewRequest {
+            agent: entity,
+            persona: agent.persona.clone(),
+            snapshot: snapshot.0.clone(),
+            ask,
+        });
+    }
+    for request in new {
+        let entity = request.agent;
+        let id = hm.request(request, &mut metrics);
+        if let Some(kind) = hm.waiting_kind(id) {
+            commands
+                .entity(entity)
+                .try_insert(Thinking { request: id, kind });
+        }
+    }
+    out.flush(&mut hm);
+}
+
+/// Applies reloaded `hivemind.ron` and prompt files. A file is applied when its content differs
+/// from what was last applied from it, so the several events of one reload apply it once and
+/// an edit made since is kept until the file really changes.
+pub(crate) fn reload_assets(
+    mut config_events: MessageReader<AssetEvent<ConfigAsset>>,
+    mut prompt_events: MessageReader<AssetEvent<PromptFileAsset>>,
+    configs: Res<Assets<ConfigAsset>>,
+    prompts: Res<Assets<PromptFileAsset>>,
+    mut handles: ResMut<HivemindAssetHandles>,
+    mut settings: ResMut<HivemindSettings>,
+    mut hm: ResMut<Hivemind>,
+) {
+    let touched = config_events.read().count() > 0;
+    if touched
+        && let Some(config) = handles.config.as_ref().and_then(|h| configs.get(h))
+        && handles.applied_config.as_ref() != Some(&config.0)
+    {
+        info!("hivemind: configuration loaded");
+        handles.applied_config = Some(config.0.clone());
+        settings.0 = config.0.clone();
+    }
+    let touched = prompt_events.read().count() > 0;
+    if touched
+        && let Some(prompt) = handles.prompt.as_ref().and_then(|h| prompts.get(h))
+        && handles.applied_prompt.as_ref() != Some(&prompt.0)
+    {
+        info!("hivemind: prompt and personas loaded");
+        handles.applied_prompt = Some(prompt.0.clone());
+        hm.set_prompt(prompt.0.clone());
+    }
+}
+

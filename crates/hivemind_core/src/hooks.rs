@@ -1,0 +1,230 @@
+//! Where a game plugs its own rules into hivemind, whatever engine runs it: the planner that
+//! makes, checks and repairs plans, and the filter every line passes before a player sees it.
+//!
+//! Both are plain traits over core types, so the request lifecycle that calls them is tested
+//! without an engine, and a game's rules (its GOAP domain, say) live with the game, not with
+//! the plugin.
+
+use crate::plan::PlanStep;
+use crate::prompt::IntentOption;
+use crate::snapshot::WorldSnapshot;
+
+/// The game's rules for plans.
+///
+/// They give the plan whenever a model's would be late or wrong, check a model's plan, and offer
+/// the intents of a guided prompt. Fallback plans are made off the main thread, as soon as a
+/// request is queued.
+///
+/// Any `Fn(&WorldSnapshot) -> Vec<PlanStep>` that is `Send + Sync` is one, such as a GOAP planner
+/// over the game's domain; it makes fallback plans and nothing else. An empty plan is answered
+/// with the registry's idle verb. A game that implements the other methods gets model plans
+/// checked and repaired ([`FallbackPlanner::first_invalid`], [`FallbackPlanner::complete`]) and
+/// the guided format ([`FallbackPlanner::intents`], [`FallbackPlanner::expand`]).
+pub trait FallbackPlanner: Send + Sync + 'static {
+    /// A plan for the agent in `snapshot`.
+    fn plan(&self, snapshot: &WorldSnapshot) -> Vec<PlanStep>;
+
+    /// The rest of a plan whose first steps, `done`, came from a model: what to append so the
+    /// plan still reaches a goal. Called when the model failed mid-plan and when one of its steps
+    /// failed [`FallbackPlanner::first_invalid`]. By default nothing is appended and the model's
+    /// steps stand alone.
+    fn complete(&self, snapshot: &WorldSnapshot, done: &[PlanStep]) -> Vec<PlanStep> {
+        let _ = (snapshot, done);
+        Vec::new()
+    }
+
+    /// The index of the first of a model's `steps` that cannot run in `snapshot` after the
+    /// steps before it (attacking with an empty magazine, say), or `None` if all can. Called
+    /// each time a step arrives, with every step so far, when the config's `model.repair` is
+    /// on. By default every step can run.
+    fn first_invalid(&self, snapshot: &WorldSnapshot, steps: &[PlanStep]) -> Option<usize> {
+        let _ = (snapshot, steps);
+        None
+    }
+
+    /// The intents a guided prompt offers the agent in `snapshot`, best first, each one that
+    /// [`FallbackPlanner::expand`] can carry out. Empty (the default) means the agent is asked
+    /// in the free format even when the config says guided.
+    fn intents(&self, snapshot: &WorldSnapshot) -> Vec<IntentOption> {
+        let _ = snapshot;
+        Vec::new()
+    }
+
+    /// The steps that carry out the intent named `goal` (an [`IntentOption::goal`]) in
+    /// `snapshot`. Empty if it cannot be carried out; the fallback plan is used instead.
+    fn expand(&self, snapshot: &WorldSnapshot, goal: &str) -> Vec<PlanStep> {
+        let _ = (snapshot, goal);
+        Vec::new()
+    }
+}
+
+impl<F> FallbackPlanner for F
+where
+    F: Fn(&WorldSnapshot) -> Vec<PlanStep> + Send + Sync + 'static,
+{
+    fn plan(&self, snapshot: &WorldSnapshot) -> Vec<PlanStep> {
+        self(snapshot)
+    }
+}
+
+/// The planner of a game that gave none: every fallback plan is the idle verb.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdlePlanner;
+
+impl FallbackPlanner for IdlePlanner {
+    fn plan(&self, _snapshot: &WorldSnapshot) -> Vec<PlanStep> {
+        Vec::new()
+    }
+}
+
+/// What a [`LineFilter`] decides about a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineVerdict {
+    /// The line may reach the player.
+    Pass,
+    /// Only its first this-many bytes may (a char boundary); the rest is dropped and the line
+    /// ends there.
+    Cut(usize),
+    /// None of it may. A model's line is replaced by the template, or ends where it was.
+    Reject,
+}
+
+/// Checks every line before any of it reaches a player: the model's as it streams (the whole
+/// text so far, each time words arrive), and the templates'.
+pub trait LineFilter: Send + Sync + 'static {
+    /// The verdict on `line`.
+    fn check(&self, line: &str) -> LineVerdict;
+}
+
+/// The default [`LineFilter`]: a length cap at a word boundary, a list of words that must never
+/// be said (matched whole, ignoring case), and a stop to lines that loop.
+///
+/// A small model sometimes repeats itself ("I'm going to take the ball. I'm going to take the
+/// ball. …"). With `no_loops` on, a line that repeats a run of three words ends before the repeat
+/// starts, or is rejected if that leaves nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineRules {
+    /// The most characters a line may have.
+    pub max_chars: usize,
+    /// Words that reject a line.
+    pub banned: Vec<String>,
+    /// Whether a line is cut where it starts repeating a run of three words.
+    pub no_loops: bool,
+}
+
+impl Default for LineRules {
+    fn default() -> Self {
+        LineRules {
+            max_chars: 160,
+            banned: Vec::new(),
+            no_loops: true,
+        }
+    }
+}
+
+/// The byte offset where `line` first repeats a run of three words it said before, if it does.
+/// Words are compared ignoring case and the punctuation around them.
+fn loop_start(line: &str) -> Option<usize> {
+    let words: Vec<(usize, String)> = line
+        .split_whitespace()
+        .map(|w| {
+            let at = w.as_ptr() as usize - line.as_ptr() as usize;
+            let bare: String = w
+                .trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase();
+            (at, bare)
+        })
+        .filter(|(_, w)| !w.is_empty())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, run) in words.windows(3).enumerate() {
+        let key = (&run[0].1, &run[1].1, &run[2].1);
+        if !seen.insert(key) {
+            return Some(words[i].0);
+        }
+    }
+    None
+}
+
+impl LineRules {
+    /// Adds a banned word, for chaining.
+    pub fn with_banned(mut self, word: impl Into<String>) -> Self {
+        self.banned.push(word.into().to_lowercase());
+        self
+    }
+}
+
+impl LineFilter for LineRules {
+    fn check(&self, line: &str) -> LineVerdict {
+        let banned = line
+            .split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .any(|w| !w.is_empty() && self.banned.iter().any(|b| b.eq_ignore_ascii_case(w)));
+        if banned {
+            return LineVerdict::Reject;
+        }
+        let looped = self.no_loops.then(|| loop_start(line)).flatten();
+        let long = line.char_indices().nth(self.max_chars).map(|(end, _)| {
+            let head = &line[..end];
+            head.rfind(' ').filter(|&i| i > 0).unwrap_or(end)
+        });
+        match (looped, long) {
+            (None, None) => LineVerdict::Pass,
+            (Some(at), long) => {
+                let end = line[..at.min(long.unwrap_or(at))].trim_end().len();
+                if end == 0 {
+                    LineVerdict::Reject
+                } else {
+                    LineVerdict::Cut(end)
+                }
+            }
+            (None, Some(cut)) => LineVerdict::Cut(cut),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_rules_cut_long_lines_at_a_word_and_reject_banned_words() {
+        let rules = LineRules {
+            max_chars: 12,
+            banned: Vec::new(),
+            no_loops: true,
+        }
+        .with_banned("Darn");
+        assert_eq!(rules.check("hold the line"), LineVerdict::Cut(8));
+        assert_eq!(rules.check("short one"), LineVerdict::Pass);
+        assert_eq!(rules.check("oh darn it"), LineVerdict::Reject);
+        assert_eq!(rules.check("darned if"), LineVerdict::Pass);
+        let cut = LineRules {
+            max_chars: 3,
+            banned: Vec::new(),
+            no_loops: false,
+        };
+        assert_eq!(cut.check("éééé"), LineVerdict::Cut("ééé".len()));
+    }
+
+    #[test]
+    fn a_line_that_loops_ends_before_the_repeat() {
+        let rules = LineRules::default();
+        let line = "I'm going to take the ball. I'm going to take the ball.";
+        assert_eq!(
+            rules.check(line),
+            LineVerdict::Cut("I'm going to take the ball.".len())
+        );
+        assert_eq!(rules.check("Let's go, let's go!"), LineVerdict::Pass);
+        assert_eq!(
+            rules.check("Copy. Contact front, moving."),
+            LineVerdict::Pass
+        );
+        // The run "1 1 1" starts again at the second word.
+        assert_eq!(rules.check("1. 1. 1. 1. 1."), LineVerdict::Cut("1.".len()));
+        let off = LineRules {
+            no_loops: false,
+            ..LineRules::default()
+        };
+        assert_eq!(off.check(line), LineVerdict::Pass);
+    }
+}

@@ -1,0 +1,278 @@
+//! One request in flight: its phase, what the model has written so far, and its prepared
+//! fallback.
+
+use std::sync::Arc;
+
+use crate::backend::JobId;
+use crate::cache::CacheKey;
+use crate::clock::{Deadline, Timestamp};
+use crate::hooks::{FallbackPlanner, LineFilter, LineVerdict};
+use crate::metrics::Metrics;
+use crate::plan::{BackendId, PlanStep, RequestKind};
+use crate::prompt::IntentOption;
+use crate::snapshot::WorldSnapshot;
+use crate::templates::{Slots, TemplateBook};
+
+use super::RequestSlot;
+
+/// Where a request is in its life. See the [module docs](super) for the transitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Queued or being written; nothing has reached the game, and the deadline is armed.
+    Waiting,
+    /// The deadline passed in a frame whose drain stopped at its budget, so an in-time answer
+    /// may still be unread: the request gets one more frame before its fallback answers.
+    Overdue,
+    /// The model's first step or words reached the game in time; the rest streams until the
+    /// completion.
+    Streaming,
+    /// The game has its completion. Whatever the model still writes only fills the cache (or,
+    /// for a line written in idle time, the banter pool).
+    CacheOnly,
+}
+
+/// A fallback answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// A plan's steps (empty: the registry's idle verb answers).
+    Plan(Vec<PlanStep>),
+    /// A line.
+    Line(String),
+}
+
+/// A fallback answer being prepared, as a [`FallbackExecutor`] runs it.
+pub trait PendingAnswer: Send + Sync {
+    /// The answer; blocks until it is ready, which a planner that takes microseconds
+    /// practically never makes happen.
+    fn take(&mut self) -> Answer;
+}
+
+/// Runs the work of preparing fallback answers: on a task pool, or at once.
+pub trait FallbackExecutor: Send + Sync {
+    /// Starts `work` and returns a handle to its answer.
+    fn spawn(&self, work: FallbackWork) -> Box<dyn PendingAnswer>;
+}
+
+/// Prepares every fallback at once on the caller's thread: for tests and for games without a
+/// task pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InlineExecutor;
+
+impl FallbackExecutor for InlineExecutor {
+    fn spawn(&self, work: FallbackWork) -> Box<dyn PendingAnswer> {
+        Box::new(Some(work.run()))
+    }
+}
+
+impl PendingAnswer for Option<Answer> {
+    fn take(&mut self) -> Answer {
+        self.clone().unwrap_or(Answer::Line(String::new()))
+    }
+}
+
+/// What it takes to make one request's fallback answer: the game's planner for a plan, the
+/// templates for a line.
+pub struct FallbackWork {
+    pub(super) kind: RequestKind,
+    pub(super) planner: Arc<dyn FallbackPlanner>,
+    pub(super) templates: Arc<TemplateBook>,
+    pub(super) snapshot: Arc<WorldSnapshot>,
+    pub(super) persona: String,
+    pub(super) situation: String,
+    pub(super) slots: Vec<(String, String)>,
+    pub(super) seed: u64,
+}
+
+impl FallbackWork {
+    /// Makes the answer.
+    pub fn run(self) -> Answer {
+        match self.kind {
+            RequestKind::Plan => Answer::Plan(self.planner.plan(&self.snapshot)),
+            RequestKind::Dialogue | RequestKind::Banter => Answer::Line(template_line(
+                &self.templates,
+                &self.persona,
+                &self.situation,
+                &self.slots,
+                self.seed,
+            )),
+        }
+    }
+}
+
+/// A fallback, as the request holds it.
+pub(super) enum Prepared {
+    Pending(Box<dyn PendingAnswer>),
+    Ready(Answer),
+}
+
+impl Prepared {
+    pub(super) fn take(&mut self) -> Answer {
+        match self {
+            Prepared::Ready(answer) => answer.clone(),
+            Prepared::Pending(pending) => {
+                let answer = pending.take();
+                *self = Prepared::Ready(answer.clone());
+                answer
+            }
+        }
+    }
+}
+
+/// Whether the line filter let a model's text through so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// Every word so far may reach the player.
+    #[default]
+    Open,
+    /// The filter ended the line: later words are dropped.
+    Cut,
+    /// The filter rejected the line before any of it was said.
+    Rejected,
+}
+
+/// What is particular to a plan.
+#[derive(Default)]
+pub(super) struct PlanState {
+    /// The model's steps so far (after repair, the planner's from the failed one on).
+    pub(super) steps: Vec<PlanStep>,
+    /// A step failed the planner's check, or the model failed mid-plan, and the planner's steps
+    /// replaced the rest.
+    pub(super) repaired: bool,
+    /// The intent a guided answer chose (its goal), once it has.
+    pub(super) intent: Option<String>,
+    /// The intents a guided prompt offered, in the prompt's order; empty for a free plan.
+    pub(super) options: Vec<IntentOption>,
+    pub(super) cache_key: Option<CacheKey>,
+}
+
+/// One request in flight.
+pub(super) struct Request<K> {
+    /// `None` for a line the worker writes in idle time for the banter pool.
+    pub(super) agent: Option<K>,
+    pub(super) kind: RequestKind,
+    pub(super) phase: Phase,
+    pub(super) persona: String,
+    pub(super) snapshot: Arc<WorldSnapshot>,
+    pub(super) situation: String,
+    pub(super) player_said: Option<String>,
+    pub(super) submitted: Timestamp,
+    pub(super) deadline: Deadline,
+    /// The worker's job, until it ends.
+    pub(super) job: Option<JobId>,
+    pub(super) fallback: Prepared,
+    /// The backend that took the job.
+    pub(super) backend: Option<BackendId>,
+    /// The text the model wrote: a line, or a plan's `say`.
+    pub(super) text: String,
+    pub(super) gate: Gate,
+    /// Steps (or bytes of text) already given to the game.
+    pub(super) delivered: usize,
+    pub(super) first_at: Option<Timestamp>,
+    /// `Some` for a plan.
+    pub(super) plan: Option<PlanState>,
+}
+
+impl<K> Request<K> {
+    pub(super) fn slot(&self) -> Option<RequestSlot> {
+        RequestSlot::of(self.kind)
+    }
+
+    /// Whether the game has its completion.
+    pub(super) fn is_answered(&self) -> bool {
+        self.phase == Phase::CacheOnly
+    }
+
+    /// Whether the worker's job has ended.
+    pub(super) fn job_over(&self) -> bool {
+        self.job.is_none()
+    }
+
+    /// Whether something produced at `at` may reach the game: while streaming, or in time.
+    pub(super) fn in_time(&self, at: Timestamp) -> bool {
+        self.phase == Phase::Streaming || self.deadline.is_met_by(at)
+    }
+
+    /// The backend's name for metrics and sources.
+    pub(super) fn backend(&self) -> BackendId {
+        self.backend
+            .clone()
+            .unwrap_or_else(|| BackendId::new("unknown"))
+    }
+
+    /// **First output.** Its first step or words reach the game at `at`: `Waiting`/`Overdue`
+    /// → `Streaming`, and the time to first output is recorded.
+    pub(super) fn first_delivered(&mut self, at: Timestamp, metrics: &mut Metrics) {
+        self.first_at = Some(at);
+        if self.phase != Phase::CacheOnly {
+            self.phase = Phase::Streaming;
+        }
+        metrics.record_first(self.kind, &self.backend(), at.since(self.submitted));
+    }
+
+    /// Applies the filter's verdict on the whole text so far to a text no player hears while it
+    /// streams (a plan's line, a line for the banter pool).
+    pub(super) fn close_if_filtered(&mut self, filter: &dyn LineFilter) {
+        match filter.check(&self.text) {
+            LineVerdict::Pass => {}
+            LineVerdict::Cut(n) => {
+                self.text.truncate(n.min(self.text.len()));
+                self.gate = Gate::Cut;
+            }
+            LineVerdict::Reject => self.gate = Gate::Rejected,
+        }
+    }
+
+    /// The line a plan's answer says, after the filter: `None` if it wrote none or the filter
+    /// rejected it.
+    pub(super) fn plan_line(&self, filter: &dyn LineFilter) -> Option<String> {
+        if self.gate == Gate::Rejected {
+            return None;
+        }
+        let line = filtered(filter, self.text.trim().to_owned());
+        (!line.is_empty()).then_some(line)
+    }
+}
+
+/// `text` after the filter: cut, or empty if rejected.
+pub(super) fn filtered(filter: &dyn LineFilter, mut text: String) -> String {
+    match filter.check(&text) {
+        LineVerdict::Pass => text,
+        LineVerdict::Cut(n) => {
+            text.truncate(n.min(text.len()));
+            text
+        }
+        LineVerdict::Reject => String::new(),
+    }
+}
+
+/// A template line for `persona` in `situation`, or its idle line, or nothing.
+pub(super) fn template_line(
+    templates: &TemplateBook,
+    persona: &str,
+    situation: &str,
+    slots: &[(String, String)],
+    seed: u64,
+) -> String {
+    let slots: Slots = slots.iter().cloned().collect();
+    templates
+        .line(Some(persona), situation, &slots, seed)
+        .or_else(|_| templates.line(Some(persona), "idle", &slots, seed))
+        .unwrap_or_default()
+}
+
+/// Keeps the first `keep` of a model's `steps` and appends the planner's completion from there;
+/// the idle step if that leaves no step at all.
+pub(super) fn complete_after(
+    planner: &dyn FallbackPlanner,
+    snapshot: &WorldSnapshot,
+    steps: &mut Vec<PlanStep>,
+    keep: usize,
+    idle: PlanStep,
+) {
+    steps.truncate(keep);
+    let rest = planner.complete(snapshot, steps);
+    steps.extend(rest);
+    if steps.is_empty() {
+        steps.push(idle);
+    }
+}

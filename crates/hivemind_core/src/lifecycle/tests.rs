@@ -1,0 +1,572 @@
+//! The lifecycle driven with plain values: `u32` agents, a manual clock, and the test playing
+//! the worker. Requests are submitted to a pool that is never dispatched, and the test feeds
+//! [`Lifecycle::handle`] the events a worker would send, at the stamps it chooses, so every
+//! row of the deadline rules is checked without threads, wall time or an engine.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test stops at the first thing that is not as it should be"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::action::ActionRegistry;
+use crate::backend::{BackendError, BackendFactoryExt, FnFactory, TokenUsage};
+use crate::clock::{Clock, Timestamp};
+use crate::config::{HivemindConfig, PlanFormat};
+use crate::hooks::{FallbackPlanner, LineRules};
+use crate::metrics::Metrics;
+use crate::plan::{ArgValue, BackendId, FallbackReason, PlanSource, PlanStep};
+use crate::prompt::{ChatTemplate, IntentOption, PromptAsset};
+use crate::snapshot::{AgentId, EntityId, EntityInfo, Point, WorldSnapshot};
+use crate::templates::TemplateBook;
+use crate::worker::{JobFailure, JobOutcome, WorkerEvent, WorkerEventKind};
+
+const REGISTRY: &str = r#"(
+    idle: "Wait",
+    verbs: [
+        (name: "Attack", args: [(name: "target", kind: Entity(set: "enemy"))]),
+        (name: "Reload"),
+        (name: "Wait"),
+    ],
+)"#;
+
+const TEMPLATES: &str = r#"(
+    situations: {
+        "idle": ["Quiet out here."],
+        "greeting": ["State your business."],
+    },
+)"#;
+
+/// Plans "Reload, Wait"; a model step "Attack" with no ammo fails its check; the guided
+/// intents are "reload" and "hold".
+struct TestPlanner;
+
+impl FallbackPlanner for TestPlanner {
+    fn plan(&self, _snapshot: &WorldSnapshot) -> Vec<PlanStep> {
+        vec![PlanStep::new("Reload"), PlanStep::new("Wait")]
+    }
+
+    fn complete(&self, _snapshot: &WorldSnapshot, _done: &[PlanStep]) -> Vec<PlanStep> {
+        vec![PlanStep::new("Wait")]
+    }
+
+    fn first_invalid(&self, snapshot: &WorldSnapshot, steps: &[PlanStep]) -> Option<usize> {
+        let empty = snapshot.int_fact("ammo") == Some(0);
+        steps.iter().position(|s| empty && s.verb == "Attack")
+    }
+
+    fn intents(&self, _snapshot: &WorldSnapshot) -> Vec<IntentOption> {
+        ["reload", "hold"]
+            .map(|goal| IntentOption {
+                goal: goal.into(),
+                label: goal.into(),
+                reason: "test".into(),
+            })
+            .into()
+    }
+
+    fn expand(&self, _snapshot: &WorldSnapshot, goal: &str) -> Vec<PlanStep> {
+        match goal {
+            "reload" => vec![PlanStep::new("Reload")],
+            _ => Vec::new(),
+        }
+    }
+}
+
+const AGENT: u32 = 1;
+const PLAN_MS: u64 = 500;
+
+fn snapshot(ammo: i64) -> WorldSnapshot {
+    WorldSnapshot::new(AgentId(1), Point::new(0, 0))
+        .with_fact("ammo", ammo)
+        .with_entity(EntityInfo::new(EntityId(7), "enemy", Point::new(5, 0)))
+}
+
+fn lifecycle_with(config: HivemindConfig, backend: bool) -> Lifecycle<u32> {
+    let factory = FnFactory::new("test", || {
+        Err(BackendError::NoModel("never built: the test plays the worker".into()))
+    });
+    Lifecycle::new(LifecycleParts {
+        config,
+        registry: ActionRegistry::from_ron(REGISTRY, "test").unwrap(),
+        templates: TemplateBook::from_ron(TEMPLATES, "test").unwrap(),
+        prompt: PromptAsset::default(),
+        chat: ChatTemplate::chatml(),
+        planner: Arc::new(TestPlanner),
+        filter: Arc::new(LineRules::default().with_banned("darn")),
+        executor: Arc::new(InlineExecutor),
+        backends: if backend { vec![factory] } else { Vec::new() },
+        backend: None,
+        clock: Clock::manual(),
+    })
+    .unwrap()
+}
+
+fn free_config() -> HivemindConfig {
+    let mut config = HivemindConfig::default();
+    config.model.plan_format = PlanFormat::Free;
+    config.deadlines.plan_ms = PLAN_MS;
+    config
+}
+
+fn lifecycle() -> Lifecycle<u32> {
+    lifecycle_with(free_config(), true)
+}
+
+fn ask_plan(hm: &mut Lifecycle<u32>, ammo: i64, metrics: &mut Metrics) -> RequestId {
+    hm.request(
+        NewRequest {
+            agent: AGENT,
+            persona: "veteran".into(),
+            snapshot: snapshot(ammo),
+            ask: Ask::Plan,
+        },
+        metrics,
+    )
+}
+
+fn ask_reply(hm: &mut Lifecycle<u32>, metrics: &mut Metrics) -> RequestId {
+    hm.request(
+        NewRequest {
+            agent: AGENT,
+            persona: "veteran".into(),
+            snapshot: snapshot(3),
+            ask: Ask::Line {
+                kind: LineKind::Dialogue {
+                    player_said: "Who goes there?".into(),
+                },
+                situation: "greeting".into(),
+                slots: Vec::new(),
+                history: Vec::new(),
+            },
+        },
+        metrics,
+    )
+}
+
+fn ms(n: u64) -> Timestamp {
+    Timestamp::from_duration(Duration::from_millis(n))
+}
+
+/// Feeds the event a worker would send for request `id`'s job, produced at `at`.
+fn worker(hm: &mut Lifecycle<u32>, id: RequestId, at: Timestamp, kind: WorkerEventKind) {
+    let job = hm.job(id).unwrap();
+    let mut metrics = Metrics::new();
+    hm.handle(
+        WorkerEvent {
+            job,
+            agent: AgentId(AGENT),
+            at,
+            kind,
+        },
+        &mut metrics,
+    );
+}
+
+fn started(hm: &mut Lifecycle<u32>, id: RequestId) {
+    let kind = WorkerEventKind::Started {
+        backend: BackendId::new("test"),
+        batch: 0,
+        batch_size: 1,
+        queue_wait: Duration::ZERO,
+    };
+    worker(hm, id, ms(0), kind);
+}
+
+fn step(hm: &mut Lifecycle<u32>, id: RequestId, at: Timestamp, index: usize, verb: &str) {
+    let step = match verb {
+        "Attack" => PlanStep::new("Attack").with_arg("target", ArgValue::Int(7)),
+        _ => PlanStep::new(verb),
+    };
+    worker(hm, id, at, WorkerEventKind::Step { index, step });
+}
+
+fn finished(hm: &mut Lifecycle<u32>, id: RequestId, at: Timestamp, outcome: JobOutcome) {
+    worker(hm, id, at, WorkerEventKind::Finished(outcome));
+}
+
+fn completed() -> JobOutcome {
+    JobOutcome::Completed {
+        usage: TokenUsage {
+            prompt_tokens: 10,
+            generated_tokens: 10,
+        },
+    }
+}
+
+fn out(hm: &mut Lifecycle<u32>) -> Vec<Outgoing<u32>> {
+    hm.drain_outbox().collect()
+}
+
+fn verbs(out: &[Outgoing<u32>]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outgoing::Step(s) => Some(s.step.verb.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn plan_done(out: &[Outgoing<u32>]) -> Vec<&PlanDone<u32>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outgoing::Plan(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn line_done(out: &[Outgoing<u32>]) -> Vec<&LineDone<u32>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outgoing::Line(l) => Some(l),
+            _ => None,
+        })
+        .collect()
+}
+
+fn llm(repaired: bool) -> PlanSource {
+    PlanSource::Llm {
+        backend: BackendId::new("test"),
+        repaired,
+    }
+}
+
+#[test]
+fn a_first_step_in_time_is_acted_on_and_the_rest_streams() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    assert_eq!(hm.phase(id), Some(Phase::Waiting));
+    started(&mut hm, id);
+    step(&mut hm, id, ms(200), 0, "Attack");
+    assert_eq!(hm.phase(id), Some(Phase::Streaming));
+    assert_eq!(verbs(&out(&mut hm)), ["Attack"]);
+    // The deadline passes: nothing happens to a streaming plan.
+    hm.clock().advance(Duration::from_millis(600));
+    hm.answer_late(&mut metrics);
+    assert!(out(&mut hm).is_empty());
+    // A later step still streams, then exactly one completion.
+    step(&mut hm, id, ms(700), 1, "Reload");
+    finished(&mut hm, id, ms(800), completed());
+    let out = out(&mut hm);
+    assert_eq!(verbs(&out), ["Reload"]);
+    let done = plan_done(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].source, llm(false));
+    assert_eq!(done[0].fallback, None);
+    assert_eq!(done[0].steps.len(), 2);
+    assert_eq!(done[0].first_after, Duration::from_millis(200));
+    assert_eq!(hm.phase(id), None, "the request is over");
+}
+
+#[test]
+fn nothing_in_time_gets_the_prepared_fallback_and_the_late_answer_only_fills_the_cache() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    // A step produced after the deadline is not delivered, even before the deadline is read.
+    step(&mut hm, id, ms(PLAN_MS + 1), 0, "Attack");
+    assert!(out(&mut hm).is_empty());
+    hm.clock().advance(Duration::from_millis(PLAN_MS + 1));
+    hm.answer_late(&mut metrics);
+    let answered = out(&mut hm);
+    assert_eq!(verbs(&answered), ["Reload", "Wait"]);
+    let done = plan_done(&answered);
+    assert_eq!(done[0].source, PlanSource::Goap);
+    assert_eq!(done[0].fallback, Some(FallbackReason::Deadline));
+    assert_eq!(hm.phase(id), Some(Phase::CacheOnly));
+
+    // The model finishes: nothing more for the agent, but the cache has its answer.
+    finished(&mut hm, id, ms(900), completed());
+    assert!(out(&mut hm).is_empty());
+    assert_eq!(hm.phase(id), None);
+    let again = ask_plan(&mut hm, 3, &mut metrics);
+    let hit = out(&mut hm);
+    let done = plan_done(&hit);
+    assert_eq!(done.len(), 1, "answered at once");
+    assert_eq!(done[0].request, again);
+    assert_eq!(done[0].source, PlanSource::Cache);
+    assert_eq!(verbs(&hit), ["Attack"]);
+}
+
+#[test]
+fn a_model_that_fails_mid_plan_keeps_its_steps_and_the_planner_completes_them() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    step(&mut hm, id, ms(100), 0, "Attack");
+    let failure = JobFailure::Backend(BackendError::Failed("lost".into()));
+    finished(&mut hm, id, ms(200), JobOutcome::Failed(failure));
+    let out = out(&mut hm);
+    assert_eq!(verbs(&out), ["Attack", "Wait"]);
+    let done = plan_done(&out);
+    assert_eq!(done[0].source, llm(true));
+    assert_eq!(done[0].fallback, Some(FallbackReason::BackendError));
+}
+
+#[test]
+fn a_step_that_fails_the_planners_check_is_repaired_from_there() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 0, &mut metrics);
+    started(&mut hm, id);
+    step(&mut hm, id, ms(100), 0, "Reload");
+    step(&mut hm, id, ms(120), 1, "Attack");
+    // The model's later steps are ignored once repaired.
+    step(&mut hm, id, ms(140), 2, "Reload");
+    finished(&mut hm, id, ms(200), completed());
+    let out = out(&mut hm);
+    assert_eq!(verbs(&out), ["Reload", "Wait"]);
+    assert_eq!(plan_done(&out)[0].source, llm(true));
+    assert_eq!(plan_done(&out)[0].fallback, None);
+}
+
+#[test]
+fn failures_before_any_output_answer_at_once_with_their_reason() {
+    for (failure, reason) in [
+        (JobFailure::Overflow, FallbackReason::Overflow),
+        (
+            JobFailure::Backend(BackendError::Failed("boom".into())),
+            FallbackReason::BackendError,
+        ),
+        (JobFailure::Panicked("boom".into()), FallbackReason::BackendError),
+        (JobFailure::Parse("{".into()), FallbackReason::Parse),
+    ] {
+        let mut hm = lifecycle();
+        let mut metrics = Metrics::new();
+        let id = ask_plan(&mut hm, 3, &mut metrics);
+        finished(&mut hm, id, ms(10), JobOutcome::Failed(failure));
+        let out = out(&mut hm);
+        let done = plan_done(&out);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].source, PlanSource::Goap);
+        assert_eq!(done[0].fallback, Some(reason));
+        assert_eq!(hm.phase(id), None);
+    }
+}
+
+#[test]
+fn an_empty_answer_in_time_is_a_parse_fallback() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    finished(&mut hm, id, ms(50), completed());
+    let out = out(&mut hm);
+    assert_eq!(
+        plan_done(&out)[0].fallback,
+        Some(FallbackReason::Parse),
+        "a model that wrote no step"
+    );
+}
+
+#[test]
+fn a_whole_answer_in_time_completes_even_when_not_streaming() {
+    let mut hm = lifecycle();
+    hm.set_streaming(false);
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    step(&mut hm, id, ms(100), 0, "Attack");
+    assert!(out(&mut hm).is_empty(), "not streamed");
+    finished(&mut hm, id, ms(300), completed());
+    let out = out(&mut hm);
+    assert_eq!(verbs(&out), ["Attack"]);
+    assert_eq!(plan_done(&out)[0].source, llm(false));
+}
+
+#[test]
+fn cancelled_replaced_and_despawned_requests_get_no_message() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let first = ask_plan(&mut hm, 3, &mut metrics);
+    let job = hm.job(first).unwrap();
+    // Replaced: the new plan request takes the slot.
+    let second = ask_plan(&mut hm, 3, &mut metrics);
+    assert_eq!(hm.phase(first), None);
+    let mut m = Metrics::new();
+    hm.handle(
+        WorkerEvent {
+            job,
+            agent: AgentId(AGENT),
+            at: ms(10),
+            kind: WorkerEventKind::Finished(completed()),
+        },
+        &mut m,
+    );
+    // Cancelled.
+    hm.cancel_slot(AGENT, RequestSlot::Plan);
+    assert_eq!(hm.phase(second), None);
+    // Despawned, with a reply in flight.
+    let reply = ask_reply(&mut hm, &mut metrics);
+    hm.forget_agent(AGENT);
+    assert_eq!(hm.phase(reply), None);
+    hm.clock().advance(Duration::from_secs(5));
+    hm.answer_late(&mut metrics);
+    assert!(out(&mut hm).is_empty());
+    assert_eq!(hm.in_flight(), 0);
+}
+
+#[test]
+fn a_reply_streams_its_first_words_in_time_and_the_filter_ends_a_bad_line() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    let words = |text: &str| WorkerEventKind::Words { text: text.into() };
+    worker(&mut hm, id, ms(50), words("Halt, "));
+    assert_eq!(hm.phase(id), Some(Phase::Streaming));
+    worker(&mut hm, id, ms(60), words("stranger. "));
+    finished(&mut hm, id, ms(90), completed());
+    let out = out(&mut hm);
+    let streamed: String = out
+        .iter()
+        .filter_map(|o| match o {
+            Outgoing::Words(w) => Some(w.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed, "Halt, stranger. ");
+    let done = line_done(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].text, "Halt, stranger. ");
+    assert_eq!(done[0].player_said.as_deref(), Some("Who goes there?"));
+    assert_eq!(done[0].source, llm(false));
+
+    // A banned word before anything was said: the template answers, with reason Parse.
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    worker(&mut hm, id, ms(50), words("Oh darn "));
+    finished(&mut hm, id, ms(90), completed());
+    let out = hm.drain_outbox().collect::<Vec<_>>();
+    let done = line_done(&out);
+    assert_eq!(done[0].text, "State your business.");
+    assert_eq!(done[0].source, PlanSource::Template);
+    assert_eq!(done[0].fallback, Some(FallbackReason::Parse));
+}
+
+#[test]
+fn banter_never_waits_and_idle_time_fills_its_pool() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let banter = |hm: &mut Lifecycle<u32>, metrics: &mut Metrics| {
+        hm.request(
+            NewRequest {
+                agent: AGENT,
+                persona: "veteran".into(),
+                snapshot: snapshot(3),
+                ask: Ask::Line {
+                    kind: LineKind::Banter,
+                    situation: "idle".into(),
+                    slots: Vec::new(),
+                    history: Vec::new(),
+                },
+            },
+            metrics,
+        )
+    };
+    let first = banter(&mut hm, &mut metrics);
+    let out1 = out(&mut hm);
+    let done = line_done(&out1);
+    assert_eq!(done.len(), 1, "in the same call");
+    assert_eq!(done[0].source, PlanSource::Template);
+    assert_eq!(hm.phase(first), None);
+
+    // Nothing in flight: dispatch asks the model for a line for the pool.
+    hm.dispatch();
+    assert_eq!(hm.in_flight(), 0, "idle work waits for nobody");
+    let idle = RequestId(first.0 + 1);
+    assert_eq!(hm.phase(idle), Some(Phase::CacheOnly));
+    started(&mut hm, idle);
+    let words = WorkerEventKind::Words {
+        text: "Eyes open, people. ".into(),
+    };
+    worker(&mut hm, idle, ms(5_000), words);
+    finished(&mut hm, idle, ms(5_001), completed());
+    assert!(out(&mut hm).is_empty(), "no agent hears idle-time work");
+    assert_eq!(hm.banter().len(), 1);
+    banter(&mut hm, &mut metrics);
+    let out2 = out(&mut hm);
+    assert_eq!(line_done(&out2)[0].source, PlanSource::Cache);
+    assert_eq!(line_done(&out2)[0].text, "Eyes open, people.");
+}
+
+#[test]
+fn guided_intents_expand_and_an_intent_not_offered_is_a_repair() {
+    let mut config = free_config();
+    config.model.plan_format = PlanFormat::Guided;
+    let mut hm = lifecycle_with(config, true);
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    worker(&mut hm, id, ms(100), WorkerEventKind::Intent { intent: 1 });
+    finished(&mut hm, id, ms(150), completed());
+    let out1 = out(&mut hm);
+    assert_eq!(verbs(&out1), ["Reload"]);
+    assert_eq!(plan_done(&out1)[0].source, llm(false));
+
+    hm.clear_cache();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    // Option 2 cannot be carried out, option 9 was never offered.
+    for intent in [2, 9] {
+        hm.clear_cache();
+        let id2 = ask_plan(&mut hm, 3, &mut metrics);
+        assert_eq!(hm.phase(id), None, "replaced");
+        started(&mut hm, id2);
+        worker(&mut hm, id2, ms(100), WorkerEventKind::Intent { intent });
+        finished(&mut hm, id2, ms(150), completed());
+        let out2 = out(&mut hm);
+        assert_eq!(verbs(&out2), ["Reload", "Wait"], "the prepared fallback plan");
+        assert_eq!(plan_done(&out2)[0].source, llm(true));
+    }
+}
+
+#[test]
+fn forced_fallbacks_and_a_missing_backend_answer_at_once() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    hm.set_force_fallback(true);
+    assert_eq!(hm.fallback_only(), Some(FallbackOnly::Forced));
+    ask_plan(&mut hm, 3, &mut metrics);
+    assert_eq!(
+        plan_done(&out(&mut hm))[0].fallback,
+        Some(FallbackReason::Forced)
+    );
+
+    let mut none = lifecycle_with(free_config(), false);
+    assert_eq!(none.backend(), None);
+    assert_eq!(none.fallback_only(), Some(FallbackOnly::NoBackend));
+    ask_plan(&mut none, 3, &mut metrics);
+    let out = out(&mut none);
+    assert_eq!(plan_done(&out)[0].fallback, Some(FallbackReason::NoModel));
+    assert_eq!(plan_done(&out)[0].source, PlanSource::Goap);
+}
+
+#[test]
+fn backend_ids_are_open_and_unique() {
+    let mut hm = lifecycle();
+    assert_eq!(hm.backend(), Some(BackendId::new("test")));
+    let same = FnFactory::new("test", || Err(BackendError::NoModel("x".into())));
+    assert_eq!(
+        hm.insert_backend(same),
+        Err(DuplicateBackend(BackendId::new("test")))
+    );
+    let big = FnFactory::new("test", || Err(BackendError::NoModel("x".into())))
+        .with_id("big");
+    hm.insert_backend(big).unwrap();
+    hm.set_backend(&BackendId::new("big")).unwrap();
+    assert_eq!(hm.backend(), Some(BackendId::new("big")));
+    assert_eq!(
+        hm.set_backend(&BackendId::new("remote")),
+        Err(UnknownBackend(BackendId::new("remote")))
+    );
+}
+
+
