@@ -286,7 +286,7 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
         args.seed,
         args.team_size,
         args.team_size,
-        hm.backend(),
+        hm.backend_name(),
         took.as_secs_f64()
     );
     if let Some(why) = hm.fallback_only() {
@@ -334,8 +334,8 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
 
 fn fallback_text(why: &FallbackOnly) -> String {
     match why {
-        FallbackOnly::Forced => "forced (hm force-fallback on)".to_owned(),
-        FallbackOnly::NoModel(reason) => format!("no model: {reason}"),
+        FallbackOnly::Forced => format!("{why} (hm force-fallback on)"),
+        _ => why.to_string(),
     }
 }
 
@@ -565,7 +565,7 @@ fn observe(
     let now = time.elapsed_secs();
     for plan in plans.read() {
         if let Ok((_, mut view)) = views.get_mut(plan.agent) {
-            view.plan_from = match (plan.source, plan.fallback) {
+            view.plan_from = match (&plan.source, plan.fallback) {
                 (source, Some(reason)) => format!("{} ({})", source.label(), reason.as_str()),
                 (PlanSource::Llm { backend, .. }, None) => {
                     format!("{} ({backend})", plan.source.label())
@@ -775,7 +775,7 @@ fn update_hud(
         .unwrap_or_else(|| "-".to_owned());
     let mut out = String::new();
     let _ = writeln!(out, "hivemind arena   tick {}", world.now());
-    let _ = writeln!(out, "backend {}   {model}", hm.backend());
+    let _ = writeln!(out, "backend {}   {model}", hm.backend_name());
     let _ = writeln!(
         out,
         "Red {}   Blue {}   frame {:.1} ms   queue {}   waiting {}",

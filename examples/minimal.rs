@@ -1,14 +1,12 @@
 //! The smallest game with hivemind: a guard with an empty gun asks for a plan and follows it.
 use bevy::{log::LogPlugin, prelude::*};
-use hivemind::bevy::prelude::*;
-use hivemind::core::snapshot::{EntityId, EntityInfo, Point};
-use hivemind::core::{action::ActionRegistry, config::HivemindConfig, prompt::PromptAsset};
+use hivemind::prelude::*;
 
 fn main() -> Result<AppExit, Box<dyn std::error::Error>> {
     let mut hivemind = HivemindPlugin::default()
         .with_registry(ActionRegistry::load("assets/actions.ron".as_ref())?)
         .with_prompt(PromptAsset::load("assets/prompt.ron".as_ref())?);
-    if let Ok(model) = hivemind::llama::LlamaFactory::from_config(&HivemindConfig::default()) {
+    if let Ok(model) = LlamaFactory::from_config(&HivemindConfig::default()) {
         hivemind = hivemind.with_backend(model);
     }
     Ok(App::new()

@@ -1,6 +1,7 @@
-//! `hivemind.ron` and the prompt file (rules and personas) as Bevy assets, hot-reloaded.
+//! hivemind's files as Bevy assets, hot-reloaded: `hivemind.ron`, the prompt file (rules and
+//! personas), the action registry (`actions.ron`) and the dialogue templates.
 //!
-//! Both loaders take the `.ron` extension, which games use for their own files too: Bevy picks
+//! The loaders take the `.ron` extension, which games use for their own files too: Bevy picks
 //! a loader by the asset type asked for, so `asset_server.load::<ConfigAsset>("hivemind.ron")`
 //! always reaches this one.
 
@@ -8,9 +9,12 @@ use std::marker::PhantomData;
 
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext};
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
+use hivemind_core::action::ActionRegistry;
 use hivemind_core::config::{HivemindConfig, LoadError};
 use hivemind_core::prompt::PromptAsset;
+use hivemind_core::templates::TemplateBook;
 
 /// `hivemind.ron`: the configuration.
 #[derive(Asset, TypePath, Clone, Debug, PartialEq)]
@@ -19,6 +23,14 @@ pub struct ConfigAsset(pub HivemindConfig);
 /// The prompt file: rules, worked examples and personas.
 #[derive(Asset, TypePath, Clone, Debug, PartialEq, Eq)]
 pub struct PromptFileAsset(pub PromptAsset);
+
+/// The action registry: the verbs plans may use.
+#[derive(Asset, TypePath, Clone, Debug, PartialEq, Eq)]
+pub struct ActionsAsset(pub ActionRegistry);
+
+/// A dialogue templates file.
+#[derive(Asset, TypePath, Clone, Debug, PartialEq, Eq)]
+pub struct TemplatesAsset(pub TemplateBook);
 
 /// A file that could not be read or parsed; the message names the file, line and column.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +90,18 @@ impl RonAsset for PromptFileAsset {
     }
 }
 
+impl RonAsset for ActionsAsset {
+    fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError> {
+        ActionRegistry::from_ron(text, origin).map(ActionsAsset)
+    }
+}
+
+impl RonAsset for TemplatesAsset {
+    fn from_ron(text: &str, origin: &str) -> Result<Self, LoadError> {
+        TemplateBook::from_ron(text, origin).map(TemplatesAsset)
+    }
+}
+
 /// Loads a [`RonAsset`] from a `.ron` file.
 #[derive(TypePath)]
 pub struct RonLoader<A>(PhantomData<fn() -> A>);
@@ -114,6 +138,12 @@ pub type ConfigLoader = RonLoader<ConfigAsset>;
 /// Loads [`PromptFileAsset`]s.
 pub type PromptLoader = RonLoader<PromptFileAsset>;
 
+/// Loads [`ActionsAsset`]s.
+pub type ActionsLoader = RonLoader<ActionsAsset>;
+
+/// Loads [`TemplatesAsset`]s.
+pub type TemplatesLoader = RonLoader<TemplatesAsset>;
+
 /// The handles of the plugin's own assets, kept so they stay loaded and are watched.
 #[derive(Resource, Default, Debug)]
 pub struct HivemindAssetHandles {
@@ -121,6 +151,40 @@ pub struct HivemindAssetHandles {
     pub config: Option<Handle<ConfigAsset>>,
     /// The prompt file, if the plugin loads one.
     pub prompt: Option<Handle<PromptFileAsset>>,
-    pub(crate) applied_config: Option<HivemindConfig>,
-    pub(crate) applied_prompt: Option<PromptAsset>,
+    /// The action registry, if the plugin loads one.
+    pub actions: Option<Handle<ActionsAsset>>,
+    /// The dialogue templates, if the plugin loads them.
+    pub templates: Option<Handle<TemplatesAsset>>,
+    pub(crate) applied_config: Option<ConfigAsset>,
+    pub(crate) applied_prompt: Option<PromptFileAsset>,
+    pub(crate) applied_actions: Option<ActionsAsset>,
+    pub(crate) applied_templates: Option<TemplatesAsset>,
+}
+
+/// One of the plugin's asset types as a system reads it: its events and its store.
+#[derive(SystemParam)]
+pub(crate) struct Watch<'w, 's, A: Asset> {
+    events: MessageReader<'w, 's, AssetEvent<A>>,
+    assets: Res<'w, Assets<A>>,
+}
+
+impl<A: Asset + Clone + PartialEq> Watch<'_, '_, A> {
+    /// The file behind `handle` if it (re)loaded since the last call with content other than
+    /// `applied`, which it then becomes. The several events of one reload apply it once, and a
+    /// file that failed to load changes nothing.
+    pub(crate) fn fresh(
+        &mut self,
+        handle: Option<&Handle<A>>,
+        applied: &mut Option<A>,
+    ) -> Option<A> {
+        if self.events.read().count() == 0 {
+            return None;
+        }
+        let loaded = self.assets.get(handle?)?;
+        if applied.as_ref() == Some(loaded) {
+            return None;
+        }
+        *applied = Some(loaded.clone());
+        Some(loaded.clone())
+    }
 }

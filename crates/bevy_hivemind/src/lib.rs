@@ -37,7 +37,7 @@
 //! situation, but never overrides what an agent was already told.
 //!
 //! All of that bookkeeping is the request lifecycle of `hivemind_core`
-//! ([`Lifecycle`](hivemind_core::lifecycle::Lifecycle)), plain Rust unit-tested without an
+//! ([`Lifecycle`]), plain Rust unit-tested without an
 //! `App`; the resource [`Hivemind`] holds it keyed by `Entity`, and the systems (a file per
 //! set under `systems/`) only move messages in and out of it. The game sees facts as messages
 //! ([`PlanStepReady`], [`PlanReady`], …) and state as components ([`ActivePlan`], [`Thinking`]),
@@ -79,15 +79,15 @@ use hivemind_core::prompt::{ChatTemplate, PromptAsset};
 use hivemind_core::templates::TemplateBook;
 
 pub use assets::{
-    AssetLoadError, ConfigAsset, ConfigLoader, HivemindAssetHandles, PromptFileAsset, PromptLoader,
-    RonAsset, RonLoader,
+    ActionsAsset, ActionsLoader, AssetLoadError, ConfigAsset, ConfigLoader, HivemindAssetHandles,
+    PromptFileAsset, PromptLoader, RonAsset, RonLoader, TemplatesAsset, TemplatesLoader,
 };
-pub use hivemind_core::banter::BanterLines;
-pub use hivemind_core::lifecycle::{DuplicateBackend, FallbackOnly, Phase, UnknownBackend};
 pub use components::{
     ActivePlan, AgentSnapshot, Conversation, Exchange, NpcAgent, PlanStatus, RequestKinds, Thinking,
 };
+pub use hivemind_core::banter::BanterLines;
 pub use hivemind_core::hooks::{FallbackPlanner, IdlePlanner, LineFilter, LineRules, LineVerdict};
+pub use hivemind_core::lifecycle::{DuplicateBackend, FallbackOnly, Phase, UnknownBackend};
 pub use hooks::{HivemindAppExt, VerbCall, VerbHandlers};
 pub use messages::{
     CancelRequest, LineDelta, LineKind, LineReady, PlanReady, PlanStepReady, RequestId,
@@ -160,8 +160,9 @@ pub struct HivemindSettings(pub HivemindConfig);
 /// # Resources
 ///
 /// [`Hivemind`] (the runtime), [`HivemindSettings`], [`HivemindMetrics`], [`FrameCost`],
-/// [`VerbHandlers`]; with an `AssetPlugin`, `hivemind.ron` and the prompt file load as
-/// [`ConfigAsset`] and [`PromptFileAsset`] and reload when they change.
+/// [`VerbHandlers`]; with an `AssetPlugin`, `hivemind.ron`, the prompt file, the action
+/// registry and the templates load as [`ConfigAsset`], [`PromptFileAsset`], [`ActionsAsset`]
+/// and [`TemplatesAsset`] and reload when they change.
 pub struct HivemindPlugin {
     /// The schedule the systems run in.
     pub schedule: InternedScheduleLabel,
@@ -173,10 +174,15 @@ pub struct HivemindPlugin {
     pub prompt: PromptAsset,
     /// The asset path of the prompt file; `None` keeps `prompt`.
     pub prompt_asset: Option<String>,
-    /// The verbs plans may use.
+    /// The verbs plans may use, until (and unless) `registry_asset` loads.
     pub registry: ActionRegistry,
-    /// Lines for banter and for replies that miss their deadline.
+    /// The asset path of the action registry; `None` keeps `registry`.
+    pub registry_asset: Option<String>,
+    /// Lines for banter and for replies that miss their deadline, until (and unless)
+    /// `templates_asset` loads.
     pub templates: TemplateBook,
+    /// The asset path of the dialogue templates; `None` keeps `templates`.
+    pub templates_asset: Option<String>,
     /// The chat format of the model.
     pub chat_template: ChatTemplate,
     /// Fallback plans.
@@ -216,7 +222,9 @@ impl HivemindPlugin {
                     describe: "hold position".into(),
                 }],
             },
+            registry_asset: None,
             templates: TemplateBook::default(),
+            templates_asset: None,
             chat_template: ChatTemplate::chatml(),
             planner: Arc::new(IdlePlanner),
             line_filter: Arc::new(LineRules::default()),
@@ -303,6 +311,20 @@ impl HivemindPlugin {
     /// Sets the verbs, for chaining.
     pub fn with_registry(mut self, registry: ActionRegistry) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Loads the verbs from the asset at `path` (and reloads them when it changes); until it
+    /// loads, `registry` is used.
+    pub fn with_registry_asset(mut self, path: impl Into<String>) -> Self {
+        self.registry_asset = Some(path.into());
+        self
+    }
+
+    /// Loads the template lines from the asset at `path` (and reloads them when it changes);
+    /// until it loads, `templates` are used.
+    pub fn with_templates_asset(mut self, path: impl Into<String>) -> Self {
+        self.templates_asset = Some(path.into());
         self
     }
 
@@ -417,20 +439,33 @@ impl Plugin for HivemindPlugin {
 
     fn finish(&self, app: &mut App) {
         let Some(server) = app.world().get_resource::<AssetServer>().cloned() else {
-            if self.config_asset.is_some() || self.prompt_asset.is_some() {
-                warn!(
-                    "hivemind: no AssetPlugin, so hivemind.ron and the prompt file are not loaded"
-                );
+            let paths = [
+                &self.config_asset,
+                &self.prompt_asset,
+                &self.registry_asset,
+                &self.templates_asset,
+            ];
+            if paths.iter().any(|p| p.is_some()) {
+                warn!("hivemind: no AssetPlugin, so its asset files are not loaded");
             }
             return;
         };
         app.init_asset::<ConfigAsset>()
             .init_asset::<PromptFileAsset>()
+            .init_asset::<ActionsAsset>()
+            .init_asset::<TemplatesAsset>()
             .init_asset_loader::<ConfigLoader>()
-            .init_asset_loader::<PromptLoader>();
+            .init_asset_loader::<PromptLoader>()
+            .init_asset_loader::<ActionsLoader>()
+            .init_asset_loader::<TemplatesLoader>();
         let handles = HivemindAssetHandles {
             config: self.config_asset.as_ref().map(|p| server.load(p.clone())),
             prompt: self.prompt_asset.as_ref().map(|p| server.load(p.clone())),
+            actions: self.registry_asset.as_ref().map(|p| server.load(p.clone())),
+            templates: self
+                .templates_asset
+                .as_ref()
+                .map(|p| server.load(p.clone())),
             ..default()
         };
         app.insert_resource(handles).add_systems(

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use bevy::prelude::*;
-pub use hivemind_core::lifecycle::{LineKind, RequestId, RequestSlot};
 use hivemind_core::lifecycle::{LineDone, PlanDone, StepReady, WordsReady};
+pub use hivemind_core::lifecycle::{LineKind, RequestId, RequestSlot};
 use hivemind_core::plan::{FallbackReason, PlanSource, PlanStep, RequestKind};
 
 /// Asks for a plan for `agent`, which needs [`NpcAgent`](crate::NpcAgent) and an

@@ -3,9 +3,7 @@
 
 use bevy::prelude::*;
 use bevy::tasks::{AsyncComputeTaskPool, Task, TaskPool, block_on, futures::check_ready};
-use hivemind_core::lifecycle::{
-    Answer, FallbackExecutor, FallbackWork, Lifecycle, PendingAnswer,
-};
+use hivemind_core::lifecycle::{Answer, FallbackExecutor, FallbackWork, Lifecycle, PendingAnswer};
 
 /// The state of hivemind in a running game: a resource around the core's
 /// [`Lifecycle`], keyed by the agents' entities.
@@ -34,6 +32,9 @@ impl PendingAnswer for PendingTask {
 impl FallbackExecutor for TaskPoolExecutor {
     fn spawn(&self, work: FallbackWork) -> Box<dyn PendingAnswer> {
         let pool = AsyncComputeTaskPool::get_or_init(TaskPool::default);
-        Box::new(PendingTask(Some(pool.spawn(async move { work.run() })), None))
+        Box::new(PendingTask(
+            Some(pool.spawn(async move { work.run() })),
+            None,
+        ))
     }
 }

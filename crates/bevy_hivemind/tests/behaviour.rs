@@ -373,7 +373,7 @@ fn plan_steps_stream_over_several_frames_before_the_completion() {
     let active = app.world().get::<ActivePlan>(agent).unwrap();
     assert_eq!(active.steps, plan.steps);
     assert_eq!(active.status, PlanStatus::Complete);
-    assert_eq!(active.source, Some(plan.source));
+    assert_eq!(active.source, Some(plan.source.clone()));
 }
 
 #[test]
@@ -565,14 +565,15 @@ fn a_missing_backend_runs_on_fallbacks_and_says_why() {
     assert!(matches!(&done[0].1, Entry::Plan(p) if p.fallback == Some(FallbackReason::NoModel)));
     assert!(matches!(
         app.world().resource::<Hivemind>().fallback_only(),
-        Some(bevy_hivemind::FallbackOnly::NoModel(_))
+        Some(bevy_hivemind::FallbackOnly::NoBackend)
     ));
+    assert_eq!(app.world().resource::<Hivemind>().backend(), None);
 }
 
 #[test]
 fn app_exit_stops_the_workers_in_the_middle_of_a_decode() {
     let slow = script();
-    let mut real_time = plugin(true).with_backend(FnFactory::new(BackendId::SCRIPTED, move || {
+    let mut real_time = plugin(true).with_backend(FnFactory::new("slow", move || {
         Ok(Box::new(
             ScriptedBackend::new(Arc::clone(&slow)).with_latency(Latency::Real {
                 prompt: Duration::from_millis(1),
@@ -604,6 +605,20 @@ fn update_until(app: &mut App, mut done: impl FnMut(&App) -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     false
+}
+
+/// Updates until the asset server reports the plugin's file chosen by `id` as a failed load.
+fn load_fails(
+    app: &mut App,
+    id: impl Fn(&bevy_hivemind::HivemindAssetHandles) -> bevy::asset::UntypedAssetId,
+) -> bool {
+    update_until(app, |a| {
+        let id = id(a.world().resource::<bevy_hivemind::HivemindAssetHandles>());
+        matches!(
+            a.world().resource::<AssetServer>().get_load_state(id),
+            Some(bevy::asset::LoadState::Failed(_))
+        )
+    })
 }
 
 #[test]
@@ -692,17 +707,72 @@ fn config_and_personas_reload_through_the_asset_server_and_bad_files_lose_nothin
 
     write("hivemind.ron", "(deadlines: (plan_ms: oops))");
     server.reload("hivemind.ron");
-    let failed = update_until(&mut app, |a| {
-        let handle = a.world().resource::<bevy_hivemind::HivemindAssetHandles>();
-        let id = handle.config.as_ref().unwrap().id();
-        matches!(
-            a.world().resource::<AssetServer>().get_load_state(id),
-            Some(bevy::asset::LoadState::Failed(_))
-        )
-    });
-    assert!(failed, "the bad file is reported as a failed load");
+    assert!(
+        load_fails(&mut app, |h| h.config.as_ref().unwrap().id().untyped()),
+        "the bad file is reported as a failed load"
+    );
     run(&mut app, 3);
     assert_eq!(plan_ms(&app), 400, "a bad file changes nothing");
+}
+
+#[test]
+fn actions_and_templates_reload_through_the_asset_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("actions.ron", REGISTRY);
+    write("lines.ron", r#"(situations: {"idle": ["First words."]})"#);
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: dir.path().display().to_string(),
+            ..default()
+        },
+        plugin(true)
+            .with_registry_asset("actions.ron")
+            .with_templates_asset("lines.ron"),
+    ))
+    .insert_resource(TimeUpdateStrategy::ManualDuration(TICK));
+    app.finish();
+    app.cleanup();
+    let verbs = |app: &App| app.world().resource::<Hivemind>().registry().verbs.len();
+    let idle_line = |app: &App| {
+        let slots = hivemind_core::templates::Slots::new();
+        app.world()
+            .resource::<Hivemind>()
+            .templates()
+            .line(None, "idle", &slots, 0)
+            .ok()
+    };
+    assert!(
+        update_until(&mut app, |a| idle_line(a).as_deref()
+            == Some("First words.")),
+        "the templates file loaded"
+    );
+    assert_eq!(verbs(&app), 3);
+
+    write(
+        "actions.ron",
+        r#"(idle: "Wait", verbs: [(name: "Reload"), (name: "Wait")])"#,
+    );
+    write("lines.ron", r#"(situations: {"idle": ["Second words."]})"#);
+    let server = app.world().resource::<AssetServer>().clone();
+    server.reload("actions.ron");
+    server.reload("lines.ron");
+    assert!(
+        update_until(&mut app, |a| verbs(a) == 2
+            && idle_line(a).as_deref() == Some("Second words.")),
+        "both files reloaded"
+    );
+
+    write("actions.ron", "(idle: oops)");
+    server.reload("actions.ron");
+    assert!(
+        load_fails(&mut app, |h| h.actions.as_ref().unwrap().id().untyped()),
+        "the bad file is reported as a failed load"
+    );
+    run(&mut app, 3);
+    assert_eq!(verbs(&app), 2, "a bad file changes nothing");
 }
 
 #[test]
@@ -727,11 +797,11 @@ fn the_layout_and_the_backend_switch_at_run_time() {
     );
     let mut hm = app.world_mut().resource_mut::<Hivemind>();
     assert!(
-        hm.set_backend(BackendId::new("remote")).is_err(),
+        hm.set_backend(&BackendId::new("remote")).is_err(),
         "not registered"
     );
-    hm.set_backend(BackendId::new(BackendId::REPLAY)).unwrap();
-    assert_eq!(hm.backend(), BackendId::new(BackendId::REPLAY));
+    hm.set_backend(&BackendId::new(BackendId::REPLAY)).unwrap();
+    assert_eq!(hm.backend(), Some(BackendId::new(BackendId::REPLAY)));
     send(&mut app, RequestPlan::new(agent));
     run(&mut app, 20);
     let done = completions(&app, agent);

@@ -51,8 +51,10 @@ use crate::snapshot::WorldSnapshot;
 /// The key a game gives its agents: a Bevy `Entity`, an index, an id.
 pub trait AgentKey: Copy + Eq + Ord + std::hash::Hash + fmt::Debug + Send + Sync + 'static {}
 
-impl<K> AgentKey for K where K: Copy + Eq + Ord + std::hash::Hash + fmt::Debug + Send + Sync + 'static
-{}
+impl<K> AgentKey for K where
+    K: Copy + Eq + Ord + std::hash::Hash + fmt::Debug + Send + Sync + 'static
+{
+}
 
 /// Names one request, from the moment hivemind reads it until its completion message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,6 +250,16 @@ pub enum FallbackOnly {
     NoBackend,
     /// The backend could not load its model.
     NoModel(String),
+}
+
+impl fmt::Display for FallbackOnly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FallbackOnly::Forced => f.write_str("forced"),
+            FallbackOnly::NoBackend => f.write_str("no backend"),
+            FallbackOnly::NoModel(why) => write!(f, "no model ({why})"),
+        }
+    }
 }
 
 /// Asked for a backend the game did not register.

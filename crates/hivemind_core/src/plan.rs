@@ -62,11 +62,11 @@ pub enum OutputFormat {
     Line,
 }
 
-/// The name of a backend: declared by its factory (`scripted`, `replay`, `local`, …) or given
-/// by the game ([`BackendFactory::with_id`](crate::backend::BackendFactoryExt::with_id)). The
-/// same name is used in config, CLI flags, metrics, transcripts and console commands.
+/// The name of a backend, used in config, CLI flags, metrics, transcripts and the console.
 ///
-/// Cheap to clone (a shared string). Names are compared as text.
+/// Each factory declares one (`scripted`, `replay`, `local`, …), and a game can give a backend
+/// another ([`BackendFactoryExt::with_id`](crate::backend::BackendFactoryExt::with_id)). Cheap
+/// to clone (a shared string). Names are compared as text.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(
     feature = "reflect",

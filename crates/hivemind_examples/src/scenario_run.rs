@@ -200,7 +200,7 @@ impl SuiteReport {
     pub fn from_model(&self) -> f64 {
         self.share(|a| {
             matches!(
-                a.plan.as_ref().map(|p| p.source),
+                a.plan.as_ref().map(|p| p.source.clone()),
                 Some(PlanSource::Llm { .. })
             )
         })
@@ -210,7 +210,7 @@ impl SuiteReport {
     pub fn repaired(&self) -> f64 {
         self.share(|a| {
             matches!(
-                a.plan.as_ref().map(|p| p.source),
+                a.plan.as_ref().map(|p| p.source.clone()),
                 Some(PlanSource::Llm { repaired: true, .. })
             )
         })

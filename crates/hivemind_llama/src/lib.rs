@@ -49,6 +49,7 @@ mod model;
 mod prefix;
 mod sample;
 mod session;
+pub mod testing;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -20,6 +20,7 @@ use hivemind_core::plan::{OutputFormat, RequestKind};
 use hivemind_core::prompt::{AgentTask, IntentOption};
 use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::worker::{JobOutcome, JobRequest, PromptContext, WorkerEventKind, WorkerPool};
+use hivemind_llama::testing::model_at;
 use hivemind_llama::{
     LlamaError, LlamaFactory, LlamaOptions, LlamaSession, ModelFile, stream_specs,
 };
@@ -29,10 +30,14 @@ const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
 /// One inference test at a time: the machine has two cores and each session uses both.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The test's turn at the model, or `None` (the test is skipped) if the model is absent.
+fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
+    model_at(test, &model_path())?;
+    Some(
+        SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
 }
 
 fn model_path() -> PathBuf {
@@ -185,7 +190,9 @@ fn run(session: &mut LlamaSession, batch: &Batch) -> Collect {
 
 #[test]
 fn every_grammar_core_generates_loads_into_llama_cpp() {
-    let _serial = serial();
+    let Some(_serial) = serial("every_grammar_core_generates_loads_into_llama_cpp") else {
+        return;
+    };
     let factory = LlamaFactory::new(options(None)).unwrap();
     let session = factory.session().unwrap();
     let golden = Path::new(concat!(
@@ -269,7 +276,10 @@ fn pool_outcomes(
 
 #[test]
 fn arena_batches_parse_and_validate_in_both_layouts_and_every_format() {
-    let _serial = serial();
+    let Some(_serial) = serial("arena_batches_parse_and_validate_in_both_layouts_and_every_format")
+    else {
+        return;
+    };
     let arena = arena();
     let factory = LlamaFactory::new(options(None)).unwrap();
     for layout in [PromptLayout::ParallelSequences, PromptLayout::SharedPrompt] {
@@ -301,7 +311,10 @@ fn arena_batches_parse_and_validate_in_both_layouts_and_every_format() {
 
 #[test]
 fn greedy_output_repeats_whatever_ran_before_and_on_any_worker() {
-    let _serial = serial();
+    let Some(_serial) = serial("greedy_output_repeats_whatever_ran_before_and_on_any_worker")
+    else {
+        return;
+    };
     let arena = arena();
     let factory = LlamaFactory::new(options(None)).unwrap();
     let context = context(&arena, PromptLayout::ParallelSequences);
@@ -346,7 +359,11 @@ fn greedy_output_repeats_whatever_ran_before_and_on_any_worker() {
 
 #[test]
 fn the_factory_reports_its_model_and_the_prefix_levels_its_sessions_hold() {
-    let _serial = serial();
+    let Some(_serial) =
+        serial("the_factory_reports_its_model_and_the_prefix_levels_its_sessions_hold")
+    else {
+        return;
+    };
     let arena = arena();
     let factory = LlamaFactory::new(options(None)).unwrap();
     let info = factory.info();
@@ -384,7 +401,9 @@ fn the_factory_reports_its_model_and_the_prefix_levels_its_sessions_hold() {
 
 #[test]
 fn cancelling_one_agent_leaves_the_others_intact() {
-    let _serial = serial();
+    let Some(_serial) = serial("cancelling_one_agent_leaves_the_others_intact") else {
+        return;
+    };
     let arena = arena();
     let factory = LlamaFactory::new(options(None)).unwrap();
     let context = context(&arena, PromptLayout::ParallelSequences);
@@ -409,7 +428,9 @@ fn cancelling_one_agent_leaves_the_others_intact() {
 
 #[test]
 fn bad_model_files_are_typed_errors() {
-    let _serial = serial();
+    let Some(_serial) = serial("bad_model_files_are_typed_errors") else {
+        return;
+    };
     let dir = temp_dir("bad");
     let with = |path: PathBuf| {
         let mut o = options(None);
@@ -443,7 +464,9 @@ fn bad_model_files_are_typed_errors() {
 
 #[test]
 fn work_that_does_not_fit_is_split_or_refused_never_aborted() {
-    let _serial = serial();
+    let Some(_serial) = serial("work_that_does_not_fit_is_split_or_refused_never_aborted") else {
+        return;
+    };
     let arena = arena();
     let mut o = options(None);
     // A small context with a small batch and three sequences: the arena prefix fits, then
@@ -493,7 +516,9 @@ fn work_that_does_not_fit_is_split_or_refused_never_aborted() {
 
 #[test]
 fn the_prefix_state_is_saved_and_a_restart_loads_it() {
-    let _serial = serial();
+    let Some(_serial) = serial("the_prefix_state_is_saved_and_a_restart_loads_it") else {
+        return;
+    };
     let dir = temp_dir("state");
     let arena = arena();
     let context = context(&arena, PromptLayout::ParallelSequences);
@@ -543,7 +568,9 @@ fn the_prefix_state_is_saved_and_a_restart_loads_it() {
 
 #[test]
 fn unknown_kinds_of_batches_still_end_every_stream() {
-    let _serial = serial();
+    let Some(_serial) = serial("unknown_kinds_of_batches_still_end_every_stream") else {
+        return;
+    };
     // An empty batch is a no-op, and a batch of one line answers.
     let arena = arena();
     let factory = LlamaFactory::new(options(None)).unwrap();

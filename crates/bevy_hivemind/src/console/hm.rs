@@ -14,8 +14,8 @@ use super::{Console, ConsoleAppExt, ConsoleReply};
 use crate::components::{ActivePlan, AgentSnapshot, NpcAgent, PlanStatus, Thinking};
 use crate::messages::{PlanReady, RequestPlan};
 use crate::runtime::Hivemind;
-use hivemind_core::lifecycle::FallbackOnly;
 use crate::{HivemindMetrics, HivemindSettings, HivemindSystems};
+use hivemind_core::lifecycle::FallbackOnly;
 
 /// hivemind: status, performance, agents, cache, personas and run-time switches.
 #[derive(clap::Parser, Debug)]
@@ -196,8 +196,7 @@ fn status(world: &mut World, reply: &mut ConsoleReply) {
     let registered: Vec<&str> = hm.backends().map(BackendId::as_str).collect();
     reply.line(format!(
         "backend   {} (registered: {})",
-        hm.backend()
-            .map_or_else(|| "none".to_owned(), |id| id.to_string()),
+        hm.backend_name(),
         registered.join(", ")
     ));
     let model = match (&info.source, &info.quantization) {
@@ -237,9 +236,8 @@ fn status(world: &mut World, reply: &mut ConsoleReply) {
     reply.line(format!("prefix    {prefix}"));
     let mode = match hm.fallback_only() {
         None => "model answers, fallbacks past deadlines".to_owned(),
-        Some(FallbackOnly::Forced) => "fallback only: forced (hm force-fallback on)".to_owned(),
-        Some(FallbackOnly::NoModel(why)) => format!("fallback only: no model ({why})"),
-        Some(FallbackOnly::NoBackend) => "fallback only: no backend".to_owned(),
+        Some(why @ FallbackOnly::Forced) => format!("fallback only: {why} (hm force-fallback on)"),
+        Some(why) => format!("fallback only: {why}"),
     };
     reply.line(format!("mode      {mode}"));
     reply.line(format!(
@@ -302,7 +300,10 @@ fn agents(world: &mut World, reply: &mut ConsoleReply) {
             state,
             step,
             doing,
-            source_text(plan.source.clone(), plan.fallback.map(FallbackReason::as_str))
+            source_text(
+                plan.source.clone(),
+                plan.fallback.map(FallbackReason::as_str)
+            )
         ));
     }
     if rows.is_empty() {
@@ -512,7 +513,10 @@ fn report_probes(
             "probe {}: {} step(s) from {} in {} (first step after {}, {} frames)",
             plan.agent,
             plan.steps.len(),
-            source_text(Some(plan.source.clone()), plan.fallback.map(FallbackReason::as_str)),
+            source_text(
+                Some(plan.source.clone()),
+                plan.fallback.map(FallbackReason::as_str)
+            ),
             HumanDuration(plan.latency),
             HumanDuration(plan.first_after),
             hm.tick().saturating_sub(probe.sent_at_tick),

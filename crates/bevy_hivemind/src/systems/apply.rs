@@ -112,4 +112,3 @@ pub(crate) fn publish(
         diagnostic::publish_cost(&mut diagnostics, elapsed);
     }
 }
-

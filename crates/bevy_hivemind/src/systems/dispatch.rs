@@ -8,4 +8,3 @@ use crate::runtime::Hivemind;
 pub(crate) fn dispatch(mut hm: ResMut<Hivemind>) {
     hm.dispatch();
 }
-

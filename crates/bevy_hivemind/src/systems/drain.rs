@@ -18,4 +18,3 @@ pub(crate) fn drain(
     hm.drain(budget, &mut metrics);
     out.flush(&mut hm);
 }
-

@@ -15,4 +15,3 @@ pub(crate) fn fallback(
     hm.answer_late(&mut metrics);
     out.flush(&mut hm);
 }
-

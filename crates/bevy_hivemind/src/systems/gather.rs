@@ -8,7 +8,9 @@ use hivemind_core::lifecycle::{Ask, NewRequest};
 
 use super::Outbox;
 use crate::HivemindSettings;
-use crate::assets::{ConfigAsset, HivemindAssetHandles, PromptFileAsset};
+use crate::assets::{
+    ActionsAsset, ConfigAsset, HivemindAssetHandles, PromptFileAsset, TemplatesAsset, Watch,
+};
 use crate::components::{ActivePlan, AgentSnapshot, Conversation, NpcAgent, PlanStatus, Thinking};
 use crate::messages::{CancelRequest, RequestLine, RequestPlan, StepFinished};
 use crate::metrics::{FrameCost, HivemindMetrics};
@@ -119,35 +121,35 @@ pub(crate) fn gather(
     out.flush(&mut hm);
 }
 
-/// Applies reloaded `hivemind.ron` and prompt files. A file is applied when its content differs
-/// from what was last applied from it, so the several events of one reload apply it once and
-/// an edit made since is kept until the file really changes.
+/// Applies reloaded files: `hivemind.ron` (the settings), the prompt file, the action
+/// registry and the templates. A file is applied when its content differs from what was last
+/// applied from it, so the several events of one reload apply it once and an edit made since is
+/// kept until the file really changes.
 pub(crate) fn reload_assets(
-    mut config_events: MessageReader<AssetEvent<ConfigAsset>>,
-    mut prompt_events: MessageReader<AssetEvent<PromptFileAsset>>,
-    configs: Res<Assets<ConfigAsset>>,
-    prompts: Res<Assets<PromptFileAsset>>,
+    mut configs: Watch<ConfigAsset>,
+    mut prompts: Watch<PromptFileAsset>,
+    mut actions: Watch<ActionsAsset>,
+    mut templates: Watch<TemplatesAsset>,
     mut handles: ResMut<HivemindAssetHandles>,
     mut settings: ResMut<HivemindSettings>,
     mut hm: ResMut<Hivemind>,
 ) {
-    let touched = config_events.read().count() > 0;
-    if touched
-        && let Some(config) = handles.config.as_ref().and_then(|h| configs.get(h))
-        && handles.applied_config.as_ref() != Some(&config.0)
-    {
+    let handles = &mut *handles;
+    if let Some(config) = configs.fresh(handles.config.as_ref(), &mut handles.applied_config) {
         info!("hivemind: configuration loaded");
-        handles.applied_config = Some(config.0.clone());
-        settings.0 = config.0.clone();
+        settings.0 = config.0;
     }
-    let touched = prompt_events.read().count() > 0;
-    if touched
-        && let Some(prompt) = handles.prompt.as_ref().and_then(|h| prompts.get(h))
-        && handles.applied_prompt.as_ref() != Some(&prompt.0)
-    {
+    if let Some(prompt) = prompts.fresh(handles.prompt.as_ref(), &mut handles.applied_prompt) {
         info!("hivemind: prompt and personas loaded");
-        handles.applied_prompt = Some(prompt.0.clone());
-        hm.set_prompt(prompt.0.clone());
+        hm.set_prompt(prompt.0);
+    }
+    if let Some(registry) = actions.fresh(handles.actions.as_ref(), &mut handles.applied_actions) {
+        info!("hivemind: action registry loaded");
+        hm.set_registry(registry.0);
+    }
+    if let Some(book) = templates.fresh(handles.templates.as_ref(), &mut handles.applied_templates)
+    {
+        info!("hivemind: dialogue templates loaded");
+        hm.set_templates(book.0);
     }
 }
-

@@ -10,7 +10,7 @@ use crate::hooks::LineVerdict;
 use crate::metrics::Metrics;
 use crate::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
 use crate::prompt::IntentOption;
-use crate::worker::{JobOutcome, WorkerEvent, WorkerEventKind};
+use crate::worker::{JobOutcome, WorkerEvent, WorkerEventKind, WorkerPool};
 
 use super::request::{Answer, Gate, Phase, complete_after, filtered};
 use super::{AgentKey, Lifecycle, LineDone, Outgoing, PlanDone, RequestId, StepReady, WordsReady};
@@ -44,7 +44,7 @@ impl<K: AgentKey> Lifecycle<K> {
             if read % 8 == 7 && start.elapsed() >= budget {
                 return;
             }
-            let Some(event) = self.pool.as_mut().and_then(|p| p.try_recv()) else {
+            let Some(event) = self.pool.as_mut().and_then(WorkerPool::try_recv) else {
                 self.drained_all = true;
                 return;
             };
@@ -57,7 +57,7 @@ impl<K: AgentKey> Lifecycle<K> {
         let now = self.clock.now();
         let waits = matches!(self.clock.kind(), ClockKind::Lockstep(_));
         loop {
-            while let Some(event) = self.pool.as_mut().and_then(|p| p.try_recv()) {
+            while let Some(event) = self.pool.as_mut().and_then(WorkerPool::try_recv) {
                 self.hold(event);
             }
             if !waits || self.known.values().all(|&k| k > now) {

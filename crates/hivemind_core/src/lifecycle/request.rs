@@ -206,7 +206,7 @@ impl<K> Request<K> {
         if self.phase != Phase::CacheOnly {
             self.phase = Phase::Streaming;
         }
-        metrics.record_first(self.kind, &self.backend(), at.since(self.submitted));
+        metrics.record_first(self.kind, self.backend(), at.since(self.submitted));
     }
 
     /// Applies the filter's verdict on the whole text so far to a text no player hears while it

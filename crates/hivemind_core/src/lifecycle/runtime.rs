@@ -182,6 +182,12 @@ impl<K: AgentKey> Lifecycle<K> {
         self.pool.as_ref().map(WorkerPool::backend_id)
     }
 
+    /// The name of the backend in use, or `none`, for HUDs and logs.
+    pub fn backend_name(&self) -> String {
+        self.backend()
+            .map_or_else(|| "none".to_owned(), |id| id.to_string())
+    }
+
     /// The backends the game registered, by id.
     pub fn backends(&self) -> impl Iterator<Item = &BackendId> + '_ {
         self.backends.keys()
@@ -312,7 +318,9 @@ impl<K: AgentKey> Lifecycle<K> {
             || config.budgets != self.config.budgets
             || config.sampling != self.config.sampling;
         if config.batching != self.config.batching || config.clock != self.config.clock {
-            tracing::warn!("hivemind: batching and clock settings take effect when the app restarts");
+            tracing::warn!(
+                "hivemind: batching and clock settings take effect when the app restarts"
+            );
         }
         self.config = config;
         if prompt_changed {
@@ -503,7 +511,16 @@ impl<K: AgentKey> Lifecycle<K> {
         };
 
         if kind == RequestKind::Banter {
-            self.answer_banter(id, new.agent, &new.persona, &situation, &slots, &snapshot, seed, metrics);
+            self.answer_banter(
+                id,
+                new.agent,
+                &new.persona,
+                &situation,
+                &slots,
+                &snapshot,
+                seed,
+                metrics,
+            );
             return id;
         }
 
@@ -554,7 +571,9 @@ impl<K: AgentKey> Lifecycle<K> {
             Prepared::Pending(self.executor.spawn(work))
         };
         let options = match kind {
-            RequestKind::Plan if self.config.model.plan_format == PlanFormat::Guided && !at_once => {
+            RequestKind::Plan
+                if self.config.model.plan_format == PlanFormat::Guided && !at_once =>
+            {
                 self.planner.intents(&snapshot)
             }
             _ => Vec::new(),

@@ -3,11 +3,6 @@
 //! [`Lifecycle::handle`] the events a worker would send, at the stamps it chooses, so every
 //! row of the deadline rules is checked without threads, wall time or an engine.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "a test stops at the first thing that is not as it should be"
-)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +82,9 @@ fn snapshot(ammo: i64) -> WorldSnapshot {
 
 fn lifecycle_with(config: HivemindConfig, backend: bool) -> Lifecycle<u32> {
     let factory = FnFactory::new("test", || {
-        Err(BackendError::NoModel("never built: the test plays the worker".into()))
+        Err(BackendError::NoModel(
+            "never built: the test plays the worker".into(),
+        ))
     });
     Lifecycle::new(LifecycleParts {
         config,
@@ -335,7 +332,10 @@ fn failures_before_any_output_answer_at_once_with_their_reason() {
             JobFailure::Backend(BackendError::Failed("boom".into())),
             FallbackReason::BackendError,
         ),
-        (JobFailure::Panicked("boom".into()), FallbackReason::BackendError),
+        (
+            JobFailure::Panicked("boom".into()),
+            FallbackReason::BackendError,
+        ),
         (JobFailure::Parse("{".into()), FallbackReason::Parse),
     ] {
         let mut hm = lifecycle();
@@ -523,7 +523,11 @@ fn guided_intents_expand_and_an_intent_not_offered_is_a_repair() {
         worker(&mut hm, id2, ms(100), WorkerEventKind::Intent { intent });
         finished(&mut hm, id2, ms(150), completed());
         let out2 = out(&mut hm);
-        assert_eq!(verbs(&out2), ["Reload", "Wait"], "the prepared fallback plan");
+        assert_eq!(
+            verbs(&out2),
+            ["Reload", "Wait"],
+            "the prepared fallback plan"
+        );
         assert_eq!(plan_done(&out2)[0].source, llm(true));
     }
 }
@@ -558,8 +562,7 @@ fn backend_ids_are_open_and_unique() {
         hm.insert_backend(same),
         Err(DuplicateBackend(BackendId::new("test")))
     );
-    let big = FnFactory::new("test", || Err(BackendError::NoModel("x".into())))
-        .with_id("big");
+    let big = FnFactory::new("test", || Err(BackendError::NoModel("x".into()))).with_id("big");
     hm.insert_backend(big).unwrap();
     hm.set_backend(&BackendId::new("big")).unwrap();
     assert_eq!(hm.backend(), Some(BackendId::new("big")));
@@ -568,5 +571,3 @@ fn backend_ids_are_open_and_unique() {
         Err(UnknownBackend(BackendId::new("remote")))
     );
 }
-
-
