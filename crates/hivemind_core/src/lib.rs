@@ -2,8 +2,9 @@
 //!
 //! Everything here builds and tests without Bevy, llama.cpp or a network: the data the product
 //! speaks ([`snapshot`], [`action`], [`plan`]), how prompts and grammars are built from it
-//! ([`prompt`], [`grammar`]), how model output is read back ([`stream`]), and the configuration
-//! and clock every other crate shares ([`config`], [`clock`]).
+//! ([`prompt`], [`grammar`]), how model output is read back ([`stream`]), the configuration
+//! and clock every other crate shares ([`config`], [`clock`]), the hooks a game plugs its rules
+//! in with ([`hooks`]), and the request lifecycle that decides every answer ([`lifecycle`]).
 //!
 //! # Design
 //!
@@ -19,6 +20,11 @@
 //! of each level decodes the shared parts once. Time is one [`clock::Clock`] with a real-time mode
 //! for play and a lockstep mode in which a job's duration is a function of its token counts, so a
 //! whole run, deadlines and fallbacks included, repeats exactly for a seed.
+//!
+//! What an NPC is answered with (the deadline, the prepared fallback, repair, the cache, exactly
+//! one completion) is decided by [`lifecycle::Lifecycle`], a state machine generic over the
+//! game's agent key, so its rules are unit-tested with plain values and a manual clock; an
+//! engine plugin only moves messages in and out of it.
 //!
 //! Nothing in this crate panics on input it did not create: model output, RON files and player
 //! text all come back as typed errors.
