@@ -19,8 +19,9 @@
 //! The workspace is split the way the dependency arrows point: `hivemind_core` knows neither
 //! Bevy, llama.cpp nor the network, so everything that decides what an NPC does builds and tests
 //! in seconds; each backend and the plugin depend on it and never on each other. llama-cpp-2
-//! declares its API unstable, so only `hivemind_llama` names it. A game that only wants remote
-//! inference turns off the default `llama` feature and needs no C++ toolchain.
+//! declares its API unstable, so only `hivemind_llama` names it. Once the `remote` backend is
+//! built, a game that only wants remote inference will turn off the default `llama` feature and
+//! need no C++ toolchain.
 //!
 //! The request lifecycle (deadlines, fallbacks, repair, the cache, exactly-once delivery) is
 //! `hivemind_core::lifecycle`, generic over the game's agent key; the plugin holds it keyed by

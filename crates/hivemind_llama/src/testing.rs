@@ -1,6 +1,7 @@
 //! For tests and benchmarks that need the real model: they skip, saying why, where the model
 //! is absent, and fail where it must be there (CI sets [`REQUIRE_MODEL_ENV`]).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use hivemind_core::config::HivemindConfig;
@@ -27,7 +28,6 @@ pub fn model_for_test(test: &str) -> Option<PathBuf> {
 /// # Panics
 ///
 /// As [`model_for_test`].
-#[expect(clippy::print_stderr, reason = "a skipped test says why on stderr")]
 pub fn model_at(test: &str, path: &Path) -> Option<PathBuf> {
     if path.is_file() {
         return Some(path.to_owned());
@@ -38,7 +38,10 @@ pub fn model_at(test: &str, path: &Path) -> Option<PathBuf> {
         "{test}: the model {} is missing ({REQUIRE_MODEL_ENV} is set); run scripts/setup",
         path.display()
     );
-    eprintln!(
+    // Straight to the process's stderr: the test harness captures `eprintln!` of a passing
+    // test, and the skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
         "{test}: skipped, no model at {} (run scripts/setup to fetch it)",
         path.display()
     );

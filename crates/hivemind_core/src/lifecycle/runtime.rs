@@ -47,7 +47,8 @@ pub struct LifecycleParts {
     pub executor: Arc<dyn FallbackExecutor>,
     /// The backends, each under its own id.
     pub backends: Vec<Arc<dyn BackendFactory>>,
-    /// The one to start with; `None` is the last of `backends`, if any.
+    /// The one to start with; `None` starts with none: every answer is a fallback until
+    /// [`Lifecycle::set_backend`].
     pub backend: Option<BackendId>,
     /// The clock.
     pub clock: Clock,
@@ -93,7 +94,7 @@ pub struct Lifecycle<K> {
 }
 
 impl<K: AgentKey> Lifecycle<K> {
-    /// Starts the worker pool on the chosen backend (none if no backend is registered).
+    /// Starts the worker pool on the chosen backend, if one is chosen.
     ///
     /// # Errors
     ///
@@ -112,7 +113,7 @@ impl<K: AgentKey> Lifecycle<K> {
                     .cloned()
                     .ok_or_else(|| UnknownBackend(id.clone()))?,
             ),
-            None => parts.backends.last().cloned(),
+            None => None,
         };
         let registry = Arc::new(parts.registry);
         let context = Arc::new(PromptContext::new(

@@ -95,8 +95,8 @@ fn lifecycle_with(config: HivemindConfig, backend: bool) -> Lifecycle<u32> {
         planner: Arc::new(TestPlanner),
         filter: Arc::new(LineRules::default().with_banned("darn")),
         executor: Arc::new(InlineExecutor),
-        backends: if backend { vec![factory] } else { Vec::new() },
-        backend: None,
+        backends: vec![factory],
+        backend: backend.then(|| BackendId::new("test")),
         clock: Clock::manual(),
     })
     .unwrap()
@@ -547,10 +547,16 @@ fn forced_fallbacks_and_a_missing_backend_answer_at_once() {
     let mut none = lifecycle_with(free_config(), false);
     assert_eq!(none.backend(), None);
     assert_eq!(none.fallback_only(), Some(FallbackOnly::NoBackend));
+    assert_eq!(none.backends().count(), 1, "registered, not in use");
     ask_plan(&mut none, 3, &mut metrics);
     let out = out(&mut none);
     assert_eq!(plan_done(&out)[0].fallback, Some(FallbackReason::NoModel));
     assert_eq!(plan_done(&out)[0].source, PlanSource::Goap);
+    // Switching to the registered backend starts the workers: requests wait for the model.
+    none.set_backend(&BackendId::new("test")).unwrap();
+    assert_eq!(none.fallback_only(), None);
+    let id = ask_plan(&mut none, 3, &mut metrics);
+    assert_eq!(none.phase(id), Some(Phase::Waiting));
 }
 
 #[test]
