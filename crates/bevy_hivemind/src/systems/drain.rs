@@ -14,7 +14,10 @@ pub(crate) fn drain(
     mut metrics: ResMut<HivemindMetrics>,
     mut out: Outbox,
 ) {
-    let budget = Duration::from_secs_f64(f64::from(hm.config().budgets.drain_ms.max(0.0)) / 1000.0);
+    // A budget from a hand-edited file may be anything: NaN or less reads nothing past the
+    // first few events, too much for a `Duration` reads everything.
+    let ms = f64::from(hm.config().budgets.drain_ms.max(0.0));
+    let budget = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX);
     hm.drain(budget, &mut metrics);
     out.flush(&mut hm);
 }

@@ -12,7 +12,7 @@ use crate::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
 use crate::prompt::IntentOption;
 use crate::worker::{JobOutcome, WorkerEvent, WorkerEventKind, WorkerPool};
 
-use super::request::{Answer, Gate, Phase, complete_after, filtered};
+use super::request::{Answer, Gate, Phase, complete_after, cut_at, filtered};
 use super::{AgentKey, Lifecycle, LineDone, Outgoing, PlanDone, RequestId, StepReady, WordsReady};
 
 /// How long a lockstep frame waits for a silent worker before it gives up on it for the frame.
@@ -132,6 +132,8 @@ impl<K: AgentKey> Lifecycle<K> {
             WorkerEventKind::DeadlineCrossed => {}
             WorkerEventKind::Finished(outcome) => {
                 self.by_job.remove(&event.job);
+                // Nothing more comes from it, so a lockstep frame need not wait for it.
+                self.known.remove(&event.job);
                 if let Some(r) = self.requests.get_mut(&id) {
                     r.job = None;
                 }
@@ -271,11 +273,12 @@ impl<K: AgentKey> Lifecycle<K> {
                 } else {
                     Gate::Cut
                 };
-                r.text.truncate(r.delivered);
+                cut_at(&mut r.text, r.delivered);
                 return;
             }
         };
-        r.text.truncate(end);
+        cut_at(&mut r.text, end);
+        let end = r.text.len();
         if end <= r.delivered {
             return;
         }
@@ -425,9 +428,10 @@ impl<K: AgentKey> Lifecycle<K> {
         self.deadlines.remove(&(r.deadline, id));
         let latency = at.since(r.submitted);
         let first_after = r.first_at.unwrap_or(at).since(r.submitted);
-        let say = r.plan_line(&*filter);
         let delivered = r.delivered;
-        if let Some(plan) = r.plan.as_mut() {
+        if r.plan.is_some() {
+            let say = r.plan_line(&*filter);
+            let Some(plan) = r.plan.as_mut() else { return };
             let mut steps = std::mem::take(&mut plan.steps);
             if reason.is_some() {
                 complete_after(&*planner, &r.snapshot, &mut steps, delivered, idle);
@@ -506,7 +510,13 @@ impl<K: AgentKey> Lifecycle<K> {
         r.phase = Phase::CacheOnly;
         self.deadlines.remove(&(r.deadline, id));
         let latency = now.since(r.submitted);
-        match r.fallback.take() {
+        // A plan is answered with a plan and a line with a line, whatever an executor returned.
+        let answer = match (r.plan.is_some(), r.fallback.take()) {
+            (true, Answer::Line(_)) => Answer::Plan(Vec::new()),
+            (false, Answer::Plan(_)) => Answer::Line(String::new()),
+            (_, answer) => answer,
+        };
+        match answer {
             Answer::Plan(mut steps) => {
                 if steps.is_empty() {
                     steps.push(idle);

@@ -215,7 +215,7 @@ impl<K> Request<K> {
         match filter.check(&self.text) {
             LineVerdict::Pass => {}
             LineVerdict::Cut(n) => {
-                self.text.truncate(n.min(self.text.len()));
+                cut_at(&mut self.text, n);
                 self.gate = Gate::Cut;
             }
             LineVerdict::Reject => self.gate = Gate::Rejected,
@@ -238,10 +238,19 @@ pub(super) fn filtered(filter: &dyn LineFilter, mut text: String) -> String {
     match filter.check(&text) {
         LineVerdict::Pass => text,
         LineVerdict::Cut(n) => {
-            text.truncate(n.min(text.len()));
+            cut_at(&mut text, n);
             text
         }
         LineVerdict::Reject => String::new(),
+    }
+}
+
+/// Shortens `text` to at most `n` bytes, at a char boundary: a filter's cut never panics, even
+/// one that is not on a boundary.
+pub(super) fn cut_at(text: &mut String, n: usize) {
+    if n < text.len() {
+        let end = text.floor_char_boundary(n);
+        text.truncate(end);
     }
 }
 

@@ -259,6 +259,8 @@ impl<K: AgentKey> Lifecycle<K> {
         let in_use = self.backend().as_ref() == Some(&id);
         self.backends.insert(id, Arc::clone(&factory));
         if in_use {
+            // A recording wrapped the old one; it ends here.
+            self.recording = None;
             self.use_factory(factory);
         }
     }
@@ -433,7 +435,10 @@ impl<K: AgentKey> Lifecycle<K> {
 
     /// The number of workers.
     pub fn workers(&self) -> usize {
-        self.config.batching.workers.max(1)
+        self.pool
+            .as_ref()
+            .map_or(self.config.batching.workers, |pool| pool.batching().workers)
+            .max(1)
     }
 
     /// The answer cache.

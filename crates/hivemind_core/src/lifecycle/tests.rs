@@ -577,3 +577,39 @@ fn backend_ids_are_open_and_unique() {
         Err(UnknownBackend(BackendId::new("remote")))
     );
 }
+
+/// Cuts every line after its first byte, inside a two-byte character.
+struct CutInsideAChar;
+
+impl crate::hooks::LineFilter for CutInsideAChar {
+    fn check(&self, line: &str) -> crate::hooks::LineVerdict {
+        if line.len() > 1 {
+            crate::hooks::LineVerdict::Cut(1)
+        } else {
+            crate::hooks::LineVerdict::Pass
+        }
+    }
+}
+
+#[test]
+fn a_filter_cut_inside_a_character_ends_the_line_before_that_character() {
+    let mut hm = lifecycle();
+    hm.filter = Arc::new(CutInsideAChar);
+    let mut metrics = Metrics::new();
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    let words = WorkerEventKind::Words {
+        text: "éh bien ".into(),
+    };
+    worker(&mut hm, id, ms(50), words);
+    finished(&mut hm, id, ms(90), completed());
+    let out = out(&mut hm);
+    let done = line_done(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].fallback,
+        Some(FallbackReason::Parse),
+        "nothing of the model's line was left to say"
+    );
+    assert_eq!(done[0].text, "S", "the template, cut by the same filter");
+}
