@@ -101,7 +101,7 @@ fn run(workers: usize, seed: u64, ticks: usize) -> Run {
                         agent,
                         persona: "veteran".into(),
                         task: AgentTask::Plan,
-                        snapshot: world.snapshot(agent),
+                        snapshot: Arc::new(world.snapshot(agent)),
                         deadline: Deadline::after(
                             now,
                             Duration::from_millis(100 + 60 * u64::from(agent.0 % 6)),

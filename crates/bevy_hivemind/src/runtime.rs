@@ -3,7 +3,9 @@
 
 use bevy::prelude::*;
 use bevy::tasks::{AsyncComputeTaskPool, Task, TaskPool, block_on, futures::check_ready};
-use hivemind_core::lifecycle::{Answer, FallbackExecutor, FallbackWork, Lifecycle, PendingAnswer};
+use hivemind_core::lifecycle::{
+    Answer, FallbackExecutor, FallbackWork, Lifecycle, PendingAnswer, run_all,
+};
 
 /// The state of hivemind in a running game: a resource around the core's
 /// [`Lifecycle`], keyed by the agents' entities.
@@ -17,24 +19,21 @@ pub struct Hivemind(pub Lifecycle<Entity>);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskPoolExecutor;
 
-struct PendingTask(Option<Task<Answer>>, Option<Answer>);
+struct PendingTask(Option<Task<Vec<Answer>>>);
 
 impl PendingAnswer for PendingTask {
-    fn take(&mut self) -> Answer {
-        if let Some(mut task) = self.0.take() {
-            let answer = check_ready(&mut task).unwrap_or_else(|| block_on(task));
-            self.1 = Some(answer);
-        }
-        self.1.clone().unwrap_or(Answer::Line(String::new()))
+    fn take(&mut self) -> Vec<Answer> {
+        let Some(mut task) = self.0.take() else {
+            return Vec::new();
+        };
+        check_ready(&mut task).unwrap_or_else(|| block_on(task))
     }
 }
 
 impl FallbackExecutor for TaskPoolExecutor {
-    fn spawn(&self, work: FallbackWork) -> Box<dyn PendingAnswer> {
+    /// One task for the frame's batch: the pool is woken once a frame.
+    fn spawn(&self, work: Vec<FallbackWork>) -> Box<dyn PendingAnswer> {
         let pool = AsyncComputeTaskPool::get_or_init(TaskPool::default);
-        Box::new(PendingTask(
-            Some(pool.spawn(async move { work.run() })),
-            None,
-        ))
+        Box::new(PendingTask(Some(pool.spawn(async move { run_all(work) }))))
     }
 }

@@ -42,7 +42,9 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-pub use request::{Answer, FallbackExecutor, FallbackWork, InlineExecutor, PendingAnswer, Phase};
+pub use request::{
+    Answer, FallbackExecutor, FallbackWork, InlineExecutor, PendingAnswer, Phase, run_all,
+};
 pub use runtime::{Lifecycle, LifecycleParts};
 
 use crate::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};

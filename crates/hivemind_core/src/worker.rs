@@ -61,8 +61,9 @@ pub struct JobRequest {
     pub persona: String,
     /// What it asks; the task decides the request kind and the output format.
     pub task: AgentTask,
-    /// What it knows. The pool fits it to the snapshot budget.
-    pub snapshot: WorldSnapshot,
+    /// What it knows, shared with the request that holds it. The pool fits it to the snapshot
+    /// budget.
+    pub snapshot: Arc<WorldSnapshot>,
     /// When its first step, first words or whole line is due.
     pub deadline: Deadline,
 }

@@ -510,7 +510,7 @@ fn default_config(
                 agent: s.agent,
                 persona: if i % 2 == 0 { "veteran" } else { "rookie" }.into(),
                 task: task.clone(),
-                snapshot: s.clone(),
+                snapshot: Arc::new(s.clone()),
                 deadline: Deadline::after(start, Duration::from_millis(500)),
             },
             0,

@@ -126,7 +126,7 @@ fn requests(arena: &Arena, format: OutputFormat, n: usize, stride: usize) -> Vec
             agent: s.agent,
             persona: persona(i),
             task: task(format, i),
-            snapshot: s.clone(),
+            snapshot: Arc::new(s.clone()),
             deadline: Deadline::after(Timestamp::ZERO, Duration::from_millis(100 + 50 * i as u64)),
         })
         .collect()

@@ -40,17 +40,23 @@ pub enum Answer {
     Line(String),
 }
 
-/// A fallback answer being prepared, as a [`FallbackExecutor`] runs it.
+/// The fallback answers of one frame's requests being prepared, as a [`FallbackExecutor`] runs
+/// them.
 pub trait PendingAnswer: Send + Sync {
-    /// The answer; blocks until it is ready, which a planner that takes microseconds
-    /// practically never makes happen.
-    fn take(&mut self) -> Answer;
+    /// The answers, in the order of the work; blocks until they are ready, which planners that
+    /// take microseconds practically never make happen.
+    fn take(&mut self) -> Vec<Answer>;
 }
 
 /// Runs the work of preparing fallback answers: on a task pool, or at once.
+///
+/// The lifecycle hands it each frame's work as one batch (at [`Lifecycle::dispatch`]), so a
+/// task pool is woken once a frame, not once a request.
+///
+/// [`Lifecycle::dispatch`]: super::Lifecycle::dispatch
 pub trait FallbackExecutor: Send + Sync {
-    /// Starts `work` and returns a handle to its answer.
-    fn spawn(&self, work: FallbackWork) -> Box<dyn PendingAnswer>;
+    /// Starts `work` and returns a handle to its answers.
+    fn spawn(&self, work: Vec<FallbackWork>) -> Box<dyn PendingAnswer>;
 }
 
 /// Prepares every fallback at once on the caller's thread: for tests and for games without a
@@ -59,15 +65,20 @@ pub trait FallbackExecutor: Send + Sync {
 pub struct InlineExecutor;
 
 impl FallbackExecutor for InlineExecutor {
-    fn spawn(&self, work: FallbackWork) -> Box<dyn PendingAnswer> {
-        Box::new(Some(work.run()))
+    fn spawn(&self, work: Vec<FallbackWork>) -> Box<dyn PendingAnswer> {
+        Box::new(Some(run_all(work)))
     }
 }
 
-impl PendingAnswer for Option<Answer> {
-    fn take(&mut self) -> Answer {
-        self.clone().unwrap_or(Answer::Line(String::new()))
+impl PendingAnswer for Option<Vec<Answer>> {
+    fn take(&mut self) -> Vec<Answer> {
+        Option::take(self).unwrap_or_default()
     }
+}
+
+/// Makes each answer of a batch, in order.
+pub fn run_all(work: Vec<FallbackWork>) -> Vec<Answer> {
+    work.into_iter().map(FallbackWork::run).collect()
 }
 
 /// What it takes to make one request's fallback answer: the game's planner for a plan, the
@@ -99,22 +110,52 @@ impl FallbackWork {
     }
 }
 
+/// A frame's fallbacks being prepared, shared by its requests.
+pub(super) struct Batch {
+    pending: Option<Box<dyn PendingAnswer>>,
+    answers: Vec<Answer>,
+}
+
+impl Batch {
+    pub(super) fn new(pending: Box<dyn PendingAnswer>) -> Self {
+        Batch {
+            pending: Some(pending),
+            answers: Vec::new(),
+        }
+    }
+}
+
 /// A fallback, as the request holds it.
 pub(super) enum Prepared {
-    Pending(Box<dyn PendingAnswer>),
+    /// Not handed to the executor yet (it is, at the next dispatch).
+    Unsent(Box<FallbackWork>),
+    /// Answer `index` of a batch being prepared.
+    Batched(Arc<std::sync::Mutex<Batch>>, usize),
     Ready(Answer),
 }
 
 impl Prepared {
     pub(super) fn take(&mut self) -> Answer {
-        match self {
-            Prepared::Ready(answer) => answer.clone(),
-            Prepared::Pending(pending) => {
-                let answer = pending.take();
-                *self = Prepared::Ready(answer.clone());
-                answer
+        let answer = match std::mem::replace(self, Prepared::Ready(Answer::Line(String::new()))) {
+            Prepared::Ready(answer) => answer,
+            // Needed before the frame's dispatch: made here, at once.
+            Prepared::Unsent(work) => work.run(),
+            Prepared::Batched(batch, index) => {
+                let mut batch = batch
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(mut pending) = batch.pending.take() {
+                    batch.answers = pending.take();
+                }
+                batch
+                    .answers
+                    .get(index)
+                    .cloned()
+                    .unwrap_or(Answer::Line(String::new()))
             }
-        }
+        };
+        *self = Prepared::Ready(answer.clone());
+        answer
     }
 }
 

@@ -19,8 +19,8 @@ use crate::templates::TemplateBook;
 use crate::worker::{JobRequest, PromptContext, WorkerEvent, WorkerPool};
 
 use super::request::{
-    Answer, FallbackExecutor, FallbackWork, Gate, Phase, PlanState, Prepared, Request, filtered,
-    template_line,
+    Answer, Batch, FallbackExecutor, FallbackWork, Gate, Phase, PlanState, Prepared, Request,
+    filtered, template_line,
 };
 use super::{
     AgentKey, Ask, DuplicateBackend, FallbackOnly, LineDone, LineKind, NewRequest, Outgoing,
@@ -90,6 +90,8 @@ pub struct Lifecycle<K> {
     pub(super) force_fallback: bool,
     pub(super) no_model: Option<String>,
     pub(super) idle_job: Option<RequestId>,
+    /// Requests whose fallback goes to the executor at the next dispatch.
+    pub(super) unsent: Vec<RequestId>,
     pub(super) outbox: Vec<Outgoing<K>>,
 }
 
@@ -162,6 +164,7 @@ impl<K: AgentKey> Lifecycle<K> {
             force_fallback: false,
             no_model: None,
             idle_job: None,
+            unsent: Vec::new(),
             outbox: Vec::new(),
         })
     }
@@ -574,7 +577,8 @@ impl<K: AgentKey> Lifecycle<K> {
         let fallback = if at_once {
             Prepared::Ready(work.run())
         } else {
-            Prepared::Pending(self.executor.spawn(work))
+            self.unsent.push(id);
+            Prepared::Unsent(Box::new(work))
         };
         let options = match kind {
             RequestKind::Plan
@@ -632,7 +636,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 agent: snapshot.agent,
                 persona: new.persona,
                 task,
-                snapshot: (*snapshot).clone(),
+                snapshot: Arc::clone(&snapshot),
                 deadline,
             },
             self.tick,
@@ -733,13 +737,44 @@ impl<K: AgentKey> Lifecycle<K> {
 
     // ----- dispatch -----------------------------------------------------------------------------
 
-    /// Hands the frame's jobs to the workers, and in idle time asks for banter lines.
+    /// **Prepared fallback.** Hands the frame's fallback work to the executor in one batch and
+    /// the frame's jobs to the workers, and in idle time asks for banter lines.
     pub fn dispatch(&mut self) {
+        self.send_fallback_work();
         if self.requests.is_empty() && self.idle_job.is_none() && !self.force_fallback {
             self.write_banter_in_idle_time();
         }
         if let Some(pool) = &mut self.pool {
             pool.dispatch();
+        }
+    }
+
+    fn send_fallback_work(&mut self) {
+        let mut ids = Vec::new();
+        let mut work = Vec::new();
+        for id in self.unsent.drain(..) {
+            let Some(r) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            if let Prepared::Unsent(_) = r.fallback {
+                let Prepared::Unsent(w) = std::mem::replace(
+                    &mut r.fallback,
+                    Prepared::Ready(Answer::Line(String::new())),
+                ) else {
+                    continue;
+                };
+                ids.push(id);
+                work.push(*w);
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        let batch = Arc::new(Mutex::new(Batch::new(self.executor.spawn(work))));
+        for (index, id) in ids.into_iter().enumerate() {
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.fallback = Prepared::Batched(Arc::clone(&batch), index);
+            }
         }
     }
 
@@ -763,7 +798,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 task: AgentTask::Banter {
                     situation: situation.clone(),
                 },
-                snapshot: (*snapshot).clone(),
+                snapshot: Arc::clone(&snapshot),
                 deadline,
             },
             self.tick,

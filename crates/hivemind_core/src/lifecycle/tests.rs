@@ -265,6 +265,8 @@ fn nothing_in_time_gets_the_prepared_fallback_and_the_late_answer_only_fills_the
     let mut hm = lifecycle();
     let mut metrics = Metrics::new();
     let id = ask_plan(&mut hm, 3, &mut metrics);
+    // The frame's dispatch hands the fallback work to the executor.
+    hm.dispatch();
     started(&mut hm, id);
     // A step produced after the deadline is not delivered, even before the deadline is read.
     step(&mut hm, id, ms(PLAN_MS + 1), 0, "Attack");

@@ -74,7 +74,7 @@ fn plan_request(id: u32, deadline: Deadline) -> JobRequest {
         agent: AgentId(id),
         persona: "veteran".into(),
         task: AgentTask::Plan,
-        snapshot: guard(id),
+        snapshot: Arc::new(guard(id)),
         deadline,
     }
 }
