@@ -80,7 +80,6 @@ pub(crate) fn gather(
         .collect::<Vec<_>>()
         .into_iter()
         .chain(lines.read().map(|l| (l.agent, Some(l))));
-    let mut new = Vec::new();
     for (entity, line) in asks {
         let Ok((agent, snapshot, conversation, _)) = agents.get(entity) else {
             warn!("hivemind: {entity} asked for something but is not an NpcAgent");
@@ -102,15 +101,12 @@ pub(crate) fn gather(
             );
             continue;
         }
-        new.push(NewRequest {
+        let request = NewRequest {
             agent: entity,
             persona: agent.persona.clone(),
             snapshot: snapshot.0.clone(),
             ask,
-        });
-    }
-    for request in new {
-        let entity = request.agent;
+        };
         let id = hm.request(request, &mut metrics);
         if let Some(kind) = hm.waiting_kind(id) {
             commands

@@ -73,7 +73,9 @@ pub struct Lifecycle<K> {
     pub(super) executor: Arc<dyn FallbackExecutor>,
     pub(super) backends: BTreeMap<BackendId, Arc<dyn BackendFactory>>,
     pub(super) config: HivemindConfig,
-    pub(super) requests: BTreeMap<RequestId, Request<K>>,
+    /// Boxed, so the map's nodes stay small: a frame's requests then never ask the allocator
+    /// for the large blocks that make glibc consolidate its free lists mid-frame.
+    pub(super) requests: BTreeMap<RequestId, Box<Request<K>>>,
     pub(super) by_job: HashMap<JobId, RequestId>,
     pub(super) by_agent: HashMap<(K, RequestSlot), RequestId>,
     pub(super) deadlines: BTreeSet<(Deadline, RequestId)>,
@@ -618,7 +620,7 @@ impl<K: AgentKey> Lifecycle<K> {
             } else {
                 FallbackReason::NoModel
             };
-            self.requests.insert(id, request);
+            self.requests.insert(id, Box::new(request));
             self.answer_with_fallback(id, reason, metrics);
             self.requests.remove(&id);
             return id;
@@ -648,7 +650,7 @@ impl<K: AgentKey> Lifecycle<K> {
             self.by_agent.insert((new.agent, slot), id);
         }
         self.deadlines.insert((deadline, id));
-        self.requests.insert(id, request);
+        self.requests.insert(id, Box::new(request));
         id
     }
 
@@ -808,7 +810,7 @@ impl<K: AgentKey> Lifecycle<K> {
         self.idle_job = Some(id);
         self.requests.insert(
             id,
-            Request {
+            Box::new(Request {
                 agent: None,
                 kind: RequestKind::Banter,
                 phase: Phase::CacheOnly,
@@ -826,7 +828,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 delivered: 0,
                 first_at: None,
                 plan: None,
-            },
+            }),
         );
     }
 
