@@ -210,16 +210,18 @@ fn add_game(app: &mut App, args: &Args, assets: Arc<ArenaAssets>) {
             })
         }
     };
-    let chosen = match args.backend.as_str() {
-        "scripted" => Arc::clone(&scripted),
-        "replay" => Arc::clone(&replay),
-        _ => Arc::clone(&local),
+    // The chosen backend in use, the other two registered for `hm backend`.
+    let (chosen, standby) = match args.backend.as_str() {
+        "scripted" => (scripted, [local, replay]),
+        "replay" => (replay, [scripted, local]),
+        _ => (local, [scripted, replay]),
     };
-    let plugin = arena
-        .hivemind(HivemindPlugin::new(FixedUpdate).with_config(config))
-        .with_standby_backend(scripted)
-        .with_standby_backend(local)
-        .with_standby_backend(replay)
+    let plugin = standby
+        .into_iter()
+        .fold(
+            arena.hivemind(HivemindPlugin::new(FixedUpdate).with_config(config)),
+            HivemindPlugin::with_standby_backend,
+        )
         .with_backend(chosen);
     app.add_plugins((plugin, arena))
         .insert_resource(Time::<Fixed>::from_duration(TICK));
