@@ -607,6 +607,24 @@ fn update_until(app: &mut App, mut done: impl FnMut(&App) -> bool) -> bool {
     false
 }
 
+/// An app with `plugin` and an asset server reading files from `dir`, finished and ready to
+/// update.
+fn asset_app(dir: &std::path::Path, plugin: HivemindPlugin) -> App {
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: dir.display().to_string(),
+            ..default()
+        },
+        plugin,
+    ))
+    .insert_resource(TimeUpdateStrategy::ManualDuration(TICK));
+    app.finish();
+    app.cleanup();
+    app
+}
+
 /// Updates until the asset server reports the plugin's file chosen by `id` as a failed load.
 fn load_fails(
     app: &mut App,
@@ -630,20 +648,12 @@ fn config_and_personas_reload_through_the_asset_server_and_bad_files_lose_nothin
         "prompt.ron",
         r#"(rules: (preamble: "You plan for guards."), personas: [(name: "veteran", voice: "Gruff.")])"#,
     );
-    let mut app = App::new();
-    app.add_plugins((
-        MinimalPlugins,
-        AssetPlugin {
-            file_path: dir.path().display().to_string(),
-            ..default()
-        },
+    let mut app = asset_app(
+        dir.path(),
         plugin(true)
             .with_config_asset("hivemind.ron")
             .with_prompt_asset("prompt.ron"),
-    ))
-    .insert_resource(TimeUpdateStrategy::ManualDuration(TICK));
-    app.finish();
-    app.cleanup();
+    );
     let plan_ms = |app: &App| {
         app.world()
             .resource::<Hivemind>()
@@ -721,20 +731,12 @@ fn actions_and_templates_reload_through_the_asset_server() {
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     write("actions.ron", REGISTRY);
     write("lines.ron", r#"(situations: {"idle": ["First words."]})"#);
-    let mut app = App::new();
-    app.add_plugins((
-        MinimalPlugins,
-        AssetPlugin {
-            file_path: dir.path().display().to_string(),
-            ..default()
-        },
+    let mut app = asset_app(
+        dir.path(),
         plugin(true)
             .with_registry_asset("actions.ron")
             .with_templates_asset("lines.ron"),
-    ))
-    .insert_resource(TimeUpdateStrategy::ManualDuration(TICK));
-    app.finish();
-    app.cleanup();
+    );
     let verbs = |app: &App| app.world().resource::<Hivemind>().registry().verbs.len();
     let idle_line = |app: &App| {
         let slots = hivemind_core::templates::Slots::new();
