@@ -25,6 +25,9 @@ pub struct RecordedStream {
     pub end: TokenUsage,
     /// Set if the stream ended in an error rather than finishing.
     pub error: Option<String>,
+    /// The id of the backend that wrote it; `None` in transcripts made before ids were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendId>,
 }
 
 /// Recorded streams, looked up by prompt. Saved as JSON lines, one stream per line.
@@ -180,13 +183,22 @@ impl InferenceBackend for ReplayBackend {
 /// Wraps a backend and records every stream it writes into a shared [`Transcript`].
 pub struct Recorder {
     inner: Box<dyn InferenceBackend>,
+    backend: BackendId,
     transcript: Arc<Mutex<Transcript>>,
 }
 
 impl Recorder {
-    /// Records what `inner` writes into `transcript`.
-    pub fn new(inner: Box<dyn InferenceBackend>, transcript: Arc<Mutex<Transcript>>) -> Self {
-        Recorder { inner, transcript }
+    /// Records what `inner`, the backend named `backend`, writes into `transcript`.
+    pub fn new(
+        inner: Box<dyn InferenceBackend>,
+        backend: BackendId,
+        transcript: Arc<Mutex<Transcript>>,
+    ) -> Self {
+        Recorder {
+            inner,
+            backend,
+            transcript,
+        }
     }
 }
 
@@ -230,6 +242,7 @@ impl InferenceBackend for Recorder {
         let streams: Vec<RecordedStream> = (0..batch.streams())
             .map(|s| RecordedStream {
                 key: Transcript::key(&stream_prompt(batch, s).unwrap_or_default()),
+                backend: Some(self.backend.clone()),
                 ..RecordedStream::default()
             })
             .collect();
@@ -338,6 +351,7 @@ impl BackendFactory for RecordingFactory {
     fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
         Ok(Box::new(Recorder::new(
             self.inner.build()?,
+            self.inner.id(),
             Arc::clone(&self.transcript),
         )))
     }

@@ -365,7 +365,8 @@ fn a_recorded_session_replays_identically() {
     let recorded = Arc::clone(&transcript);
     let recording = FnFactory::new(BackendId::SCRIPTED, move || {
         let inner = Box::new(ScriptedBackend::new(attacker()));
-        Ok(Box::new(Recorder::new(inner, Arc::clone(&recorded))) as Box<dyn InferenceBackend>)
+        let id = BackendId::new(BackendId::SCRIPTED);
+        Ok(Box::new(Recorder::new(inner, id, Arc::clone(&recorded))) as Box<dyn InferenceBackend>)
     });
     let session = |factory: Arc<dyn BackendFactory>| {
         let mut pool = WorkerPool::new(
@@ -391,6 +392,13 @@ fn a_recorded_session_replays_identically() {
     let loaded = Arc::new(Transcript::load(&path).unwrap());
     std::fs::remove_file(&path).unwrap();
     assert_eq!(loaded.streams().len(), 6);
+    assert!(
+        loaded.streams().iter().all(|s| s
+            .backend
+            .as_ref()
+            .is_some_and(|b| *b == BackendId::SCRIPTED)),
+        "each stream names the backend that wrote it"
+    );
     let replayed = session(FnFactory::new(BackendId::REPLAY, move || {
         Ok(Box::new(ReplayBackend::new(Arc::clone(&loaded))) as Box<dyn InferenceBackend>)
     }));
