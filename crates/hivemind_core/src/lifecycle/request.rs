@@ -111,18 +111,11 @@ impl FallbackWork {
 }
 
 /// A frame's fallbacks being prepared, shared by its requests.
+#[derive(Default)]
 pub(super) struct Batch {
-    pending: Option<Box<dyn PendingAnswer>>,
+    /// The executor's handle, until the answers are taken from it.
+    pub(super) pending: Option<Box<dyn PendingAnswer>>,
     answers: Vec<Answer>,
-}
-
-impl Batch {
-    pub(super) fn new(pending: Box<dyn PendingAnswer>) -> Self {
-        Batch {
-            pending: Some(pending),
-            answers: Vec::new(),
-        }
-    }
 }
 
 /// A fallback, as the request holds it.

@@ -752,31 +752,27 @@ impl<K: AgentKey> Lifecycle<K> {
     }
 
     fn send_fallback_work(&mut self) {
-        let mut ids = Vec::new();
+        if self.unsent.is_empty() {
+            return;
+        }
+        let batch = Arc::new(Mutex::new(Batch::default()));
         let mut work = Vec::new();
         for id in self.unsent.drain(..) {
             let Some(r) = self.requests.get_mut(&id) else {
                 continue;
             };
-            if let Prepared::Unsent(_) = r.fallback {
-                let Prepared::Unsent(w) = std::mem::replace(
-                    &mut r.fallback,
-                    Prepared::Ready(Answer::Line(String::new())),
-                ) else {
-                    continue;
-                };
-                ids.push(id);
-                work.push(*w);
+            let slot = Prepared::Batched(Arc::clone(&batch), work.len());
+            match std::mem::replace(&mut r.fallback, slot) {
+                Prepared::Unsent(w) => work.push(*w),
+                // Made already (taken before this dispatch): keep it.
+                other => r.fallback = other,
             }
         }
-        if work.is_empty() {
-            return;
-        }
-        let batch = Arc::new(Mutex::new(Batch::new(self.executor.spawn(work))));
-        for (index, id) in ids.into_iter().enumerate() {
-            if let Some(r) = self.requests.get_mut(&id) {
-                r.fallback = Prepared::Batched(Arc::clone(&batch), index);
-            }
+        if !work.is_empty() {
+            batch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pending = Some(self.executor.spawn(work));
         }
     }
 
