@@ -61,6 +61,7 @@ pub mod play;
 pub mod scenarios;
 pub mod snapshot;
 pub mod tick;
+pub mod value;
 pub mod world;
 
 #[cfg(test)]

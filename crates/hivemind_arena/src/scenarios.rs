@@ -179,7 +179,7 @@ pub fn voice(persona: &str, line: &str) -> Voice {
     }
 }
 
-fn contains_word(line: &str, word: &str) -> bool {
+pub(crate) fn contains_word(line: &str, word: &str) -> bool {
     line.match_indices(word).any(|(i, _)| {
         let before = line[..i].chars().next_back();
         let after = line[i + word.len()..].chars().next();
@@ -210,20 +210,29 @@ const OBJECTIVE_AT: (i32, i32) = (10, 7);
 
 /// A situation, written compactly: who, where, health, ammo, medkits, enemies
 /// `(id, x, y, hp)`, cover points, and whether the agent stands in the objective zone.
-struct Spec {
-    name: &'static str,
-    id: u32,
-    at: (i32, i32),
-    hp: u32,
-    ammo: i64,
-    medkits: i64,
-    enemies: &'static [(u32, i32, i32, u32)],
-    cover: &'static [(i32, i32)],
-    at_objective: bool,
+pub(crate) struct Spec {
+    pub(crate) name: &'static str,
+    pub(crate) id: u32,
+    pub(crate) at: (i32, i32),
+    pub(crate) hp: u32,
+    pub(crate) ammo: i64,
+    pub(crate) medkits: i64,
+    pub(crate) enemies: &'static [(u32, i32, i32, u32)],
+    pub(crate) cover: &'static [(i32, i32)],
+    pub(crate) at_objective: bool,
 }
 
 impl Spec {
     fn build(&self) -> Scenario {
+        Scenario {
+            name: self.name,
+            persona: VOCABULARY[(self.id as usize / 2) % VOCABULARY.len()].0,
+            snapshot: self.snapshot(),
+        }
+    }
+
+    /// The situation's snapshot, as the arena would give it.
+    pub(crate) fn snapshot(&self) -> WorldSnapshot {
         let at = Point::new(self.at.0, self.at.1);
         let mut s = WorldSnapshot::new(AgentId(self.id), at)
             .with_health(Health::new(self.hp, 100))
@@ -244,17 +253,12 @@ impl Spec {
         for &(x, y) in self.cover {
             s = s.with_point(COVER, Point::new(x, y));
         }
-        s = s.with_point(OBJECTIVE, Point::new(OBJECTIVE_AT.0, OBJECTIVE_AT.1));
-        Scenario {
-            name: self.name,
-            persona: VOCABULARY[(self.id as usize / 2) % VOCABULARY.len()].0,
-            snapshot: s,
-        }
+        s.with_point(OBJECTIVE, Point::new(OBJECTIVE_AT.0, OBJECTIVE_AT.1))
     }
 }
 
 #[rustfmt::skip]
-const SPECS: &[Spec] = &[
+pub(crate) const SPECS: &[Spec] = &[
     // Healthy, armed, enemies in sight: attack the weakest.
     Spec { name: "duel", id: 0, at: (6, 5), hp: 90, ammo: 3, medkits: 1, enemies: &[(8, 11, 5, 70)], cover: &[(7, 4), (5, 7)], at_objective: false },
     Spec { name: "finish_the_weak_one", id: 1, at: (8, 6), hp: 80, ammo: 2, medkits: 0, enemies: &[(6, 12, 4, 90), (9, 13, 8, 8)], cover: &[(8, 7)], at_objective: false },

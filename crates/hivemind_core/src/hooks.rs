@@ -182,6 +182,110 @@ impl LineFilter for LineRules {
     }
 }
 
+/// The words of `text` as [`CopyCheck`] compares them: lowercase runs of letters and digits,
+/// with apostrophes dropped (`Let's` is `lets`) and every other character a separator.
+pub fn normalised_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            word.extend(c.to_lowercase());
+        } else if c != '\'' && c != '\u{2019}' && !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Tells a line that copies text it was shown from one written for the moment.
+///
+/// A small model asked for a line in a voice often returns the prompt instead: the worked
+/// example's answer, the persona's sample line, a rule, or the player's own words. A line
+/// *copies* a source when it shares a run of [`CopyCheck::min_run`] or more consecutive
+/// [normalised words](normalised_words) with it: four by default, so a shared phrase like "on
+/// my way" is not a copy but "on it, cover me" is. Fixed sources (a prompt's texts) are added
+/// once; what the player said is checked per line ([`CopyCheck::is_copy_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyCheck {
+    min_run: usize,
+    runs: std::collections::HashSet<u64>,
+}
+
+impl Default for CopyCheck {
+    fn default() -> Self {
+        CopyCheck::new(CopyCheck::DEFAULT_RUN)
+    }
+}
+
+impl CopyCheck {
+    /// The run length that makes a copy unless a game chooses another.
+    pub const DEFAULT_RUN: usize = 4;
+
+    /// A check with no sources yet, judging runs of `min_run` words (at least 1).
+    pub fn new(min_run: usize) -> Self {
+        CopyCheck {
+            min_run: min_run.max(1),
+            runs: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The number of shared consecutive words that makes a copy.
+    pub fn min_run(&self) -> usize {
+        self.min_run
+    }
+
+    /// Adds a text lines must not copy.
+    pub fn add_source(&mut self, text: &str) {
+        let words = normalised_words(text);
+        for run in words.windows(self.min_run) {
+            self.runs.insert(run_key(run));
+        }
+    }
+
+    /// Adds a source, for chaining.
+    pub fn with_source(mut self, text: &str) -> Self {
+        self.add_source(text);
+        self
+    }
+
+    /// Whether no source is long enough to be copied.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// The first run of `line` shared with a source, as normalised words joined by spaces;
+    /// `None` if the line copies nothing.
+    pub fn copied(&self, line: &str) -> Option<String> {
+        normalised_words(line)
+            .windows(self.min_run)
+            .find(|run| self.runs.contains(&run_key(run)))
+            .map(|run| run.join(" "))
+    }
+
+    /// Whether `line` copies a source.
+    pub fn is_copy(&self, line: &str) -> bool {
+        self.copied(line).is_some()
+    }
+
+    /// Whether `line` copies a source or shares a run with `also` (what the player just said),
+    /// without keeping `also` as a source.
+    pub fn is_copy_with(&self, line: &str, also: &str) -> bool {
+        self.is_copy(line) || CopyCheck::new(self.min_run).with_source(also).is_copy(line)
+    }
+}
+
+fn run_key(run: &[String]) -> u64 {
+    let mut h = crate::prompt::Fnv64::new();
+    for word in run {
+        h.write(word.as_bytes());
+        h.write(&[0]);
+    }
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +330,34 @@ mod tests {
             ..LineRules::default()
         };
         assert_eq!(off.check(line), LineVerdict::Pass);
+    }
+
+    #[test]
+    fn words_are_compared_without_case_punctuation_or_apostrophes() {
+        assert_eq!(
+            normalised_words("Let's GO, let\u{2019}s go! (5,5)"),
+            ["lets", "go", "lets", "go", "5", "5"]
+        );
+        assert!(normalised_words(" ,.! ").is_empty());
+    }
+
+    #[test]
+    fn a_line_copies_a_source_when_it_shares_four_words_in_a_row() {
+        let check = CopyCheck::default()
+            .with_source(r#"{"agent":3,"intent":1,"say":"On it. Cover me!"}"#)
+            .with_source("You are rookie. Excited, talks fast. Your lines sound like:");
+        assert_eq!(
+            check.copied("on it -- COVER me, now"),
+            Some("on it cover me".into())
+        );
+        assert!(check.is_copy("Excited, talks fast. Your lines"));
+        // Three shared words are a phrase, not a copy; so are the same words out of order.
+        assert!(!check.is_copy("On it, moving."));
+        assert!(!check.is_copy("Cover me, on it!"));
+        assert!(!check.is_copy(""));
+        // The player's words count for one line without becoming a source.
+        assert!(check.is_copy_with("Are you scared of them", "are you scared of them?"));
+        assert!(!check.is_copy("Are you scared of them"));
+        assert_eq!(CopyCheck::new(0).min_run(), 1);
     }
 }

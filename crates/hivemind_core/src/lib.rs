@@ -52,7 +52,7 @@ pub mod prelude {
     pub use crate::action::{ActionRegistry, ArgKind};
     pub use crate::clock::{Clock, Timestamp};
     pub use crate::config::HivemindConfig;
-    pub use crate::hooks::{FallbackPlanner, LineFilter, LineRules, LineVerdict};
+    pub use crate::hooks::{CopyCheck, FallbackPlanner, LineFilter, LineRules, LineVerdict};
     pub use crate::plan::{
         ArgValue, BackendId, FallbackReason, OutputFormat, Plan, PlanSource, PlanStep, RequestKind,
     };
