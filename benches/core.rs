@@ -171,7 +171,7 @@ fn prompts(c: &mut Criterion) {
                 agent: fitted.agent,
                 persona: "veteran",
                 snapshot: &fitted,
-                task: AgentTask::Plan,
+                task: AgentTask::Plan { order: None },
             };
             black_box(tree.sequence(&request))
         });
@@ -189,7 +189,7 @@ fn prompts(c: &mut Criterion) {
                     agent: s.agent,
                     persona: "veteran",
                     snapshot: s,
-                    task: AgentTask::Plan,
+                    task: AgentTask::Plan { order: None },
                 })
                 .collect();
             black_box(tree.shared(&requests))

@@ -100,7 +100,7 @@ fn run(workers: usize, seed: u64, ticks: usize) -> Run {
                     JobRequest {
                         agent,
                         persona: "veteran".into(),
-                        task: AgentTask::Plan,
+                        task: AgentTask::Plan { order: None },
                         snapshot: Arc::new(world.snapshot(agent)),
                         deadline: Deadline::after(
                             now,

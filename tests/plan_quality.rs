@@ -179,7 +179,7 @@ fn a_guided_intent_becomes_goap_steps_with_the_line_and_the_cache_keeps_the_inte
 
     // The prompt offered the arena's scored intents, best first: reload, then cover.
     let tasks = std::mem::take(&mut seen.lock().unwrap().tasks);
-    let AgentTask::Guided { options } = &tasks[0] else {
+    let AgentTask::Guided { options, .. } = &tasks[0] else {
         panic!("a guided task: {tasks:?}");
     };
     let goals: Vec<&str> = options.iter().map(|o| o.goal.as_str()).collect();

@@ -23,6 +23,12 @@ pub struct RequestPlan {
     pub agent: Entity,
     /// A scene the player is watching: a router may send it to a bigger model.
     pub spotlight: bool,
+    /// What the player just said to the agent, if the plan should answer it. Only the model
+    /// reads it, and decides whether it is an order: a game sends every line the player says to
+    /// an agent, without judging it. Such a plan bypasses the cache, and in the guided format
+    /// the agent is offered every intent the planner can carry out
+    /// ([`FallbackPlanner::order_intents`](crate::FallbackPlanner::order_intents)).
+    pub order: Option<String>,
 }
 
 impl RequestPlan {
@@ -31,6 +37,16 @@ impl RequestPlan {
         RequestPlan {
             agent,
             spotlight: false,
+            order: None,
+        }
+    }
+
+    /// A plan for `agent` that answers what the player just said to it.
+    pub fn answering(agent: Entity, player_said: impl Into<String>) -> Self {
+        RequestPlan {
+            agent,
+            spotlight: true,
+            order: Some(player_said.into()),
         }
     }
 
@@ -172,6 +188,9 @@ pub struct PlanReady {
     pub steps: Vec<PlanStep>,
     /// What the agent says while acting on it, if the answer carried a line.
     pub say: Option<String>,
+    /// The guided intent the model chose (its goal, such as `heal`), or the cache remembered;
+    /// `None` for a free plan and a fallback.
+    pub intent: Option<String>,
     /// Where it came from.
     pub source: PlanSource,
     /// Why it stands in for the model's answer, if it does.
@@ -197,8 +216,14 @@ pub struct LineReady {
     pub source: PlanSource,
     /// Why it stands in for the model's answer, if it does.
     pub fallback: Option<FallbackReason>,
+    /// From the request to the first words, on hivemind's clock: for a bridged reply, the
+    /// bridge's.
+    pub first_after: Duration,
     /// From the request to the line being complete, on hivemind's clock.
     pub latency: Duration,
+    /// Whether a reply began with a bridge ("Hm.", "Copy that,") from the persona's templates
+    /// while the model's words were on their way; they follow it in the same line.
+    pub bridged: bool,
 }
 
 impl From<StepReady<Entity>> for PlanStepReady {
@@ -229,6 +254,7 @@ impl From<PlanDone<Entity>> for PlanReady {
             request: m.request,
             steps: m.steps,
             say: m.say,
+            intent: m.intent,
             source: m.source,
             fallback: m.fallback,
             first_after: m.first_after,
@@ -246,7 +272,9 @@ impl From<LineDone<Entity>> for LineReady {
             text: m.text,
             source: m.source,
             fallback: m.fallback,
+            first_after: m.first_after,
             latency: m.latency,
+            bridged: m.bridged,
         }
     }
 }

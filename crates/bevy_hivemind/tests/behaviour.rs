@@ -109,6 +109,9 @@ fn plugin(fast: bool) -> HivemindPlugin {
     let mut config = HivemindConfig::default();
     config.clock.mode = ClockMode::Lockstep;
     config.clock.throughput = throughput(fast);
+    // No bridges: a late reply is answered by its template at the dialogue deadline. Bridges
+    // are the lifecycle's own tests.
+    config.deadlines.reply_ms = config.deadlines.dialogue_ms;
     let script = script();
     HivemindPlugin::default()
         .with_config(config)

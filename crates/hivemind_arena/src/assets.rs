@@ -70,13 +70,14 @@ impl ArenaAssets {
         })
     }
 
-    /// The persona of arena agent `id`: personas take turns down each team's roster, two agents
-    /// at a time; `"default"` if the prompt has none.
+    /// The persona of arena agent `id`: personas take turns down the roster, so that in a team
+    /// no larger than the number of personas every agent has a voice of its own; `"default"` if
+    /// the prompt has none.
     pub fn persona_of(&self, id: AgentId) -> String {
         let personas = &self.prompt.personas;
         match personas.len() {
             0 => "default".to_owned(),
-            n => personas[(id.0 as usize / 2) % n].name.clone(),
+            n => personas[id.0 as usize % n].name.clone(),
         }
     }
 

@@ -194,6 +194,21 @@ pub fn intents(
     offered
 }
 
+/// The intents offered when the player has just spoken to the agent: every one of
+/// [`score_intents`] that GOAP can carry out here, best first, whatever its score, since the
+/// player may order what the scores rank low.
+pub fn order_intents(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+) -> Vec<IntentOption> {
+    score_intents(snapshot)
+        .into_iter()
+        .map(|scored| scored.option)
+        .filter(|option| !expand_intent(domain, registry, snapshot, &option.goal).is_empty())
+        .collect()
+}
+
 /// Shots in a full magazine: what the domain's `reload` sets `ammo` to.
 const MAGAZINE: i32 = 3;
 

@@ -13,6 +13,7 @@ use hivemind_core::plan::PlanStep;
 use hivemind_core::prompt::IntentOption;
 use hivemind_core::snapshot::WorldSnapshot;
 
+use crate::intents::order_intents;
 use crate::planning::{complete_plan, expand_intent, fallback_plan, first_invalid};
 use crate::{ArenaAssets, intents};
 
@@ -49,6 +50,10 @@ impl FallbackPlanner for ArenaPlanner {
 
     fn intents(&self, snapshot: &WorldSnapshot) -> Vec<IntentOption> {
         intents(&self.assets.domain, &self.assets.registry, snapshot)
+    }
+
+    fn order_intents(&self, snapshot: &WorldSnapshot) -> Vec<IntentOption> {
+        order_intents(&self.assets.domain, &self.assets.registry, snapshot)
     }
 
     fn expand(&self, snapshot: &WorldSnapshot, goal: &str) -> Vec<PlanStep> {

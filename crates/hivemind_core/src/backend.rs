@@ -102,6 +102,8 @@ pub struct Batch {
     pub layout: PromptLayout,
     /// How tokens are chosen.
     pub sampling: Sampling,
+    /// How the words of a plan's `say` text are chosen; `sampling` chooses the rest.
+    pub say_sampling: Sampling,
     /// The seed for random sampling, derived from the config's seed and the batch's content.
     pub seed: u64,
     /// The agents, in batch order (ascending agent id).

@@ -159,17 +159,28 @@ impl HivemindConfig {
             ("banter", &self.sampling.banter),
             ("dialogue", &self.sampling.dialogue),
             ("plan", &self.sampling.plan),
+            ("say", &self.sampling.say),
         ] {
             // Written so that NaN fails too.
             let sane = |t: f32, p: f32| t > 0.0 && p > 0.0 && p <= 1.0;
             if let Sampling::Random {
-                temperature, top_p, ..
+                temperature,
+                top_p,
+                min_p,
+                repeat_penalty,
+                ..
             } = s
-                && !sane(*temperature, *top_p)
             {
-                return Err(format!(
-                    "sampling.{kind}: temperature must be positive and top_p in (0, 1]"
-                ));
+                if !sane(*temperature, *top_p) {
+                    return Err(format!(
+                        "sampling.{kind}: temperature must be positive and top_p in (0, 1]"
+                    ));
+                }
+                if !((0.0..1.0).contains(min_p) && (1.0..=10.0).contains(repeat_penalty)) {
+                    return Err(format!(
+                        "sampling.{kind}: min_p must be in [0, 1) and repeat_penalty in [1, 10]"
+                    ));
+                }
             }
         }
         Ok(())
@@ -183,8 +194,14 @@ impl HivemindConfig {
 pub struct Deadlines {
     /// Banter: the whole line, in milliseconds.
     pub banter_ms: u64,
-    /// Dialogue: the first words, in milliseconds.
+    /// Dialogue: the first words, in milliseconds. A reply to the player whose model words
+    /// cannot begin by then begins with a bridge (a short acknowledgement from the persona's
+    /// templates) and the model's words follow it.
     pub dialogue_ms: u64,
+    /// A reply to the player, whole: once bridged, the model's words may follow until this many
+    /// milliseconds after the request; past it the line ends with what was said, or with the
+    /// template if the model had said nothing. At most `dialogue_ms` turns bridges off.
+    pub reply_ms: u64,
     /// Plan: the first step, in milliseconds.
     pub plan_ms: u64,
 }
@@ -205,6 +222,7 @@ impl Default for Deadlines {
         Deadlines {
             banter_ms: 20,
             dialogue_ms: 100,
+            reply_ms: 2500,
             plan_ms: 500,
         }
     }
@@ -368,7 +386,18 @@ pub enum Sampling {
         top_k: u32,
         /// Keep the smallest set of tokens whose probability reaches `top_p`.
         top_p: f32,
+        /// Drop tokens less likely than `min_p` times the most likely one (0 keeps all).
+        #[serde(default)]
+        min_p: f32,
+        /// Divide the logit of a token the line already used by this (1 repeats freely): a
+        /// small model's lines otherwise loop on their own words.
+        #[serde(default = "no_penalty")]
+        repeat_penalty: f32,
     },
+}
+
+fn no_penalty() -> f32 {
+    1.0
 }
 
 /// Sampling per request kind, and the seed that makes random sampling repeatable.
@@ -380,8 +409,11 @@ pub struct SamplingConfig {
     pub banter: Sampling,
     /// Dialogue.
     pub dialogue: Sampling,
-    /// Plans.
+    /// Plans: the steps, or a guided answer's choice.
     pub plan: Sampling,
+    /// A plan's line (its `say` text): the choice is made by `plan`, the words by this, so a
+    /// greedy choice still gets varied lines. Seeded like the rest, so lockstep runs repeat.
+    pub say: Sampling,
     /// The seed; a job's sampler is seeded from it and the job's agents, so runs repeat.
     pub seed: u64,
 }
@@ -403,11 +435,20 @@ impl Default for SamplingConfig {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
         };
         SamplingConfig {
             banter: lively,
             dialogue: lively,
             plan: Sampling::Greedy,
+            say: Sampling::Random {
+                temperature: 0.8,
+                top_k: 40,
+                top_p: 0.95,
+                min_p: 0.05,
+                repeat_penalty: 1.3,
+            },
             seed: 0x5eed,
         }
     }

@@ -50,6 +50,14 @@ pub trait FallbackPlanner: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The intents offered when the player has just spoken to the agent, which may be an order:
+    /// every intent [`FallbackPlanner::expand`] can carry out, since the player may ask for what
+    /// the scores rank low. The model reads what was said and chooses. By default the same as
+    /// [`FallbackPlanner::intents`].
+    fn order_intents(&self, snapshot: &WorldSnapshot) -> Vec<IntentOption> {
+        self.intents(snapshot)
+    }
+
     /// The steps that carry out the intent named `goal` (an [`IntentOption::goal`]) in
     /// `snapshot`. Empty if it cannot be carried out; the fallback plan is used instead.
     fn expand(&self, snapshot: &WorldSnapshot, goal: &str) -> Vec<PlanStep> {
@@ -185,17 +193,26 @@ impl LineFilter for LineRules {
 /// The words of `text` as [`CopyCheck`] compares them: lowercase runs of letters and digits,
 /// with apostrophes dropped (`Let's` is `lets`) and every other character a separator.
 pub fn normalised_words(text: &str) -> Vec<String> {
+    word_spans(text).into_iter().map(|(_, w)| w).collect()
+}
+
+/// [`normalised_words`] with the byte offset where each word starts in `text`.
+fn word_spans(text: &str) -> Vec<(usize, String)> {
     let mut words = Vec::new();
     let mut word = String::new();
-    for c in text.chars() {
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
         if c.is_alphanumeric() {
+            if word.is_empty() {
+                start = i;
+            }
             word.extend(c.to_lowercase());
         } else if c != '\'' && c != '\u{2019}' && !word.is_empty() {
-            words.push(std::mem::take(&mut word));
+            words.push((start, std::mem::take(&mut word)));
         }
     }
     if !word.is_empty() {
-        words.push(word);
+        words.push((start, word));
     }
     words
 }
@@ -273,7 +290,73 @@ impl CopyCheck {
     /// Whether `line` copies a source or shares a run with `also` (what the player just said),
     /// without keeping `also` as a source.
     pub fn is_copy_with(&self, line: &str, also: &str) -> bool {
-        self.is_copy(line) || CopyCheck::new(self.min_run).with_source(also).is_copy(line)
+        self.copy_at(line, &[also]).is_some()
+    }
+
+    /// The byte offset in `line` where its first run copied from a source or from one of `also`
+    /// (texts for this line only: what the player said, the options shown) begins.
+    pub fn copy_at(&self, line: &str, also: &[&str]) -> Option<usize> {
+        let extra: std::collections::HashSet<u64> = also
+            .iter()
+            .flat_map(|text| {
+                normalised_words(text)
+                    .windows(self.min_run)
+                    .map(run_key)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let spans = word_spans(line);
+        let words: Vec<String> = spans.iter().map(|(_, w)| w.clone()).collect();
+        words
+            .windows(self.min_run)
+            .position(|run| {
+                let key = run_key(run);
+                self.runs.contains(&key) || extra.contains(&key)
+            })
+            .map(|i| spans[i].0)
+    }
+
+    /// The check as a [`LineVerdict`] on the text of a line so far: the line ends before its
+    /// first copied run, or is rejected if that leaves nothing.
+    pub fn verdict(&self, line: &str, also: &[&str]) -> LineVerdict {
+        match self.copy_at(line, also) {
+            None => LineVerdict::Pass,
+            Some(at) => match line[..at].trim_end().len() {
+                0 => LineVerdict::Reject,
+                end => LineVerdict::Cut(end),
+            },
+        }
+    }
+
+    /// The check over every fixed text of `prompt`: the preamble, the rules, each worked
+    /// example's situation and answer, and every persona's voice.
+    pub fn from_prompt(prompt: &crate::prompt::PromptAsset) -> Self {
+        let mut check = CopyCheck::default().with_source(&prompt.rules.preamble);
+        for rule in &prompt.rules.rules {
+            check.add_source(rule);
+        }
+        for (_, example) in &prompt.rules.examples {
+            check.add_source(&example.situation);
+            check.add_source(&example.answer);
+        }
+        for persona in &prompt.personas {
+            check.add_source(&persona.voice);
+        }
+        check
+    }
+}
+
+impl LineVerdict {
+    /// The stricter of two verdicts: a rejection, else the shorter cut, else a pass.
+    pub fn and(self, other: LineVerdict) -> LineVerdict {
+        match (self, other) {
+            (LineVerdict::Reject, _) | (_, LineVerdict::Reject) => LineVerdict::Reject,
+            (LineVerdict::Cut(a), LineVerdict::Cut(b)) => LineVerdict::Cut(a.min(b)),
+            (LineVerdict::Cut(n), LineVerdict::Pass) | (LineVerdict::Pass, LineVerdict::Cut(n)) => {
+                LineVerdict::Cut(n)
+            }
+            (LineVerdict::Pass, LineVerdict::Pass) => LineVerdict::Pass,
+        }
     }
 }
 
@@ -359,5 +442,32 @@ mod tests {
         assert!(check.is_copy_with("Are you scared of them", "are you scared of them?"));
         assert!(!check.is_copy("Are you scared of them"));
         assert_eq!(CopyCheck::new(0).min_run(), 1);
+    }
+
+    #[test]
+    fn the_verdict_ends_a_line_before_its_copied_run() {
+        let check = CopyCheck::default().with_source("Copy. Contact front, moving.");
+        assert_eq!(check.verdict("Roger that.", &[]), LineVerdict::Pass);
+        assert_eq!(
+            check.verdict("Roger. copy, contact front moving", &[]),
+            LineVerdict::Cut("Roger.".len())
+        );
+        assert_eq!(
+            check.verdict("Copy contact front, moving out", &[]),
+            LineVerdict::Reject
+        );
+        let said = ["Are you scared of them?"];
+        assert_eq!(
+            check.verdict("Me? Are you scared of them", &said),
+            LineVerdict::Cut("Me?".len())
+        );
+        assert_eq!(
+            LineVerdict::Cut(3).and(LineVerdict::Cut(2)),
+            LineVerdict::Cut(2)
+        );
+        assert_eq!(
+            LineVerdict::Pass.and(LineVerdict::Reject),
+            LineVerdict::Reject
+        );
     }
 }

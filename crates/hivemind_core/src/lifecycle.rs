@@ -43,7 +43,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use request::{
-    Answer, FallbackExecutor, FallbackWork, InlineExecutor, PendingAnswer, Phase, run_all,
+    Answer, BRIDGE_SITUATION, FallbackExecutor, FallbackWork, InlineExecutor, PendingAnswer, Phase,
+    run_all,
 };
 pub use runtime::{Lifecycle, LifecycleParts};
 
@@ -124,7 +125,12 @@ pub struct NewRequest<K> {
 #[derive(Clone, Debug)]
 pub enum Ask {
     /// A plan.
-    Plan,
+    Plan {
+        /// What the player just said to the agent, if the plan should answer it. The model reads
+        /// it (the planner never does) and decides whether it is an order; a plan that answers
+        /// one bypasses the cache, both ways.
+        order: Option<String>,
+    },
     /// A line.
     Line {
         /// Banter or a reply.
@@ -142,7 +148,7 @@ impl Ask {
     /// The request kind it makes.
     pub fn kind(&self) -> RequestKind {
         match self {
-            Ask::Plan => RequestKind::Plan,
+            Ask::Plan { .. } => RequestKind::Plan,
             Ask::Line {
                 kind: LineKind::Banter,
                 ..
@@ -187,6 +193,10 @@ pub struct PlanDone<K> {
     pub steps: Vec<PlanStep>,
     /// What the agent says while acting on it, if the answer carried a line.
     pub say: Option<String>,
+    /// The guided intent the plan carries out, as the model chose it (an
+    /// [`IntentOption::goal`](crate::prompt::IntentOption::goal)), or as the cache remembered it;
+    /// `None` for a free plan and a fallback.
+    pub intent: Option<String>,
     /// Where it came from.
     pub source: PlanSource,
     /// Why it stands in for the model's answer, if it does.
@@ -212,8 +222,12 @@ pub struct LineDone<K> {
     pub source: PlanSource,
     /// Why it stands in for the model's answer, if it does.
     pub fallback: Option<FallbackReason>,
+    /// From the request to the first words (a bridge's, for a bridged reply).
+    pub first_after: Duration,
     /// From the request to the line being complete.
     pub latency: Duration,
+    /// Whether the line began with a bridge while the model's words were on their way.
+    pub bridged: bool,
     /// What the player said, for a reply: the conversation memory keeps the pair.
     pub player_said: Option<String>,
 }

@@ -65,6 +65,8 @@ pub struct Metrics {
     answers: [[u64; SourceLabel::COUNT]; KINDS],
     fallbacks: [[u64; REASONS]; KINDS],
     repairs: u64,
+    bridges: u64,
+    copies: u64,
 }
 
 impl Metrics {
@@ -162,6 +164,19 @@ impl Metrics {
         self.repairs += 1;
     }
 
+    /// Records one reply that began with a bridge while the model's words were on their way.
+    #[inline]
+    pub fn record_bridge(&mut self) {
+        self.bridges += 1;
+    }
+
+    /// Records one model line the copy check kept from a player (it copied the prompt or
+    /// echoed the player).
+    #[inline]
+    pub fn record_copy(&mut self) {
+        self.copies += 1;
+    }
+
     /// Forgets everything, keeping allocated memory. The [recent series](Metrics::recent_full)
     /// are emptied but their sample indices keep counting up.
     pub fn reset(&mut self) {
@@ -176,6 +191,8 @@ impl Metrics {
         self.answers = Default::default();
         self.fallbacks = Default::default();
         self.repairs = 0;
+        self.bridges = 0;
+        self.copies = 0;
     }
 
     /// The latency histograms of one key.
@@ -281,6 +298,16 @@ impl Metrics {
     /// GOAP repairs of models' plans.
     pub fn repairs(&self) -> u64 {
         self.repairs
+    }
+
+    /// Replies that began with a bridge.
+    pub fn bridges(&self) -> u64 {
+        self.bridges
+    }
+
+    /// Model lines the copy check kept from a player.
+    pub fn copies(&self) -> u64 {
+        self.copies
     }
 
     fn stats_mut(&mut self, kind: RequestKind, source: LatencySource) -> &mut LatencyStats {

@@ -206,11 +206,17 @@ impl IntentOption {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentTask {
     /// A plan in the free format.
-    Plan,
+    Plan {
+        /// What the player just said to the agent, if the plan answers it. Only the model reads
+        /// it: it is escaped into the prompt, and it may or may not be an order.
+        order: Option<String>,
+    },
     /// A plan in the guided format: pick one of these (numbered from 1) and say a line.
     Guided {
-        /// The candidates, best first.
+        /// The candidates, in the order shown.
         options: Vec<IntentOption>,
+        /// What the player just said to the agent, as for [`AgentTask::Plan`].
+        order: Option<String>,
     },
     /// A reply to the player.
     Dialogue {
@@ -230,7 +236,7 @@ impl AgentTask {
     /// The format the answer to this task is written in.
     pub fn format(&self) -> OutputFormat {
         match self {
-            AgentTask::Plan => OutputFormat::FreePlan,
+            AgentTask::Plan { .. } => OutputFormat::FreePlan,
             AgentTask::Guided { .. } => OutputFormat::Guided,
             AgentTask::Dialogue { .. } | AgentTask::Banter { .. } => OutputFormat::Line,
         }
@@ -239,15 +245,23 @@ impl AgentTask {
     /// The options a guided task offers, best first; none for other tasks.
     pub fn options(&self) -> &[IntentOption] {
         match self {
-            AgentTask::Guided { options } => options,
+            AgentTask::Guided { options, .. } => options,
             _ => &[],
+        }
+    }
+
+    /// What the player just said, for a plan that answers it.
+    pub fn order(&self) -> Option<&str> {
+        match self {
+            AgentTask::Plan { order } | AgentTask::Guided { order, .. } => order.as_deref(),
+            _ => None,
         }
     }
 
     /// The request kind this task answers.
     pub fn kind(&self) -> RequestKind {
         match self {
-            AgentTask::Plan | AgentTask::Guided { .. } => RequestKind::Plan,
+            AgentTask::Plan { .. } | AgentTask::Guided { .. } => RequestKind::Plan,
             AgentTask::Dialogue { .. } => RequestKind::Dialogue,
             AgentTask::Banter { .. } => RequestKind::Banter,
         }
@@ -546,8 +560,8 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
     });
     match &request.task {
         // The snapshot is the whole request: the answer's forced start names the agent.
-        AgentTask::Plan => {}
-        AgentTask::Guided { options } => {
+        AgentTask::Plan { .. } => {}
+        AgentTask::Guided { options, .. } => {
             out.push_str("\nOptions:\n");
             // As with a plan, the answer's forced start names the agent.
             for (i, o) in options.iter().enumerate() {
@@ -591,6 +605,13 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
                 request.agent
             );
         }
+    }
+    if let Some(said) = request.task.order() {
+        let _ = write!(
+            out,
+            "\nThe player says to you: \"{}\"",
+            escape_untrusted(said, 200)
+        );
     }
     if !shared {
         out.push('\n');
@@ -690,7 +711,7 @@ mod tests {
             agent: AgentId(3),
             persona: "veteran",
             snapshot: &snapshot,
-            task: AgentTask::Plan,
+            task: AgentTask::Plan { order: None },
         };
         let prompt = tree.sequence(&request);
         assert_eq!(
@@ -720,7 +741,7 @@ mod tests {
             agent: AgentId(3),
             persona: "veteran",
             snapshot: &snapshot,
-            task: AgentTask::Plan,
+            task: AgentTask::Plan { order: None },
         };
         let rookie = AgentRequest {
             persona: "rookie",
@@ -761,13 +782,13 @@ mod tests {
                 agent: AgentId(8),
                 persona: "rookie",
                 snapshot: &b,
-                task: AgentTask::Plan,
+                task: AgentTask::Plan { order: None },
             },
             AgentRequest {
                 agent: AgentId(3),
                 persona: "veteran",
                 snapshot: &a,
-                task: AgentTask::Plan,
+                task: AgentTask::Plan { order: None },
             },
         ];
         let prompt = tree.shared(&requests);
@@ -834,7 +855,10 @@ mod tests {
             agent: AgentId(3),
             persona: "veteran",
             snapshot: &snapshot,
-            task: AgentTask::Guided { options },
+            task: AgentTask::Guided {
+                options,
+                order: None,
+            },
         };
         let text = tree.sequence(&request).agent.text;
         assert!(
@@ -864,9 +888,10 @@ mod tests {
         assert_eq!(goal(u32::MAX), None);
         let task = AgentTask::Guided {
             options: options.to_vec(),
+            order: None,
         };
         assert_eq!(task.options(), options);
-        assert!(AgentTask::Plan.options().is_empty());
+        assert!(AgentTask::Plan { order: None }.options().is_empty());
     }
 
     #[test]

@@ -930,7 +930,10 @@ mod tests {
             .with(slot::ALLY, "Rho")
             .with(slot::SELF, "Kade");
         let personas = [None, Some("veteran"), Some("rookie")];
-        assert_eq!(book.personas().collect::<Vec<_>>(), ["rookie", "veteran"]);
+        assert_eq!(
+            book.personas().collect::<Vec<_>>(),
+            ["joker", "medic", "preacher", "rookie", "sniper", "veteran"]
+        );
         for situation in situation::ALL {
             assert!(book.shared[situation].len() >= 5, "{situation}");
             for persona in personas.iter().flatten() {

@@ -20,3 +20,4 @@
 
 pub mod arena_app;
 pub mod scenario_run;
+pub mod value_run;

@@ -384,6 +384,7 @@ fn layout_on_naive_prompts(
         deadline: Deadline::default(),
         max_tokens: tokens,
         sampling: Sampling::Greedy,
+        say_sampling: None,
         seed: 0,
         ignore_eog: true,
     };
@@ -433,8 +434,9 @@ fn default_task(assets: &ArenaAssets, snapshot: &WorldSnapshot) -> AgentTask {
     match HivemindConfig::default().model.plan_format {
         PlanFormat::Guided => AgentTask::Guided {
             options: hivemind_arena::intents(&assets.domain, &assets.registry, snapshot),
+            order: None,
         },
-        PlanFormat::Free => AgentTask::Plan,
+        PlanFormat::Free => AgentTask::Plan { order: None },
     }
 }
 

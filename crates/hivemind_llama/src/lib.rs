@@ -59,7 +59,7 @@ use hivemind_core::backend::{
 };
 use hivemind_core::config::{HivemindConfig, Sampling};
 use hivemind_core::grammar::answer_prefix;
-use hivemind_core::plan::{BackendId, OutputFormat};
+use hivemind_core::plan::{BackendId, OutputFormat, RequestKind};
 use hivemind_core::prompt::Fnv64;
 use llama_cpp_2::model::LlamaModel;
 
@@ -300,6 +300,8 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
         h.finish()
     };
     let sampling: Sampling = batch.sampling;
+    // A plan's line is sampled on its own terms; a line's whole answer is its line already.
+    let say_sampling = (batch.kind == RequestKind::Plan).then_some(batch.say_sampling);
     match &batch.shared {
         Some(shared) => vec![StreamSpec {
             root: Arc::clone(&shared.prompt.root),
@@ -320,6 +322,7 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
                 .unwrap_or_default(),
             max_tokens: per_agent.saturating_mul(batch.agents.len().max(1) as u32),
             sampling,
+            say_sampling,
             seed: seed(0),
             ignore_eog: false,
         }],
@@ -336,6 +339,7 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
                 deadline: a.deadline,
                 max_tokens: per_agent,
                 sampling,
+                say_sampling,
                 seed: seed(i),
                 ignore_eog: false,
             })

@@ -29,6 +29,11 @@ pub struct GrammarStats {
 pub(crate) struct TokenChooser {
     grammar: Option<LlamaSampler>,
     sampling: Sampling,
+    /// The sampling of a `say` string's words, switched to by [`TokenChooser::enter_say`].
+    say_sampling: Option<Sampling>,
+    in_say: bool,
+    /// Tokens chosen inside the `say` string, for the repetition penalty.
+    said: Vec<i32>,
     /// Never choose an end-of-generation token (fixed-length throughput runs).
     never_end: bool,
     rng: Xoshiro256PlusPlus,
@@ -56,6 +61,9 @@ impl TokenChooser {
         Ok(TokenChooser {
             grammar,
             sampling,
+            say_sampling: None,
+            in_say: false,
+            said: Vec::new(),
             never_end,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             one: LlamaTokenDataArray::new(Vec::with_capacity(1), false),
@@ -63,6 +71,25 @@ impl TokenChooser {
             ranked: Vec::new(),
             stats: GrammarStats::default(),
         })
+    }
+
+    /// Sets how a `say` string's words are chosen, for chaining.
+    pub(crate) fn with_say_sampling(mut self, say: Option<Sampling>) -> Self {
+        self.say_sampling = say;
+        self
+    }
+
+    /// Whether the answer is inside its `say` string.
+    pub(crate) fn in_say(&self) -> bool {
+        self.in_say
+    }
+
+    /// The answer has opened its `say` string: its words are chosen by the say sampling.
+    pub(crate) fn enter_say(&mut self) {
+        self.in_say = true;
+        if let Some(say) = self.say_sampling {
+            self.sampling = say;
+        }
     }
 
     /// Chooses the next token from `logits` and advances the grammar past it. An
@@ -111,6 +138,9 @@ impl TokenChooser {
         {
             // The grammar accepted this exact token above, so `accept` cannot fail.
             grammar.accept(token);
+        }
+        if self.in_say {
+            self.said.push(token.0);
         }
         Some(token)
     }
@@ -163,29 +193,59 @@ impl TokenChooser {
                 temperature,
                 top_k,
                 top_p,
+                min_p,
+                repeat_penalty,
             } => {
+                let said = &self.said;
                 self.ranked.clear();
                 self.ranked.extend(
                     candidates
                         .filter(|(_, l)| l.is_finite())
-                        .map(|(i, l)| (l, i as i32)),
+                        .map(|(i, l)| (penalized(l, i as i32, said, repeat_penalty), i as i32)),
                 );
-                pick_random(&mut self.ranked, temperature, top_k, top_p, &mut self.rng)
-                    .map(LlamaToken)
+                let cut = Cut {
+                    top_k,
+                    top_p,
+                    min_p,
+                };
+                pick_random(&mut self.ranked, temperature, cut, &mut self.rng).map(LlamaToken)
             }
         }
     }
 }
 
-/// Temperature, top-k and top-p sampling over `(logit, id)` pairs, seeded and portable: the
-/// same candidates and generator state give the same token on every platform.
+/// `logit` after the repetition penalty for a token already `said` (llama.cpp's rule: a
+/// positive logit is divided by the penalty, a negative one multiplied).
+fn penalized(logit: f32, id: i32, said: &[i32], penalty: f32) -> f32 {
+    if penalty == 1.0 || !said.contains(&id) {
+        logit
+    } else if logit > 0.0 {
+        logit / penalty
+    } else {
+        logit * penalty
+    }
+}
+
+/// Which candidates random sampling keeps.
+struct Cut {
+    top_k: u32,
+    top_p: f32,
+    min_p: f32,
+}
+
+/// Temperature, top-k, top-p and min-p sampling over `(logit, id)` pairs, seeded and portable:
+/// the same candidates and generator state give the same token on every platform.
 fn pick_random(
     ranked: &mut Vec<(f32, i32)>,
     temperature: f32,
-    top_k: u32,
-    top_p: f32,
+    cut: Cut,
     rng: &mut Xoshiro256PlusPlus,
 ) -> Option<i32> {
+    let Cut {
+        top_k,
+        top_p,
+        min_p,
+    } = cut;
     if ranked.is_empty() {
         return None;
     }
@@ -218,6 +278,10 @@ fn pick_random(
                 break;
             }
         }
+    }
+    // The most likely token has weight 1 (its logit is the maximum).
+    if min_p > 0.0 {
+        kept = kept.min(weights.iter().take_while(|&&w| w >= min_p).count().max(1));
     }
     weights.truncate(kept);
     let total: f32 = weights.iter().sum();
@@ -276,24 +340,51 @@ mod tests {
         assert_eq!(pieces.push(&[0xff, b'a']), "\u{fffd}a");
     }
 
+    fn cut(top_k: u32, top_p: f32, min_p: f32) -> Cut {
+        Cut {
+            top_k,
+            top_p,
+            min_p,
+        }
+    }
+
     #[test]
     fn random_sampling_repeats_with_its_seed_and_respects_top_k() {
         let logits: Vec<(f32, i32)> = (0..100).map(|i| ((i % 17) as f32, i)).collect();
         let draw = |seed| {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
             (0..50)
-                .map(|_| pick_random(&mut logits.clone(), 0.8, 3, 0.95, &mut rng).unwrap())
+                .map(|_| {
+                    pick_random(&mut logits.clone(), 0.8, cut(3, 0.95, 0.0), &mut rng).unwrap()
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         // The three largest logits are 16 (ids 16, 33, 50, …): top-k keeps the lowest ids.
         assert!(draw(7).iter().all(|id| [16, 33, 50].contains(id)));
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-        assert_eq!(pick_random(&mut Vec::new(), 0.8, 3, 0.9, &mut rng), None);
         assert_eq!(
-            pick_random(&mut logits.clone(), 0.0, 0, 1.0, &mut rng),
+            pick_random(&mut Vec::new(), 0.8, cut(3, 0.9, 0.0), &mut rng),
+            None
+        );
+        assert_eq!(
+            pick_random(&mut logits.clone(), 0.0, cut(0, 1.0, 0.0), &mut rng),
             Some(16)
         );
+    }
+
+    #[test]
+    fn min_p_keeps_only_tokens_near_the_best_and_the_penalty_lowers_said_tokens() {
+        // Logit 5 against 0: the second is e^-5 / 1 ≈ 0.007 as likely, under a min-p of 0.05.
+        let logits = vec![(5.0, 1), (0.0, 2), (0.0, 3)];
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for _ in 0..50 {
+            let id = pick_random(&mut logits.clone(), 1.0, cut(0, 1.0, 0.05), &mut rng);
+            assert_eq!(id, Some(1));
+        }
+        assert_eq!(penalized(4.0, 7, &[7], 2.0), 2.0);
+        assert_eq!(penalized(-4.0, 7, &[7], 2.0), -8.0);
+        assert_eq!(penalized(4.0, 8, &[7], 2.0), 4.0);
     }
 }
 

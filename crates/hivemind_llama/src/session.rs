@@ -37,6 +37,9 @@ pub struct StreamSpec {
     pub max_tokens: u32,
     /// How tokens are chosen.
     pub sampling: Sampling,
+    /// How the words of a `say` string are chosen, once the answer has opened one; `None`
+    /// chooses them by `sampling` too.
+    pub say_sampling: Option<Sampling>,
     /// The seed of random sampling.
     pub seed: u64,
     /// Keep writing through end-of-generation tokens until `max_tokens` (for fixed-shape
@@ -83,6 +86,8 @@ struct Slot {
     logits_at: Option<i32>,
     chooser: TokenChooser,
     text: Utf8Pieces,
+    /// The end of the text written so far, to see a `say` string open.
+    tail: String,
     /// Forced answer text, reported with the first token.
     forced: String,
     generated: u32,
@@ -98,7 +103,28 @@ struct Waiting {
     cells: u32,
 }
 
+/// What opens the text of a line in every output format.
+const SAY_OPENS: &str = "\"say\":\"";
+
 impl Slot {
+    /// Follows the text written so far and switches the chooser to the say sampling as soon as
+    /// a `say` string opens; from then on every token is part of the line (the grammar closes
+    /// it and the object in one go).
+    fn watch_for_say(&mut self, text: &str) {
+        if self.chooser.in_say() {
+            return;
+        }
+        self.tail.push_str(text);
+        if self.tail.contains(SAY_OPENS) {
+            self.chooser.enter_say();
+            self.tail.clear();
+        } else if self.tail.len() > 2 * SAY_OPENS.len() {
+            let keep = self.tail.len() - SAY_OPENS.len();
+            let keep = self.tail.ceil_char_boundary(keep);
+            self.tail.drain(..keep);
+        }
+    }
+
     fn usage(&self) -> TokenUsage {
         TokenUsage {
             prompt_tokens: self.prompt.len() as u64,
@@ -280,7 +306,7 @@ impl LlamaSession {
                     spec.seed,
                     spec.ignore_eog,
                 ) {
-                    Ok(c) => c,
+                    Ok(c) => c.with_say_sampling(spec.say_sampling),
                     Err(e) => {
                         free_seqs.push(seq_index);
                         sink.error(i, BackendError::Failed(e));
@@ -305,6 +331,7 @@ impl LlamaSession {
                     logits_at: None,
                     chooser,
                     text: Utf8Pieces::default(),
+                    tail: String::new(),
                     forced,
                     generated: 0,
                     max_tokens: spec.max_tokens,
@@ -414,6 +441,7 @@ impl LlamaSession {
             if !slot.forced.is_empty() {
                 let forced = std::mem::take(&mut slot.forced);
                 sink.text(slot.stream, &forced, slot.usage());
+                slot.watch_for_say(&forced);
             }
             let logits = self.engine.logits(at);
             let engine = &self.engine;
@@ -437,6 +465,7 @@ impl LlamaSession {
                     let text = slot.text.push(&engine.piece(t));
                     if !text.is_empty() {
                         sink.text(slot.stream, &text, slot.usage());
+                        slot.watch_for_say(&text);
                     }
                     slot.phase = Phase::Generate { last: t };
                     if slot.generated >= slot.max_tokens {

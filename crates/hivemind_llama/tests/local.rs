@@ -86,13 +86,14 @@ fn context(arena: &Arena, layout: PromptLayout) -> PromptContext {
 
 fn task(format: OutputFormat, i: usize) -> AgentTask {
     match format {
-        OutputFormat::FreePlan => AgentTask::Plan,
+        OutputFormat::FreePlan => AgentTask::Plan { order: None },
         OutputFormat::Guided => AgentTask::Guided {
             options: vec![
                 IntentOption::new("kill_enemy", "attack", "an enemy is in sight"),
                 IntentOption::new("take_cover", "take cover", "health is not full"),
                 IntentOption::new("hold_objective", "hold objective", "the center scores"),
             ],
+            order: None,
         },
         OutputFormat::Line if i.is_multiple_of(2) => AgentTask::Banter {
             situation: "win_streak".into(),

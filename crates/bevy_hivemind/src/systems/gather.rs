@@ -76,18 +76,18 @@ pub(crate) fn gather(
         .read()
         .cloned()
         .chain(replans)
-        .map(|p| (p.agent, None))
+        .map(|p| (p.agent, Err(p.order)))
         .collect::<Vec<_>>()
         .into_iter()
-        .chain(lines.read().map(|l| (l.agent, Some(l))));
+        .chain(lines.read().map(|l| (l.agent, Ok(l))));
     for (entity, line) in asks {
         let Ok((agent, snapshot, conversation, _)) = agents.get(entity) else {
             warn!("hivemind: {entity} asked for something but is not an NpcAgent");
             continue;
         };
         let ask = match line {
-            None => Ask::Plan,
-            Some(line) => Ask::Line {
+            Err(order) => Ask::Plan { order },
+            Ok(line) => Ask::Line {
                 kind: line.kind.clone(),
                 situation: line.situation.clone(),
                 slots: line.slots.clone(),

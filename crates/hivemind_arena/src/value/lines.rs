@@ -9,18 +9,7 @@ use crate::scenarios::Voice;
 /// The copy check over every fixed text of `prompt`: the preamble, the rules, each worked
 /// example's situation and answer, and every persona's voice.
 pub fn copy_check(prompt: &PromptAsset) -> CopyCheck {
-    let mut check = CopyCheck::default().with_source(&prompt.rules.preamble);
-    for rule in &prompt.rules.rules {
-        check.add_source(rule);
-    }
-    for (_, example) in &prompt.rules.examples {
-        check.add_source(&example.situation);
-        check.add_source(&example.answer);
-    }
-    for persona in &prompt.personas {
-        check.add_source(&persona.voice);
-    }
-    check
+    CopyCheck::from_prompt(prompt)
 }
 
 /// What the suite finds in one line.

@@ -5,7 +5,7 @@ use hivemind_core::action::ActionRegistry;
 use hivemind_core::goap::Domain;
 use hivemind_core::snapshot::WorldSnapshot;
 
-use crate::intents::score_intents;
+use crate::intents::order_intents;
 use crate::planning::{expand_intent, goal};
 use crate::scenarios::{Spec, is_sensible};
 
@@ -79,10 +79,9 @@ impl OrderCase {
     /// The intents GOAP can carry out here: what an agent given an order is offered, in the
     /// utility's order, best first.
     pub fn feasible(&self, domain: &Domain, registry: &ActionRegistry) -> Vec<String> {
-        score_intents(&self.snapshot)
+        order_intents(domain, registry, &self.snapshot)
             .into_iter()
-            .map(|s| s.option.goal)
-            .filter(|g| !expand_intent(domain, registry, &self.snapshot, g).is_empty())
+            .map(|o| o.goal)
             .collect()
     }
 

@@ -12,7 +12,9 @@ use crate::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
 use crate::prompt::IntentOption;
 use crate::worker::{JobOutcome, WorkerEvent, WorkerEventKind, WorkerPool};
 
-use super::request::{Answer, Gate, Phase, complete_after, cut_at, filtered};
+use super::request::{
+    Answer, DEFAULT_BRIDGE, Gate, Phase, bridge_line, complete_after, cut_at, filtered,
+};
 use super::{AgentKey, Lifecycle, LineDone, Outgoing, PlanDone, RequestId, StepReady, WordsReady};
 
 /// How long a lockstep frame waits for a silent worker before it gives up on it for the frame.
@@ -182,6 +184,7 @@ impl<K: AgentKey> Lifecycle<K> {
             return;
         }
         let option = IntentOption::numbered(&plan.options, intent);
+        plan.chosen = option.map(|o| o.goal.clone());
         let expanded = option.map(|o| (o.goal.clone(), planner.expand(&r.snapshot, &o.goal)));
         match expanded.filter(|(_, steps)| !steps.is_empty()) {
             Some((goal, steps)) => {
@@ -236,11 +239,13 @@ impl<K: AgentKey> Lifecycle<K> {
     }
 
     /// **First words.** A line's words arrive: in time (or after first words that were), the
-    /// line filter passes them and they go to the game; a cut ends the line there, a rejection
-    /// before any word was said leaves the line to its template.
+    /// line filter and the copy check pass them and they go to the game; a cut ends the line
+    /// there, a rejection before any word was said leaves the line to its template. A bridged
+    /// reply's words follow its bridge while the reply deadline allows.
     fn on_words(&mut self, id: RequestId, at: Timestamp, words: &str, metrics: &mut Metrics) {
         let streaming = self.streaming;
         let filter = Arc::clone(&self.filter);
+        let copies = Arc::clone(&self.copies);
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
@@ -254,14 +259,21 @@ impl<K: AgentKey> Lifecycle<K> {
             // The banter pool takes the whole line later, and a plan says its line with its
             // completion; check it as it comes.
             _ => {
-                r.close_if_filtered(&*filter);
+                if r.close_if_filtered(&*filter, &copies) {
+                    metrics.record_copy();
+                }
                 return;
             }
         };
         if !streaming || !in_time {
             return;
         }
-        let end = match filter.check(&r.text) {
+        let checked = r.check(&*filter, &copies, &r.text);
+        if checked.copy && !r.copied {
+            r.copied = true;
+            metrics.record_copy();
+        }
+        let end = match checked.verdict {
             LineVerdict::Pass => r.text.len(),
             LineVerdict::Cut(n) => {
                 r.gate = Gate::Cut;
@@ -282,10 +294,15 @@ impl<K: AgentKey> Lifecycle<K> {
         if end <= r.delivered {
             return;
         }
-        let text = r.text[r.delivered..end].to_owned();
+        let mut text = r.text[r.delivered..end].to_owned();
         if r.delivered == 0 {
-            r.first_delivered(at, metrics);
-            self.deadlines.remove(&(r.deadline, id));
+            if r.bridge.is_some() {
+                // The bridge and the model's words are one line.
+                text.insert(0, ' ');
+            } else {
+                r.first_delivered(at, metrics);
+                self.deadlines.remove(&(r.deadline, id));
+            }
         }
         r.delivered = end;
         self.outbox.push(Outgoing::Words(WordsReady {
@@ -383,7 +400,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 let answer = match &plan.intent {
                     Some(goal) if !plan.repaired => Some(CachedAnswer::Intent {
                         intent: goal.clone(),
-                        say: r.plan_line(&*self.filter),
+                        say: r.plan_line(&*self.filter, &self.copies),
                     }),
                     _ => CachedAnswer::from_steps(&plan.steps, &r.snapshot, &self.registry),
                 };
@@ -416,6 +433,7 @@ impl<K: AgentKey> Lifecycle<K> {
     ) {
         let planner = Arc::clone(&self.planner);
         let filter = Arc::clone(&self.filter);
+        let copies = Arc::clone(&self.copies);
         let idle = self.registry.idle_step();
         let Some(r) = self.requests.get_mut(&id) else {
             return;
@@ -430,7 +448,7 @@ impl<K: AgentKey> Lifecycle<K> {
         let first_after = r.first_at.unwrap_or(at).since(r.submitted);
         let delivered = r.delivered;
         if r.plan.is_some() {
-            let say = r.plan_line(&*filter);
+            let say = r.plan_line(&*filter, &copies);
             let Some(plan) = r.plan.as_mut() else { return };
             let mut steps = std::mem::take(&mut plan.steps);
             if reason.is_some() {
@@ -451,11 +469,13 @@ impl<K: AgentKey> Lifecycle<K> {
             }
             metrics.record_answer(RequestKind::Plan, &source, reason);
             metrics.record_full(RequestKind::Plan, &source, latency);
+            let intent = plan.chosen.clone();
             self.outbox.push(Outgoing::Plan(PlanDone {
                 agent,
                 request: id,
                 steps,
                 say,
+                intent,
                 source,
                 fallback: reason,
                 first_after,
@@ -463,17 +483,35 @@ impl<K: AgentKey> Lifecycle<K> {
             }));
             return;
         }
-        let text = if r.gate != Gate::Open {
-            r.text[..delivered.min(r.text.len())].to_owned()
-        } else {
-            filtered(&*filter, std::mem::take(&mut r.text))
-        };
+        let mut text = std::mem::take(&mut r.text);
+        if r.gate == Gate::Open {
+            match r.check(&*filter, &copies, &text).verdict {
+                LineVerdict::Pass => {}
+                LineVerdict::Cut(n) => cut_at(&mut text, n),
+                LineVerdict::Reject => text.clear(),
+            }
+        }
+        if r.gate != Gate::Open || text.len() < delivered {
+            cut_at(&mut text, delivered);
+        }
         if text.len() > delivered {
+            let mut words = text[delivered..].to_owned();
+            if delivered == 0 && r.bridge.is_some() {
+                words.insert(0, ' ');
+            }
             self.outbox.push(Outgoing::Words(WordsReady {
                 agent,
                 request: id,
-                text: text[delivered..].to_owned(),
+                text: words,
             }));
+        }
+        let bridged = r.bridge.is_some();
+        if let Some(bridge) = &r.bridge {
+            text = if text.is_empty() {
+                bridge.clone()
+            } else {
+                format!("{bridge} {text}")
+            };
         }
         let line = LineDone {
             agent,
@@ -485,10 +523,12 @@ impl<K: AgentKey> Lifecycle<K> {
                 repaired: false,
             },
             fallback: reason,
+            first_after,
             latency,
+            bridged,
             player_said: r.player_said.clone(),
         };
-        self.finish_line(line, metrics);
+        self.finish_line(line, 0, metrics);
     }
 
     /// **Fallback.** Answers a request with its prepared fallback, for `reason`: the plan (the
@@ -529,6 +569,7 @@ impl<K: AgentKey> Lifecycle<K> {
                     request: id,
                     steps,
                     say: None,
+                    intent: None,
                     source,
                     fallback: Some(reason),
                     first_after: latency,
@@ -536,17 +577,27 @@ impl<K: AgentKey> Lifecycle<K> {
                 });
             }
             Answer::Line(text) => {
+                let text = filtered(&*filter, text);
+                // After a bridge, the template finishes the line the bridge began.
+                let (text, spoken) = match &r.bridge {
+                    Some(bridge) if text.is_empty() => (bridge.clone(), bridge.len()),
+                    Some(bridge) => (format!("{bridge} {text}"), bridge.len()),
+                    None => (text, 0),
+                };
+                let first_after = r.first_at.map_or(latency, |t| t.since(r.submitted));
                 let line = LineDone {
                     agent,
                     request: id,
                     kind: r.kind,
-                    text: filtered(&*filter, text),
+                    text,
                     source: PlanSource::Template,
                     fallback: Some(reason),
+                    first_after,
                     latency,
+                    bridged: r.bridge.is_some(),
                     player_said: r.player_said.clone(),
                 };
-                self.finish_line(line, metrics);
+                self.finish_line(line, spoken, metrics);
             }
         }
     }
@@ -562,6 +613,7 @@ impl<K: AgentKey> Lifecycle<K> {
     /// the cache; under congestion on a real-time clock its job is cancelled instead.
     pub fn answer_late(&mut self, metrics: &mut Metrics) {
         let now = self.clock.now();
+        self.bridge_before_deadline(now, metrics);
         let due: Vec<(Deadline, RequestId)> = self
             .deadlines
             .iter()
@@ -579,22 +631,116 @@ impl<K: AgentKey> Lifecycle<K> {
                 continue;
             }
             self.deadlines.remove(&(deadline, id));
-            if r.is_answered() || r.delivered > 0 {
+            if r.is_answered() || (r.delivered > 0 && r.phase != Phase::Bridged) {
+                continue;
+            }
+            if r.phase == Phase::Bridged && r.delivered > 0 {
+                // The reply's budget is spent: the line ends with what the model said.
+                r.gate = Gate::Cut;
+                let backend = r.backend();
+                self.complete_from_model(id, now, backend, Some(FallbackReason::Deadline), metrics);
+                self.end_answered(id, congested);
+                continue;
+            }
+            if self.may_bridge(id) {
+                self.bridge(id, now, metrics);
                 continue;
             }
             self.answer_with_fallback(id, FallbackReason::Deadline, metrics);
-            let Some(r) = self.requests.get(&id) else {
-                continue;
-            };
-            // The model's answer can only fill the cache now; under congestion that is not worth
-            // a worker's time.
-            if r.job_over() || (congested && !self.clock.is_virtual()) {
-                self.drop_request(id);
-            } else if let Some(agent) = r.agent
-                && let Some(slot) = r.slot()
-            {
-                self.by_agent.remove(&(agent, slot));
+            self.end_answered(id, congested);
+        }
+    }
+
+    /// Bridges every reply whose dialogue deadline falls before the next frame (one frame
+    /// length from `now`) with nothing said yet, so that its first words are spoken by the
+    /// deadline, not a frame after it.
+    fn bridge_before_deadline(&mut self, now: Timestamp, metrics: &mut Metrics) {
+        let horizon = now.after(self.frame);
+        let soon: Vec<RequestId> = self
+            .deadlines
+            .iter()
+            .take_while(|(d, _)| d.due < horizon)
+            .filter(|(d, _)| !d.has_passed(now))
+            .map(|&(_, id)| id)
+            .filter(|id| {
+                self.requests
+                    .get(id)
+                    .is_some_and(|r| r.phase == Phase::Waiting)
+            })
+            .collect();
+        for id in soon {
+            if self.may_bridge(id) {
+                if let Some(r) = self.requests.get(&id) {
+                    let deadline = r.deadline;
+                    self.deadlines.remove(&(deadline, id));
+                }
+                self.bridge(id, now, metrics);
             }
         }
+    }
+
+    /// After a completion at a deadline: the model's answer can only fill the cache now, which
+    /// under congestion is not worth a worker's time; otherwise the request stays for that, and
+    /// no longer holds its agent's slot.
+    fn end_answered(&mut self, id: RequestId, congested: bool) {
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        if r.job_over() || (congested && !self.clock.is_virtual()) {
+            self.drop_request(id);
+        } else if let Some(agent) = r.agent
+            && let Some(slot) = r.slot()
+        {
+            self.by_agent.remove(&(agent, slot));
+        }
+    }
+
+    /// Whether reply `id`, at its dialogue deadline with nothing said, may begin with a bridge:
+    /// the model is still writing, streaming is on, and the reply budget outlasts the dialogue
+    /// deadline.
+    fn may_bridge(&self, id: RequestId) -> bool {
+        let deadlines = &self.config.deadlines;
+        self.streaming
+            && deadlines.reply_ms > deadlines.dialogue_ms
+            && self.requests.get(&id).is_some_and(|r| {
+                r.kind == RequestKind::Dialogue
+                    && r.player_said.is_some()
+                    && r.phase != Phase::Bridged
+                    && r.delivered == 0
+                    && r.gate == Gate::Open
+                    && !r.job_over()
+            })
+    }
+
+    /// **Bridge.** A reply to the player whose model words have not begun by the dialogue
+    /// deadline begins with a short acknowledgement from the persona's templates (situation
+    /// [`BRIDGE_SITUATION`](super::BRIDGE_SITUATION)), spoken now; the request moves to [`Phase::Bridged`] and its
+    /// deadline to the reply deadline (`deadlines.reply_ms` after the request). The model's
+    /// words that come by then continue the same line; past it the line ends with what the
+    /// model said, or with the template after the bridge if it said nothing.
+    fn bridge(&mut self, id: RequestId, now: Timestamp, metrics: &mut Metrics) {
+        let reply = Duration::from_millis(self.config.deadlines.reply_ms);
+        let seed = self.config.sampling.seed ^ id.0.rotate_left(17);
+        let templates = Arc::clone(&self.templates);
+        let filter = Arc::clone(&self.filter);
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let Some(agent) = r.agent else { return };
+        let mut text = filtered(&*filter, bridge_line(&templates, &r.persona, seed));
+        if text.is_empty() {
+            text = DEFAULT_BRIDGE.to_owned();
+        }
+        r.first_delivered(now, metrics);
+        r.phase = Phase::Bridged;
+        r.deadline = Deadline::after(r.submitted, reply);
+        self.deadlines.insert((r.deadline, id));
+        r.bridge = Some(text.clone());
+        metrics.record_bridge();
+        self.outbox.push(Outgoing::Words(WordsReady {
+            agent,
+            request: id,
+            text,
+        }));
     }
 }

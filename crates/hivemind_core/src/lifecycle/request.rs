@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::backend::JobId;
 use crate::cache::CacheKey;
 use crate::clock::{Deadline, Timestamp};
-use crate::hooks::{FallbackPlanner, LineFilter, LineVerdict};
+use crate::hooks::{CopyCheck, FallbackPlanner, LineFilter, LineVerdict};
 use crate::metrics::Metrics;
 use crate::plan::{BackendId, PlanStep, RequestKind};
 use crate::prompt::IntentOption;
@@ -26,6 +26,9 @@ pub enum Phase {
     /// The model's first step or words reached the game in time; the rest streams until the
     /// completion.
     Streaming,
+    /// A reply to the player whose model words could not begin by the dialogue deadline: a
+    /// bridge was spoken then, and the model's words may follow it until the reply deadline.
+    Bridged,
     /// The game has its completion. Whatever the model still writes only fills the cache (or,
     /// for a line written in idle time, the banter pool).
     CacheOnly,
@@ -164,6 +167,13 @@ pub(super) enum Gate {
     Rejected,
 }
 
+/// Where the line filter and the copy check leave a model's text so far.
+pub(super) struct Checked {
+    pub(super) verdict: LineVerdict,
+    /// The copy check, not the game's filter, decided the verdict.
+    pub(super) copy: bool,
+}
+
 /// What is particular to a plan.
 #[derive(Default)]
 pub(super) struct PlanState {
@@ -172,8 +182,11 @@ pub(super) struct PlanState {
     /// A step failed the planner's check, or the model failed mid-plan, and the planner's steps
     /// replaced the rest.
     pub(super) repaired: bool,
-    /// The intent a guided answer chose (its goal), once it has.
+    /// The intent a guided answer chose (its goal), once it has; empty when the choice could
+    /// not be carried out.
     pub(super) intent: Option<String>,
+    /// The goal of the option the model named, whether or not it could be carried out.
+    pub(super) chosen: Option<String>,
     /// The intents a guided prompt offered, in the prompt's order; empty for a free plan.
     pub(super) options: Vec<IntentOption>,
     pub(super) cache_key: Option<CacheKey>,
@@ -204,6 +217,10 @@ pub(super) struct Request<K> {
     pub(super) first_at: Option<Timestamp>,
     /// `Some` for a plan.
     pub(super) plan: Option<PlanState>,
+    /// The acknowledgement a bridged reply began with.
+    pub(super) bridge: Option<String>,
+    /// The copy check stopped some of the model's text.
+    pub(super) copied: bool,
 }
 
 impl<K> Request<K> {
@@ -221,7 +238,8 @@ impl<K> Request<K> {
         self.job.is_none()
     }
 
-    /// Whether something produced at `at` may reach the game: while streaming, or in time.
+    /// Whether something produced at `at` may reach the game: while streaming, or in time (for
+    /// a bridged reply, by the reply deadline).
     pub(super) fn in_time(&self, at: Timestamp) -> bool {
         self.phase == Phase::Streaming || self.deadline.is_met_by(at)
     }
@@ -243,26 +261,63 @@ impl<K> Request<K> {
         metrics.record_first(self.kind, self.backend(), at.since(self.submitted));
     }
 
-    /// Applies the filter's verdict on the whole text so far to a text no player hears while it
-    /// streams (a plan's line, a line for the banter pool).
-    pub(super) fn close_if_filtered(&mut self, filter: &dyn LineFilter) {
-        match filter.check(&self.text) {
-            LineVerdict::Pass => {}
+    /// The texts a model's line must not copy besides the prompt's: what the player said, and
+    /// the options a guided prompt showed.
+    pub(super) fn shown(&self) -> Vec<String> {
+        let options = self.plan.iter().flat_map(|p| &p.options);
+        self.player_said
+            .iter()
+            .cloned()
+            .chain(options.map(|o| format!("{}: {}", o.label, o.reason)))
+            .collect()
+    }
+
+    /// The line filter's and the copy check's verdict on `text`, the model's text so far.
+    pub(super) fn check(&self, filter: &dyn LineFilter, copies: &CopyCheck, text: &str) -> Checked {
+        let shown = self.shown();
+        let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+        let copy = copies.verdict(text, &shown);
+        let verdict = filter.check(text).and(copy);
+        Checked {
+            copy: copy != LineVerdict::Pass && verdict == copy,
+            verdict,
+        }
+    }
+
+    /// Applies the verdict on the whole text so far to a text no player hears while it streams
+    /// (a plan's line, a line for the banter pool). Returns whether the copy check stopped it
+    /// just now.
+    pub(super) fn close_if_filtered(
+        &mut self,
+        filter: &dyn LineFilter,
+        copies: &CopyCheck,
+    ) -> bool {
+        let checked = self.check(filter, copies, &self.text);
+        match checked.verdict {
+            LineVerdict::Pass => return false,
             LineVerdict::Cut(n) => {
                 cut_at(&mut self.text, n);
                 self.gate = Gate::Cut;
             }
             LineVerdict::Reject => self.gate = Gate::Rejected,
         }
+        let first = checked.copy && !self.copied;
+        self.copied |= checked.copy;
+        first
     }
 
-    /// The line a plan's answer says, after the filter: `None` if it wrote none or the filter
-    /// rejected it.
-    pub(super) fn plan_line(&self, filter: &dyn LineFilter) -> Option<String> {
+    /// The line a plan's answer says, after the filter and the copy check: `None` if it wrote
+    /// none or they rejected it.
+    pub(super) fn plan_line(&self, filter: &dyn LineFilter, copies: &CopyCheck) -> Option<String> {
         if self.gate == Gate::Rejected {
             return None;
         }
-        let line = filtered(filter, self.text.trim().to_owned());
+        let mut line = self.text.trim().to_owned();
+        match self.check(filter, copies, &line).verdict {
+            LineVerdict::Pass => {}
+            LineVerdict::Cut(n) => cut_at(&mut line, n),
+            LineVerdict::Reject => line.clear(),
+        }
         (!line.is_empty()).then_some(line)
     }
 }
@@ -300,6 +355,28 @@ pub(super) fn template_line(
     templates
         .line(Some(persona), situation, &slots, seed)
         .or_else(|_| templates.line(Some(persona), "idle", &slots, seed))
+        .unwrap_or_default()
+}
+
+/// The template situation a bridge is drawn from: a persona's short acknowledgements.
+pub const BRIDGE_SITUATION: &str = "bridge";
+
+/// The bridge when the templates have none for the persona.
+pub(super) const DEFAULT_BRIDGE: &str = "Hm.";
+
+/// A bridge for `persona`: a line of its [`BRIDGE_SITUATION`] (or the shared one), never another
+/// situation's; empty if there is none.
+pub(super) fn bridge_line(templates: &TemplateBook, persona: &str, seed: u64) -> String {
+    // A template book falls back to idle lines for a situation it lacks; a bridge must not.
+    let has_bridges = templates.situations().any(|s| s == BRIDGE_SITUATION)
+        || templates
+            .persona_situations(persona)
+            .any(|s| s == BRIDGE_SITUATION);
+    if !has_bridges {
+        return String::new();
+    }
+    templates
+        .line(Some(persona), BRIDGE_SITUATION, &Slots::new(), seed)
         .unwrap_or_default()
 }
 

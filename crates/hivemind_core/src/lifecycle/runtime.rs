@@ -11,7 +11,7 @@ use crate::banter::BanterLines;
 use crate::cache::{AnswerCache, CachedHit};
 use crate::clock::{Clock, ClockKind, Deadline, Timestamp};
 use crate::config::{HivemindConfig, PlanFormat, PromptLayout};
-use crate::hooks::{FallbackPlanner, LineFilter};
+use crate::hooks::{CopyCheck, FallbackPlanner, LineFilter};
 use crate::metrics::Metrics;
 use crate::plan::{BackendId, FallbackReason, PlanSource, RequestKind};
 use crate::prompt::{AgentTask, ChatTemplate, PromptAsset};
@@ -70,6 +70,8 @@ pub struct Lifecycle<K> {
     pub(super) chat: ChatTemplate,
     pub(super) planner: Arc<dyn FallbackPlanner>,
     pub(super) filter: Arc<dyn LineFilter>,
+    /// The copy check over the prompt's fixed texts; rebuilt with the prompt.
+    pub(super) copies: Arc<CopyCheck>,
     pub(super) executor: Arc<dyn FallbackExecutor>,
     pub(super) backends: BTreeMap<BackendId, Arc<dyn BackendFactory>>,
     pub(super) config: HivemindConfig,
@@ -86,6 +88,8 @@ pub struct Lifecycle<K> {
     pub(super) arrivals: u64,
     pub(super) next_request: u64,
     pub(super) tick: u64,
+    /// The length of the last frame: how far ahead a deadline is "before the next frame".
+    pub(super) frame: Duration,
     pub(super) last_batch: Option<u64>,
     pub(super) drained_all: bool,
     pub(super) streaming: bool,
@@ -144,6 +148,7 @@ impl<K: AgentKey> Lifecycle<K> {
             banter: BanterLines::default(),
             registry,
             templates: Arc::new(parts.templates),
+            copies: Arc::new(CopyCheck::from_prompt(&parts.prompt)),
             prompt: parts.prompt,
             chat: parts.chat,
             planner: parts.planner,
@@ -160,6 +165,7 @@ impl<K: AgentKey> Lifecycle<K> {
             arrivals: 0,
             next_request: 0,
             tick: 0,
+            frame: Duration::ZERO,
             last_batch: None,
             drained_all: true,
             streaming: true,
@@ -339,6 +345,7 @@ impl<K: AgentKey> Lifecycle<K> {
     /// Replaces the prompt's rules and personas. Only the changed personas' prefix levels are
     /// decoded again.
     pub fn set_prompt(&mut self, prompt: PromptAsset) {
+        self.copies = Arc::new(CopyCheck::from_prompt(&prompt));
         self.prompt = prompt;
         self.rebuild_context();
     }
@@ -482,6 +489,7 @@ impl<K: AgentKey> Lifecycle<K> {
     /// Starts a frame: moves a lockstep clock on by `dt` and follows a real-time clock's pause.
     pub fn begin_frame(&mut self, dt: Duration, paused: bool) {
         self.tick += 1;
+        self.frame = dt;
         match self.clock.kind() {
             ClockKind::RealTime => self.clock.set_paused(paused),
             ClockKind::Lockstep(_) => self.clock.advance(dt),
@@ -506,7 +514,7 @@ impl<K: AgentKey> Lifecycle<K> {
         let seed = self.config.sampling.seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let snapshot = Arc::new(new.snapshot);
         let (situation, slots, history, player_said) = match new.ask {
-            Ask::Plan => (String::new(), Vec::new(), Vec::new(), None),
+            Ask::Plan { order } => (String::new(), Vec::new(), Vec::new(), order),
             Ask::Line {
                 kind,
                 situation,
@@ -535,19 +543,21 @@ impl<K: AgentKey> Lifecycle<K> {
             return id;
         }
 
-        let cache_key =
-            (kind == RequestKind::Plan).then(|| self.cache.key(&new.persona, kind, &snapshot));
+        // A plan that answers the player is about what was said, not only the situation.
+        let order = player_said.clone().filter(|_| kind == RequestKind::Plan);
+        let cache_key = (kind == RequestKind::Plan && order.is_none())
+            .then(|| self.cache.key(&new.persona, kind, &snapshot));
         if let Some(key) = cache_key.as_ref().filter(|_| !self.force_fallback) {
             let hit = self.cache.get(key, &snapshot, &self.registry, now);
             metrics.record_cache(hit.is_some());
             let answer = match hit {
-                Some(CachedHit::Steps(steps)) => Some((steps, None)),
+                Some(CachedHit::Steps(steps)) => Some((steps, None, None)),
                 Some(CachedHit::Intent { intent, say }) => {
-                    Some((self.planner.expand(&snapshot, &intent), say))
+                    Some((self.planner.expand(&snapshot, &intent), say, Some(intent)))
                 }
                 _ => None,
             };
-            if let Some((steps, say)) = answer.filter(|(steps, _)| !steps.is_empty()) {
+            if let Some((steps, say, intent)) = answer.filter(|(steps, ..)| !steps.is_empty()) {
                 let source = PlanSource::Cache;
                 metrics.record_answer(kind, &source, None);
                 metrics.record_full(kind, &source, Duration::ZERO);
@@ -556,6 +566,7 @@ impl<K: AgentKey> Lifecycle<K> {
                     request: id,
                     steps,
                     say: say.map(|line| filtered(&*self.filter, line)),
+                    intent,
                     source,
                     fallback: None,
                     first_after: Duration::ZERO,
@@ -586,7 +597,10 @@ impl<K: AgentKey> Lifecycle<K> {
             RequestKind::Plan
                 if self.config.model.plan_format == PlanFormat::Guided && !at_once =>
             {
-                self.planner.intents(&snapshot)
+                match order {
+                    Some(_) => self.planner.order_intents(&snapshot),
+                    None => self.planner.intents(&snapshot),
+                }
             }
             _ => Vec::new(),
         };
@@ -613,6 +627,8 @@ impl<K: AgentKey> Lifecycle<K> {
             delivered: 0,
             first_at: None,
             plan,
+            bridge: None,
+            copied: false,
         };
         let Some(pool) = self.pool.as_mut().filter(|_| !self.force_fallback) else {
             let reason = if self.force_fallback {
@@ -626,8 +642,8 @@ impl<K: AgentKey> Lifecycle<K> {
             return id;
         };
         let task = match kind {
-            RequestKind::Plan if options.is_empty() => AgentTask::Plan,
-            RequestKind::Plan => AgentTask::Guided { options },
+            RequestKind::Plan if options.is_empty() => AgentTask::Plan { order },
+            RequestKind::Plan => AgentTask::Guided { options, order },
             _ => AgentTask::Dialogue {
                 history,
                 player_said: player_said.unwrap_or_default(),
@@ -692,9 +708,12 @@ impl<K: AgentKey> Lifecycle<K> {
                 text,
                 source,
                 fallback: forced,
+                first_after: Duration::ZERO,
                 latency: Duration::ZERO,
+                bridged: false,
                 player_said: None,
             },
+            0,
             metrics,
         );
     }
@@ -824,6 +843,8 @@ impl<K: AgentKey> Lifecycle<K> {
                 delivered: 0,
                 first_at: None,
                 plan: None,
+                bridge: None,
+                copied: false,
             }),
         );
     }
@@ -850,14 +871,14 @@ impl<K: AgentKey> Lifecycle<K> {
     }
 
     /// Sends a line's completion, after its words unless they streamed from the model, and
-    /// records it.
-    pub(super) fn finish_line(&mut self, line: LineDone<K>, metrics: &mut Metrics) {
+    /// records it. The first `spoken` bytes of its text (a bridge) reached the game already.
+    pub(super) fn finish_line(&mut self, line: LineDone<K>, spoken: usize, metrics: &mut Metrics) {
         let streamed = matches!(line.source, PlanSource::Llm { .. });
-        if !streamed && !line.text.is_empty() {
+        if !streamed && line.text.len() > spoken {
             self.outbox.push(Outgoing::Words(WordsReady {
                 agent: line.agent,
                 request: line.request,
-                text: line.text.clone(),
+                text: line.text[spoken..].to_owned(),
             }));
         }
         metrics.record_answer(line.kind, &line.source, line.fallback);

@@ -119,7 +119,7 @@ fn ask_plan(hm: &mut Lifecycle<u32>, ammo: i64, metrics: &mut Metrics) -> Reques
             agent: AGENT,
             persona: "veteran".into(),
             snapshot: snapshot(ammo),
-            ask: Ask::Plan,
+            ask: Ask::Plan { order: None },
         },
         metrics,
     )
@@ -614,4 +614,151 @@ fn a_filter_cut_inside_a_character_ends_the_line_before_that_character() {
         "nothing of the model's line was left to say"
     );
     assert_eq!(done[0].text, "S", "the template, cut by the same filter");
+}
+
+fn words(text: &str) -> WorkerEventKind {
+    WorkerEventKind::Words { text: text.into() }
+}
+
+fn spoken(out: &[Outgoing<u32>]) -> Vec<&str> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outgoing::Words(w) => Some(w.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The default deadlines (dialogue 100 ms, reply 2500 ms), and a bridge line for every persona.
+fn bridging() -> Lifecycle<u32> {
+    let mut hm = lifecycle();
+    let templates = TemplateBook::from_ron(
+        r#"(situations: {
+            "idle": ["Quiet out here."],
+            "greeting": ["State your business."],
+            "bridge": ["Hm."],
+        })"#,
+        "test",
+    )
+    .unwrap();
+    hm.set_templates(templates);
+    hm
+}
+
+#[test]
+fn a_reply_whose_words_are_late_begins_with_a_bridge_and_the_model_finishes_it() {
+    let mut hm = bridging();
+    let mut metrics = Metrics::new();
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    // Nothing by the dialogue deadline: the bridge is spoken then, and nothing else.
+    hm.clock().advance(Duration::from_millis(101));
+    hm.answer_late(&mut metrics);
+    assert_eq!(hm.phase(id), Some(Phase::Bridged));
+    assert_eq!(spoken(&out(&mut hm)), ["Hm."]);
+    assert_eq!(metrics.bridges(), 1);
+    // The model's words continue the same line while the reply budget lasts.
+    worker(&mut hm, id, ms(600), words("Friend, "));
+    worker(&mut hm, id, ms(700), words("not foe."));
+    finished(&mut hm, id, ms(800), completed());
+    let out = out(&mut hm);
+    assert_eq!(spoken(&out), [" Friend, ", "not foe."]);
+    let done = line_done(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].text, "Hm. Friend, not foe.");
+    assert_eq!(done[0].source, llm(false));
+    assert_eq!(done[0].fallback, None);
+    assert!(done[0].bridged);
+    assert_eq!(done[0].first_after, Duration::from_millis(101));
+    assert_eq!(done[0].latency, Duration::from_millis(800));
+}
+
+#[test]
+fn a_bridged_reply_with_no_words_by_its_budget_ends_with_its_template() {
+    let mut hm = bridging();
+    let mut metrics = Metrics::new();
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    hm.clock().advance(Duration::from_millis(101));
+    hm.answer_late(&mut metrics);
+    assert_eq!(spoken(&out(&mut hm)), ["Hm."]);
+    hm.clock().advance(Duration::from_millis(2500));
+    hm.answer_late(&mut metrics);
+    let out = out(&mut hm);
+    // Only the template's part is spoken now; the line holds both.
+    assert_eq!(spoken(&out), [" State your business."]);
+    let done = line_done(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].text, "Hm. State your business.");
+    assert_eq!(done[0].source, PlanSource::Template);
+    assert_eq!(done[0].fallback, Some(FallbackReason::Deadline));
+    assert!(done[0].bridged);
+    // Words the model writes afterwards reach nobody.
+    worker(&mut hm, id, ms(2700), words("Too late."));
+    assert!(spoken(&hm.drain_outbox().collect::<Vec<_>>()).is_empty());
+}
+
+#[test]
+fn a_reply_cut_at_its_budget_keeps_the_words_said_and_a_bridge_is_off_when_it_cannot_help() {
+    let mut hm = bridging();
+    let mut metrics = Metrics::new();
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    hm.clock().advance(Duration::from_millis(101));
+    hm.answer_late(&mut metrics);
+    worker(&mut hm, id, ms(2000), words("Who "));
+    hm.clock().advance(Duration::from_millis(2500));
+    hm.answer_late(&mut metrics);
+    let out_now = out(&mut hm);
+    let done = line_done(&out_now);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].text, "Hm. Who ");
+    assert_eq!(done[0].fallback, Some(FallbackReason::Deadline));
+    assert!(matches!(done[0].source, PlanSource::Llm { .. }));
+
+    // A reply budget no longer than the dialogue deadline turns bridges off: the template
+    // answers at the deadline, as it does for a failed model.
+    let mut config = free_config();
+    config.deadlines.reply_ms = config.deadlines.dialogue_ms;
+    hm.apply_config(config);
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    hm.clock().advance(Duration::from_millis(101));
+    hm.answer_late(&mut metrics);
+    let done = out(&mut hm);
+    let done = line_done(&done);
+    assert_eq!(done[0].text, "State your business.");
+    assert!(!done[0].bridged);
+    assert_eq!(metrics.bridges(), 1);
+}
+
+#[test]
+fn a_reply_that_copies_the_prompt_never_reaches_the_player() {
+    let mut hm = bridging();
+    let mut prompt = PromptAsset::default();
+    prompt.rules.examples.push((
+        crate::plan::OutputFormat::Line,
+        crate::prompt::WorkedExample {
+            situation: "Situation: win_streak.".into(),
+            answer: r#"{"agent":4,"say":"Three down. Who's next?"}"#.into(),
+        },
+    ));
+    hm.set_prompt(prompt);
+    let mut metrics = Metrics::new();
+    // The worked example's answer, word for word: the template answers instead.
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    worker(&mut hm, id, ms(40), words("Three down. Who's next?"));
+    finished(&mut hm, id, ms(60), completed());
+    let out_now = out(&mut hm);
+    assert_eq!(spoken(&out_now), ["State your business."]);
+    assert_eq!(line_done(&out_now)[0].fallback, Some(FallbackReason::Parse));
+    // A copy after words of its own: the line ends before the copy.
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    worker(&mut hm, id, ms(40), words("Me? Three down, "));
+    worker(&mut hm, id, ms(50), words("who's next?"));
+    finished(&mut hm, id, ms(60), completed());
+    let out_now = out(&mut hm);
+    assert_eq!(line_done(&out_now)[0].text, "Me?");
 }

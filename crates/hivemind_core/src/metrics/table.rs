@@ -125,7 +125,9 @@ impl fmt::Display for Metrics {
         }
         writeln!(f)?;
 
-        writeln!(f, "{:<12} {}", "repairs", self.repairs)
+        writeln!(f, "{:<12} {}", "repairs", self.repairs)?;
+        writeln!(f, "{:<12} {}", "bridges", self.bridges)?;
+        writeln!(f, "{:<12} {}", "copies", self.copies)
     }
 }
 

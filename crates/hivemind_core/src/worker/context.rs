@@ -158,6 +158,7 @@ impl PromptContext {
                 PromptLayout::ParallelSequences
             },
             sampling: self.sampling.for_kind(kind),
+            say_sampling: self.sampling.say,
             seed: seed.finish(),
             agents,
             shared,

@@ -73,7 +73,7 @@ fn plan_request(id: u32, deadline: Deadline) -> JobRequest {
     JobRequest {
         agent: AgentId(id),
         persona: "veteran".into(),
-        task: AgentTask::Plan,
+        task: AgentTask::Plan { order: None },
         snapshot: Arc::new(guard(id)),
         deadline,
     }
