@@ -322,6 +322,19 @@ pub enum PlanFormat {
     Guided,
 }
 
+/// How a guided answer names the option it picks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
+pub enum IntentStyle {
+    /// By its label, as the prompt lists it: `"intent":"heal"`. The choice is made over the
+    /// options' words, so a small model's bias toward a place in the list (the first, or the
+    /// worked example's) does not decide it.
+    #[default]
+    Name,
+    /// By its number in the prompt's list: `"intent":2`.
+    Number,
+}
+
 /// The local model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -339,6 +352,8 @@ pub struct ModelConfig {
     pub layout: PromptLayout,
     /// What the model writes for plans.
     pub plan_format: PlanFormat,
+    /// How a guided answer names its choice.
+    pub intents: IntentStyle,
     /// Whether a model's plan is checked step by step against the game's rules (its planner's
     /// preconditions), and replaced from the first step that fails by the planner's own steps.
     pub repair: bool,
@@ -367,6 +382,7 @@ impl Default for ModelConfig {
             threads: None,
             layout: PromptLayout::default(),
             plan_format: PlanFormat::default(),
+            intents: IntentStyle::default(),
             repair: true,
         }
     }
@@ -443,10 +459,10 @@ impl Default for SamplingConfig {
             dialogue: lively,
             plan: Sampling::Greedy,
             say: Sampling::Random {
-                temperature: 0.8,
+                temperature: 0.6,
                 top_k: 40,
                 top_p: 0.95,
-                min_p: 0.05,
+                min_p: 0.1,
                 repeat_penalty: 1.3,
             },
             seed: 0x5eed,

@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::action::{ActionRegistry, ArgDomain, VerbSpec};
+use crate::config::IntentStyle;
 use crate::plan::OutputFormat;
+use crate::prompt::IntentOption;
 use crate::snapshot::{AgentId, WorldSnapshot};
 
 /// Bounds on what a grammar allows.
@@ -29,11 +31,14 @@ pub struct GrammarLimits {
     pub max_steps: usize,
     /// The most characters in a `say` string.
     pub max_say_chars: usize,
+    /// How a guided answer names its choice.
+    pub intents: IntentStyle,
 }
 
 impl Default for GrammarLimits {
     fn default() -> Self {
         GrammarLimits {
+            intents: IntentStyle::default(),
             max_steps: 3,
             max_say_chars: 80,
         }
@@ -51,6 +56,9 @@ pub struct GrammarAgent<'a> {
     pub snapshot: &'a WorldSnapshot,
     /// For the guided format: how many intents the prompt offers (numbered from 1).
     pub options: usize,
+    /// For the guided format with [`IntentStyle::Name`]: the labels of the options, which the
+    /// answer must name one of.
+    pub labels: &'a [IntentOption],
 }
 
 impl<'a> GrammarAgent<'a> {
@@ -59,7 +67,15 @@ impl<'a> GrammarAgent<'a> {
         GrammarAgent {
             snapshot,
             options: 0,
+            labels: &[],
         }
+    }
+
+    /// Sets the guided options, which a named answer picks by label, for chaining.
+    pub fn with_labels(mut self, options: &'a [IntentOption]) -> Self {
+        self.options = options.len();
+        self.labels = options;
+        self
     }
 
     /// Sets the number of guided options, for chaining.
@@ -153,10 +169,16 @@ impl Grammar {
                     if a.options == 0 {
                         return Err(GrammarError::NoOptions(id));
                     }
-                    let intent = rules.add(
-                        "intent",
-                        alternatives((1..=a.options).map(|n| n.to_string())),
-                    );
+                    let intent = match limits.intents {
+                        IntentStyle::Name if a.labels.len() == a.options => rules.add(
+                            "intent",
+                            alternatives(a.labels.iter().map(|o| json_string(&o.label))),
+                        ),
+                        _ => rules.add(
+                            "intent",
+                            alternatives((1..=a.options).map(|n| n.to_string())),
+                        ),
+                    };
                     let say = say_rule(&mut rules, limits.max_say_chars);
                     format!(
                         "{} {intent} {} {say} {}",
@@ -299,6 +321,11 @@ fn alternatives(values: impl Iterator<Item = String>) -> String {
     }
 }
 
+/// `s` as a JSON string, quotes included.
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
 /// A GBNF string literal.
 fn lit(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -387,6 +414,7 @@ mod tests {
             GrammarLimits {
                 max_steps: 3,
                 max_say_chars: 60,
+                intents: IntentStyle::Number,
             },
         )
         .unwrap();
@@ -447,6 +475,7 @@ mod tests {
             GrammarLimits {
                 max_steps: 2,
                 max_say_chars: 10,
+                intents: IntentStyle::Number,
             },
         )
         .unwrap();
@@ -635,5 +664,59 @@ mod tests {
             })
             .collect();
         assert_eq!(words, "Hold the line");
+    }
+
+    #[test]
+    fn a_named_answer_picks_an_option_by_its_label_and_parses_back_to_its_number() {
+        let a = flanking_guard();
+        let options = [
+            IntentOption::new("kill_enemy", "attack enemy 9", "it is at 20% hp"),
+            IntentOption::new("reload", "reload", "1 of 3 shots left"),
+            IntentOption::new("retreat", "retreat to \"base\"", "hp 30%"),
+        ];
+        let g = Grammar::build(
+            OutputFormat::Guided,
+            &arena_registry(),
+            &[GrammarAgent::new(&a).with_labels(&options)],
+            GrammarLimits::default(),
+        )
+        .unwrap();
+        let id = a.agent;
+        let answer =
+            |intent: &str| format!("{{\"agent\":{id},\"intent\":{intent},\"say\":\"Go\"}}");
+        assert!(accepts(&g.text, &answer("\"reload\"")));
+        assert!(accepts(&g.text, &answer(r#""retreat to \"base\"""#)));
+        assert!(!accepts(&g.text, &answer("\"heal\"")), "not offered");
+        assert!(!accepts(&g.text, &answer("2")), "named, not numbered");
+
+        let labels = std::collections::HashMap::from([(
+            id,
+            options.iter().map(|o| o.label.clone()).collect::<Vec<_>>(),
+        )]);
+        let parse = |text: &str| {
+            let mut parser =
+                StreamParser::new(OutputFormat::Guided).with_intent_labels(labels.clone());
+            let mut events = Vec::new();
+            let fed = parser.feed(text.as_bytes(), &mut events);
+            (fed.and_then(|()| parser.finish(&mut events)), events)
+        };
+        let (ok, events) = parse(&answer("\"reload\""));
+        assert!(ok.is_ok());
+        assert!(events.contains(&StreamEvent::Intent {
+            agent: id,
+            intent: 2
+        }));
+        let (_, events) = parse(&answer(r#""retreat to \"base\"""#));
+        assert!(events.contains(&StreamEvent::Intent {
+            agent: id,
+            intent: 3
+        }));
+        // A name no option has is a bad answer, never an intent.
+        let (_, events) = parse(&answer("\"dance\""));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, StreamEvent::Intent { .. }))
+        );
     }
 }

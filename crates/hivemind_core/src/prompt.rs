@@ -25,6 +25,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::action::ActionRegistry;
+use crate::config::IntentStyle;
 use crate::plan::{OutputFormat, RequestKind};
 use crate::snapshot::{AgentId, MAX_UNTRUSTED_CHARS, WorldSnapshot, escape_untrusted};
 
@@ -335,6 +336,7 @@ impl SharedPrompt {
 pub struct PrefixTree {
     template: ChatTemplate,
     format: OutputFormat,
+    intents: IntentStyle,
     root: Arc<PromptLevel>,
     ensemble: Arc<PromptLevel>,
     /// Each persona and its level; the shared layout's ensemble lists their voices.
@@ -343,22 +345,35 @@ pub struct PrefixTree {
 }
 
 impl PrefixTree {
-    /// The tree for `format`, with no personas yet.
+    /// The tree for `format`, with no personas yet; a guided answer names its choice by number.
     pub fn new(
         template: ChatTemplate,
         format: OutputFormat,
         rules: &PromptRules,
         registry: &ActionRegistry,
     ) -> Self {
+        Self::with_intents(template, format, rules, registry, IntentStyle::Number)
+    }
+
+    /// The tree for `format`, with no personas yet; a guided answer names its choice as
+    /// `intents` says.
+    pub fn with_intents(
+        template: ChatTemplate,
+        format: OutputFormat,
+        rules: &PromptRules,
+        registry: &ActionRegistry,
+        intents: IntentStyle,
+    ) -> Self {
         let root = Arc::new(PromptLevel::new(
             None,
-            root_text(&template, format, rules, registry),
+            root_text(&template, format, intents, rules, registry),
         ));
         let ensemble = ensemble_level(&template, &root, []);
         let unknown_persona = persona_level(&template, &root, "someone", "Speak plainly.");
         PrefixTree {
             template,
             format,
+            intents,
             root,
             ensemble,
             personas: Vec::new(),
@@ -421,7 +436,7 @@ impl PrefixTree {
         let persona = Arc::clone(self.persona(request.persona));
         // The persona level already opened the user turn.
         let mut text = String::new();
-        write_request(&mut text, request, false);
+        write_request(&mut text, request, false, self.intents);
         text.push_str(&self.template.user_close);
         text.push_str(&self.template.assistant_open);
         SequencePrompt {
@@ -436,7 +451,7 @@ impl PrefixTree {
     pub fn shared(&self, requests: &[AgentRequest<'_>]) -> SharedPrompt {
         let mut text = String::new();
         for request in requests {
-            write_request(&mut text, request, true);
+            write_request(&mut text, request, true, self.intents);
             text.push('\n');
         }
         let order: Vec<AgentId> = requests.iter().map(|r| r.agent).collect();
@@ -501,6 +516,7 @@ fn persona_level(
 fn root_text(
     template: &ChatTemplate,
     format: OutputFormat,
+    intents: IntentStyle,
     rules: &PromptRules,
     registry: &ActionRegistry,
 ) -> String {
@@ -521,9 +537,14 @@ fn root_text(
     }
     out.push_str(match format {
         OutputFormat::FreePlan => "Answer with JSON: {\"agent\":ID,\"steps\":[{\"act\":ACTION,...}]}\n",
-        OutputFormat::Guided => {
-            "Pick the best option by number and say a short line: {\"agent\":ID,\"intent\":N,\"say\":\"...\"}\n"
-        }
+        OutputFormat::Guided => match intents {
+            IntentStyle::Name => {
+                "Pick the best option by name and say a short line: {\"agent\":ID,\"intent\":\"OPTION\",\"say\":\"...\"}\n"
+            }
+            IntentStyle::Number => {
+                "Pick the best option by number and say a short line: {\"agent\":ID,\"intent\":N,\"say\":\"...\"}\n"
+            }
+        },
         OutputFormat::Line => "Answer with a short line: {\"agent\":ID,\"say\":\"...\"}\n",
     });
     let examples: Vec<&WorkedExample> = rules
@@ -543,7 +564,7 @@ fn root_text(
 
 /// Writes one agent's request. In a shared prompt each agent is introduced with its persona,
 /// since no persona level stands before it.
-fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
+fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool, intents: IntentStyle) {
     if shared {
         let _ = writeln!(
             out,
@@ -568,13 +589,12 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool) {
                 if i > 0 {
                     out.push('\n');
                 }
-                let _ = write!(
-                    out,
-                    "{} {}: {}",
-                    i + 1,
-                    escape_untrusted(&o.label, MAX_UNTRUSTED_CHARS),
-                    escape_untrusted(&o.reason, MAX_UNTRUSTED_CHARS)
-                );
+                let label = escape_untrusted(&o.label, MAX_UNTRUSTED_CHARS);
+                let reason = escape_untrusted(&o.reason, MAX_UNTRUSTED_CHARS);
+                let _ = match intents {
+                    IntentStyle::Name => write!(out, "- {label}: {reason}"),
+                    IntentStyle::Number => write!(out, "{} {label}: {reason}", i + 1),
+                };
             }
         }
         AgentTask::Dialogue {

@@ -319,6 +319,17 @@ impl StreamParser {
         self
     }
 
+    /// Lets a guided answer name its intent by label (`"intent":"heal"`): `labels` are each
+    /// agent's options, in the prompt's order. A named intent is reported as its number there,
+    /// from 1; a name that is not one of the agent's labels is a bad value. For chaining.
+    pub fn with_intent_labels(
+        mut self,
+        labels: std::collections::HashMap<AgentId, Vec<String>>,
+    ) -> Self {
+        self.shape.intent_labels = Some(labels);
+        self
+    }
+
     /// Sets the agent the output belongs to, in place. See [`StreamParser::with_agent`].
     pub fn insert_agent(&mut self, agent: AgentId) -> &mut Self {
         self.shape.expected = Some(agent);

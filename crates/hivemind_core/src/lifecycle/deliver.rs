@@ -13,7 +13,7 @@ use crate::prompt::IntentOption;
 use crate::worker::{JobOutcome, WorkerEvent, WorkerEventKind, WorkerPool};
 
 use super::request::{
-    Answer, DEFAULT_BRIDGE, Gate, Phase, bridge_line, complete_after, cut_at, filtered,
+    Answer, DEFAULT_BRIDGE, Gate, Phase, bridge_line, complete_after, cut_at, filtered, is_speech,
 };
 use super::{AgentKey, Lifecycle, LineDone, Outgoing, PlanDone, RequestId, StepReady, WordsReady};
 
@@ -410,7 +410,7 @@ impl<K: AgentKey> Lifecycle<K> {
             }
             (None, None) => {
                 let line = r.text.trim();
-                if !line.is_empty() && r.gate != Gate::Rejected {
+                if is_speech(line) && r.gate != Gate::Rejected {
                     let line = line.to_owned();
                     let (persona, situation) = (r.persona.clone(), r.situation.clone());
                     self.banter.add(&persona, &situation, line, now);

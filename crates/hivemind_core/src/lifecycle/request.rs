@@ -318,8 +318,15 @@ impl<K> Request<K> {
             LineVerdict::Cut(n) => cut_at(&mut line, n),
             LineVerdict::Reject => line.clear(),
         }
-        (!line.is_empty()).then_some(line)
+        is_speech(&line).then_some(line)
     }
+}
+
+/// Whether a finished line says something: it has a word of two letters or more. A small model
+/// sometimes fills a line with digits and punctuation ("12,6"), which no player should hear.
+pub(super) fn is_speech(line: &str) -> bool {
+    line.split(|c: char| !c.is_alphabetic())
+        .any(|w| w.chars().count() >= 2)
 }
 
 /// `text` after the filter: cut, or empty if rejected.

@@ -27,6 +27,12 @@ use super::{
     PlanDone, RequestId, RequestSlot, StepReady, UnknownBackend, WordsReady,
 };
 
+/// Banter lines asked of the model at once in idle time, in one batch.
+pub const IDLE_LINES: usize = 4;
+
+/// Templates tried for a banter line not said lately before one is said again.
+const TEMPLATE_TRIES: u64 = 8;
+
 /// Everything [`Lifecycle::new`] needs.
 pub struct LifecycleParts {
     /// The configuration.
@@ -95,7 +101,8 @@ pub struct Lifecycle<K> {
     pub(super) streaming: bool,
     pub(super) force_fallback: bool,
     pub(super) no_model: Option<String>,
-    pub(super) idle_job: Option<RequestId>,
+    /// Banter lines being written in idle time.
+    pub(super) idle_jobs: Vec<RequestId>,
     /// Requests whose fallback goes to the executor at the next dispatch.
     pub(super) unsent: Vec<RequestId>,
     pub(super) outbox: Vec<Outgoing<K>>,
@@ -171,7 +178,7 @@ impl<K: AgentKey> Lifecycle<K> {
             streaming: true,
             force_fallback: false,
             no_model: None,
-            idle_job: None,
+            idle_jobs: Vec::new(),
             unsent: Vec::new(),
             outbox: Vec::new(),
         })
@@ -597,10 +604,14 @@ impl<K: AgentKey> Lifecycle<K> {
             RequestKind::Plan
                 if self.config.model.plan_format == PlanFormat::Guided && !at_once =>
             {
-                match order {
+                let mut options = match order {
                     Some(_) => self.planner.order_intents(&snapshot),
                     None => self.planner.intents(&snapshot),
-                }
+                };
+                // An answer may name its choice by label, so a label is offered once.
+                let mut seen = std::collections::HashSet::new();
+                options.retain(|o| seen.insert(o.label.clone()));
+                options
             }
             _ => Vec::new(),
         };
@@ -687,16 +698,24 @@ impl<K: AgentKey> Lifecycle<K> {
     ) {
         let now = self.clock.now();
         let forced = self.force_fallback.then_some(FallbackReason::Forced);
-        let (text, source) = match self
-            .banter
-            .pick(persona, situation, seed, now, self.cache.ttl())
-            .filter(|_| forced.is_none())
-        {
+        let ttl = self.cache.ttl();
+        let pooled = match forced {
+            None => self.banter.take(persona, situation, seed, now, ttl),
+            Some(_) => None,
+        };
+        let (text, source) = match pooled {
             Some(line) => (line, PlanSource::Cache),
-            None => (
-                template_line(&self.templates, persona, situation, slots, seed),
-                PlanSource::Template,
-            ),
+            None => {
+                // Another of the situation's templates if this one was said lately.
+                let fresh = (0..TEMPLATE_TRIES)
+                    .map(|i| template_line(&self.templates, persona, situation, slots, seed + i))
+                    .find(|line| !self.banter.was_said(line));
+                let line = fresh.unwrap_or_else(|| {
+                    template_line(&self.templates, persona, situation, slots, seed)
+                });
+                self.banter.note_said(&line);
+                (line, PlanSource::Template)
+            }
         };
         self.banter.remember(persona, situation, snapshot);
         let text = filtered(&*self.filter, text);
@@ -751,8 +770,8 @@ impl<K: AgentKey> Lifecycle<K> {
             // Nothing of it will be delivered, so a lockstep frame need not wait for it.
             self.known.remove(&job);
         }
-        if self.idle_job == Some(id) {
-            self.idle_job = None;
+        if let Some(i) = self.idle_jobs.iter().position(|&j| j == id) {
+            self.idle_jobs.swap_remove(i);
         }
     }
 
@@ -762,7 +781,7 @@ impl<K: AgentKey> Lifecycle<K> {
     /// the frame's jobs to the workers, and in idle time asks for banter lines.
     pub fn dispatch(&mut self) {
         self.send_fallback_work();
-        if self.requests.is_empty() && self.idle_job.is_none() && !self.force_fallback {
+        if self.requests.is_empty() && self.idle_jobs.is_empty() && !self.force_fallback {
             self.write_banter_in_idle_time();
         }
         if let Some(pool) = &mut self.pool {
@@ -795,14 +814,33 @@ impl<K: AgentKey> Lifecycle<K> {
         }
     }
 
-    /// **Idle time.** With nothing in flight, asks the model for a banter line for the persona
-    /// and situation with the fewest fresh ones. The request has no agent and starts in
-    /// [`Phase::CacheOnly`]: its line goes to the banter pool only.
+    /// **Idle time.** With nothing in flight, asks the model for banter lines (up to
+    /// [`IDLE_LINES`], one batch) for the personas and situations with the fewest fresh ones.
+    /// Each request has no agent and starts in [`Phase::CacheOnly`]: its line goes to the
+    /// banter pool only.
     fn write_banter_in_idle_time(&mut self) {
+        let personas: Vec<String> = self
+            .prompt
+            .personas
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        for _ in 0..IDLE_LINES {
+            if !self.write_one_banter_line(&personas) {
+                break;
+            }
+        }
+    }
+
+    fn write_one_banter_line(&mut self, personas: &[String]) -> bool {
         let now = self.clock.now();
-        let Some(pool) = &mut self.pool else { return };
-        let Some((persona, situation, snapshot)) = self.banter.wanted(now, self.cache.ttl()) else {
-            return;
+        let Some(pool) = &mut self.pool else {
+            return false;
+        };
+        let Some((persona, situation, snapshot)) =
+            self.banter.wanted(now, self.cache.ttl(), personas)
+        else {
+            return false;
         };
         let id = RequestId(self.next_request);
         self.next_request += 1;
@@ -822,7 +860,7 @@ impl<K: AgentKey> Lifecycle<K> {
         );
         self.track(job, now);
         self.by_job.insert(job, id);
-        self.idle_job = Some(id);
+        self.idle_jobs.push(id);
         self.requests.insert(
             id,
             Box::new(Request {
@@ -847,6 +885,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 copied: false,
             }),
         );
+        true
     }
 
     fn track(&mut self, job: JobId, submitted: Timestamp) {

@@ -762,3 +762,13 @@ fn a_reply_that_copies_the_prompt_never_reaches_the_player() {
     let out_now = out(&mut hm);
     assert_eq!(line_done(&out_now)[0].text, "Me?");
 }
+
+#[test]
+fn only_lines_with_words_are_speech() {
+    use super::request::is_speech;
+    assert!(is_speech("Go!"));
+    assert!(is_speech("3 down, moving"));
+    assert!(!is_speech("12,6"));
+    assert!(!is_speech("2.5m 1:30 m"));
+    assert!(!is_speech(""));
+}

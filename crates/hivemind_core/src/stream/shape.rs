@@ -2,6 +2,7 @@
 //! steps and their points, and what each key means) and how the lexer's tokens become
 //! [`StreamEvent`]s.
 
+use std::collections::HashMap;
 use std::mem;
 
 use crate::plan::{ArgValue, OutputFormat, PlanStep};
@@ -12,6 +13,9 @@ use super::{Fault, MAX_HELD_STEPS, MAX_KEY_BYTES, MAX_SAY_BYTES, MAX_STEP_BYTES,
 
 const AGENT_EXPECTED: &str = "an agent id (an integer from 0 to 4294967295)";
 const INTENT_EXPECTED: &str = "an intent number (an integer from 0 to 4294967295)";
+const INTENT_NAME_EXPECTED: &str = "the label of one of the agent's options";
+/// The longest intent name read; a longer one is no option's label.
+const MAX_INTENT_NAME_BYTES: usize = 512;
 pub(super) const ARG_SHAPES: &str = "an integer, a point [x,y] or a string";
 
 /// Which container the shape layer is in. Each level's parent is fixed, so no stack is needed:
@@ -73,6 +77,7 @@ enum Sink {
     Key,
     Say,
     StepText,
+    IntentName,
 }
 
 /// An event waiting for its agent id.
@@ -187,6 +192,8 @@ pub(super) struct Shape {
     /// The highest intent any answer may name, if known: an intent is then reported as soon as
     /// no further digit could keep it in range, not when the byte after it arrives.
     pub(super) intent_bound: Option<u32>,
+    /// Each agent's option labels, when a guided answer names its intent.
+    pub(super) intent_labels: Option<HashMap<AgentId, Vec<String>>>,
     level: Level,
     in_wrapper: bool,
     /// How deep the lexer is inside a value that is being skipped.
@@ -225,6 +232,7 @@ impl Shape {
             format,
             expected: None,
             intent_bound: None,
+            intent_labels: None,
             level: Level::Top,
             in_wrapper: false,
             skip: 0,
@@ -271,6 +279,10 @@ impl Shape {
             },
             Level::Answer => match (self.answer_key, kind) {
                 (AnswerKey::Agent | AnswerKey::Intent, Kind::Number) => {}
+                (AnswerKey::Intent, Kind::String) if self.intent_labels.is_some() => {
+                    self.text.clear();
+                    self.sink = Sink::IntentName;
+                }
                 (AnswerKey::Agent, _) => {
                     return Err(Fault::BadValue {
                         key: "agent",
@@ -510,6 +522,14 @@ impl Shape {
                 self.text.push(byte);
                 Ok(())
             }
+            Sink::IntentName if self.text.len() < MAX_INTENT_NAME_BYTES => {
+                self.text.push(byte);
+                Ok(())
+            }
+            Sink::IntentName => Err(Fault::BadValue {
+                key: "intent",
+                expected: INTENT_NAME_EXPECTED,
+            }),
         }
     }
 
@@ -528,6 +548,25 @@ impl Shape {
                     self.push_arg(ArgValue::Text(text));
                 }
                 Ok(())
+            }
+            Sink::IntentName => {
+                let name = String::from_utf8_lossy(&self.text);
+                let labels = self
+                    .intent_labels
+                    .as_ref()
+                    .and_then(|all| match self.agent {
+                        Some(agent) => all.get(&agent),
+                        None if all.len() == 1 => all.values().next(),
+                        None => None,
+                    });
+                let index = labels.and_then(|l| l.iter().position(|label| *label == name));
+                match index.and_then(|i| u32::try_from(i + 1).ok()) {
+                    Some(intent) => self.emit(Held::Intent(intent), out),
+                    None => Err(Fault::BadValue {
+                        key: "intent",
+                        expected: INTENT_NAME_EXPECTED,
+                    }),
+                }
             }
             Sink::Say | Sink::Discard | Sink::Key => Ok(()),
         }

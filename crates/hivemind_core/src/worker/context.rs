@@ -46,7 +46,13 @@ impl PromptContext {
         ]
         .into_iter()
         .map(|format| {
-            let mut tree = PrefixTree::new(template.clone(), format, rules, &registry);
+            let mut tree = PrefixTree::with_intents(
+                template.clone(),
+                format,
+                rules,
+                &registry,
+                config.model.intents,
+            );
             for p in personas {
                 tree.insert_persona(p);
             }
@@ -59,6 +65,7 @@ impl PromptContext {
             limits: GrammarLimits {
                 max_steps: config.budgets.max_plan_steps,
                 max_say_chars: config.budgets.max_say_chars,
+                intents: config.model.intents,
             },
             sampling: config.sampling,
             snapshot_tokens: config.budgets.snapshot_tokens,
@@ -173,7 +180,7 @@ impl PromptContext {
     ) -> Result<Grammar, GrammarError> {
         let agents: Vec<GrammarAgent<'_>> = agents
             .iter()
-            .map(|(snapshot, task)| GrammarAgent::new(snapshot).with_options(task.options().len()))
+            .map(|(snapshot, task)| GrammarAgent::new(snapshot).with_labels(task.options()))
             .collect();
         Grammar::build(format, &self.registry, &agents, self.limits)
     }

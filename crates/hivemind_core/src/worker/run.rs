@@ -305,9 +305,17 @@ impl<'r, 's> Sink<'r, 's> {
         start: Timestamp,
     ) -> Self {
         // A guided answer's intent is reported on its last possible digit.
+        // A named intent is reported when its string ends.
         let parser = |agents: &[&BatchAgent]| {
             let most = agents.iter().map(|a| a.task.options().len()).max();
-            let parser = StreamParser::new(batch.format);
+            let labels = agents
+                .iter()
+                .map(|a| {
+                    let labels = a.task.options().iter().map(|o| o.label.clone());
+                    (a.agent, labels.collect())
+                })
+                .collect();
+            let parser = StreamParser::new(batch.format).with_intent_labels(labels);
             match u32::try_from(most.unwrap_or(0)) {
                 Ok(max) if batch.format == OutputFormat::Guided => parser.with_intent_bound(max),
                 _ => parser,
