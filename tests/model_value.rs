@@ -4,11 +4,6 @@
 //! suite landed minus five points (the README's model-value table lists both).
 //!
 //! Skipped without the model file unless `HIVEMIND_REQUIRE_MODEL` is set (CI sets it).
-#![expect(
-    clippy::print_stderr,
-    reason = "the table is the test's report when it fails"
-)]
-
 use std::sync::Arc;
 
 use hivemind::core::config::HivemindConfig;
@@ -109,11 +104,7 @@ fn what_the_model_adds_holds_its_floors() {
         f.orders_followed,
         f.orders_first
     );
-    assert!(
-        f.lines_bleed <= MAX_BLEED,
-        "{} lines in another persona's words",
-        f.lines_bleed
-    );
+    assert_eq!(f.lines_bleed, 0, "lines in another persona's words");
 }
 
 /// Each figure's floor in percent: the target where the default model reaches it, else the
@@ -136,5 +127,3 @@ const FLOORS: [(&str, f64); 7] = [
 const CHOICE_OVER_RANDOM: f64 = 7.0;
 /// Points obeying the player must lead the always-first picker by: target 25, measured 11.
 const ORDERS_OVER_FIRST: f64 = 6.0;
-/// Plan lines in another persona's words at most: target none, measured none.
-const MAX_BLEED: usize = 0;

@@ -194,9 +194,10 @@ pub fn intents(
     offered
 }
 
-/// The intents offered when the player has just spoken to the agent: every one of
-/// [`score_intents`] that GOAP can carry out here, best first, whatever its score, since the
-/// player may order what the scores rank low.
+/// The intents offered when the player has just spoken to the agent.
+///
+/// They are every one of [`score_intents`] that GOAP can carry out here, best first, whatever its
+/// score, since the player may order what the scores rank low.
 pub fn order_intents(
     domain: &Domain,
     registry: &ActionRegistry,

@@ -689,7 +689,7 @@ mod tests {
         assert!(!accepts(&g.text, &answer("\"heal\"")), "not offered");
         assert!(!accepts(&g.text, &answer("2")), "named, not numbered");
 
-        let labels = std::collections::HashMap::from([(
+        let labels = HashMap::from([(
             id,
             options.iter().map(|o| o.label.clone()).collect::<Vec<_>>(),
         )]);

@@ -413,7 +413,7 @@ impl ValueReport {
         );
         f.choice_random = 100.0 * sets.iter().map(|a| a.set.random_sensible()).sum::<f64>()
             / sets.len().max(1) as f64;
-        let mut positions = vec![0usize; value::choice::SET_SIZE];
+        let mut positions = [0usize; value::choice::SET_SIZE];
         let mut picked = 0;
         for a in sets {
             if let Some(p) = a.picked.as_deref().and_then(|g| a.set.position(g)) {

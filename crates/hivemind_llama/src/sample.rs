@@ -227,6 +227,7 @@ fn penalized(logit: f32, id: i32, said: &[i32], penalty: f32) -> f32 {
 }
 
 /// Which candidates random sampling keeps.
+#[derive(Clone, Copy)]
 struct Cut {
     top_k: u32,
     top_p: f32,
