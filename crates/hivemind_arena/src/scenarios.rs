@@ -164,12 +164,18 @@ pub enum Voice {
 
 /// The voice of `line`, said by an agent of `persona`.
 pub fn voice(persona: &str, line: &str) -> Voice {
+    voice_by(&VOCABULARY, persona, line)
+}
+
+/// The voice of `line`, said by an agent of `persona`, by the words `vocabulary` gives each
+/// persona.
+pub(crate) fn voice_by(vocabulary: &[(&str, &[&str])], persona: &str, line: &str) -> Voice {
     let line = line.to_lowercase();
     let says = |words: &[&str]| words.iter().any(|w| contains_word(&line, w));
-    let other = VOCABULARY
+    let other = vocabulary
         .iter()
         .any(|(name, words)| *name != persona && says(words));
-    let own = VOCABULARY
+    let own = vocabulary
         .iter()
         .any(|(name, words)| *name == persona && says(words));
     match (own, other) {

@@ -56,7 +56,7 @@ pub use lines::{LineJudgement, copy_check, judge_line};
 pub use orders::{OrderCase, OrderKind, order_cases};
 pub use replies::{ReplyCase, reply_cases};
 
-use crate::scenarios::{Voice, contains_word};
+use crate::scenarios::{Voice, contains_word, voice_by};
 
 /// The personas the suite speaks as, and the words that are each one's own. No word belongs to
 /// two personas.
@@ -115,19 +115,7 @@ pub fn persona_at(i: usize) -> &'static str {
 
 /// Whose voice `line` is in, said by an agent of `persona`, by [`PERSONA_WORDS`].
 pub fn persona_voice(persona: &str, line: &str) -> Voice {
-    let line = line.to_lowercase();
-    let says = |words: &[&str]| words.iter().any(|w| contains_word(&line, w));
-    let other = PERSONA_WORDS
-        .iter()
-        .any(|(name, words)| *name != persona && says(words));
-    let own = PERSONA_WORDS
-        .iter()
-        .any(|(name, words)| *name == persona && says(words));
-    match (own, other) {
-        (_, true) => Voice::Bleed,
-        (true, false) => Voice::Own,
-        (false, false) => Voice::Plain,
-    }
+    voice_by(&PERSONA_WORDS, persona, line)
 }
 
 /// Whether `line` contains `word` (a word or phrase) as whole words, ignoring case.

@@ -61,12 +61,12 @@ mod tests {
     fn the_worked_example_and_the_voices_are_copies_and_the_player_is_an_echo() {
         let prompt = assets().prompt;
         let check = copy_check(&prompt);
-        let copy = judge_line(&check, "rookie", "On it. Cover me!", &[], None);
+        let copy = judge_line(&check, "rookie", "Three down. Who's next?", &[], None);
         assert!(copy.copy && !copy.is_own());
         let voice = judge_line(
             &check,
             "rookie",
-            "You are rookie. Excited, talks fast.",
+            "An eager rookie. Excited, talks fast.",
             &[],
             None,
         );
