@@ -13,7 +13,24 @@
 //! runs every frame in `Update` and slides each agent between its last two cells. Agents that need
 //! a plan ask in planning rounds, one agent every third tick by default, the one that has waited
 //! longest, as a game staggers its AI updates so that one small model can serve them. Speech bubbles fill word by word as
-//! lines stream in. The HUD shows where each agent's plan came from and how long it took.
+//! lines stream in. The HUD shows where each agent's plan came from, the intent it carries out
+//! and how long it took.
+//!
+//! # Talking to an agent
+//!
+//! Click an agent, or press 1–9 for the agents in id order (Red's six, then Blue's, as the HUD
+//! numbers them), to select it; Escape lets it go. A talk box opens: what you type there goes, on
+//! Enter, to the agent as a [`PlayerSaid`] message, which asks it for a reply (streamed into its
+//! speech bubble, and kept in its `Conversation`) and for a new plan that answers what you said.
+//! The model alone decides whether it was an order. While a text box has the keyboard, keys do
+//! not reach the game; selecting an agent closes the console, which otherwise keeps the keyboard.
+//!
+//! # Frame rate
+//!
+//! A software renderer (Mesa's llvmpipe, as under Xvfb) draws on the CPU and would take the
+//! cores the local model needs, so while that model plays the arena then draws at most 3 frames a
+//! second; `--fps` sets another cap (0 for none). The world keeps its 200 ms tick whatever the
+//! frame rate.
 #![expect(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -24,18 +41,22 @@
     reason = "Bevy systems take their parameters by value"
 )]
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy::ecs::schedule::ScheduleLabel;
 use bevy::prelude::*;
+use bevy::render::renderer::RenderAdapterInfo;
 use bevy::render::view::screenshot::{Screenshot, save_to_disk};
 use bevy::text::TextBounds;
 use bevy::time::TimeUpdateStrategy;
-use bevy::window::WindowResolution;
+use bevy::window::{PrimaryWindow, WindowResolution};
+use bevy_egui::input::EguiWantsInput;
+use bevy_egui::{EguiContexts, EguiPlugin, EguiPrimaryContextPass, egui};
 use clap::Parser;
 use hivemind::bevy::prelude::*;
 use hivemind::bevy::{FallbackOnly, Hivemind, HivemindMetrics, RequestId};
@@ -45,8 +66,10 @@ use hivemind::core::metrics::{HumanDuration, LatencyStage};
 use hivemind::core::plan::{BackendId, RequestKind};
 use hivemind_arena::{ArenaAssets, ArenaConfig, Team};
 use hivemind_examples::arena_app::{
-    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, Stagger, name, scripted_backend,
+    Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, MAX_SAID_CHARS, PlayerSaid, Stagger, name,
+    scripted_backend,
 };
+use hivemind_examples::frame_cap::{FrameCap, FrameCapPlugin};
 
 /// One tick of the arena.
 const TICK: Duration = Duration::from_millis(200);
@@ -60,6 +83,18 @@ const ARENA_AT: (f32, f32) = (20.0, 20.0);
 const HUD_LEFT: f32 = 690.0;
 /// Where the console opens, in window pixels, below the arena.
 const CONSOLE_AT: (f32, f32) = (12.0, 484.0);
+/// Where the talk box opens, in window pixels, below the HUD.
+const TALK_AT: (f32, f32) = (HUD_LEFT, 440.0);
+/// Frames a second at most while a software renderer shares the CPU with the local model,
+/// unless `--fps` says otherwise. On two cores, 5 leaves the model too little time to answer
+/// most plans in time; 2 or 3 leave it about as much as a run without a window.
+const SOFTWARE_FPS: f64 = 3.0;
+/// How close to an agent, in pixels, a click selects it.
+const CLICK_RADIUS: f32 = 16.0;
+/// Seconds a reply to the player stays in its speech bubble.
+const REPLY_SECS: f32 = 8.0;
+/// Seconds any other line stays in its speech bubble.
+const LINE_SECS: f32 = 3.0;
 
 const BACKGROUND: Color = Color::srgb_u8(14, 16, 20);
 const FLOOR: Color = Color::srgb_u8(40, 46, 56);
@@ -68,10 +103,17 @@ const OBJECTIVE: Color = Color::srgba_u8(230, 200, 60, 70);
 const MEDKIT: Color = Color::srgb_u8(90, 220, 120);
 const RED: Color = Color::srgb_u8(226, 64, 64);
 const BLUE: Color = Color::srgb_u8(64, 120, 236);
+const SELECTED: Color = Color::srgb_u8(250, 236, 170);
 
 /// The arena with hivemind planning for both teams.
 #[derive(Parser, Debug)]
-#[command(name = "arena", about = "The hivemind arena example")]
+#[command(
+    name = "arena",
+    about = "The hivemind arena example",
+    after_help = "In the window: click an agent, or press 1-9 for the agents in id order (as the \
+                  HUD numbers them), to talk to it in the talk box; Enter sends, Escape lets go. \
+                  ` opens the console."
+)]
 struct Args {
     /// Which backend writes plans and lines: the same names as the console and the config.
     #[arg(long, default_value = "local", value_parser = ["local", "scripted", "replay"])]
@@ -113,9 +155,21 @@ struct Args {
     #[arg(long)]
     console: bool,
     /// After the screenshot, checks that the arena, both teams, the HUD and (with `--console`)
-    /// the console are where they should be in it; exits 1 if not.
+    /// the console are where they should be in it and, with `--backend local`, that a plan from
+    /// the model was on the HUD (the screenshot waits up to `--model-wait` seconds past
+    /// `--frames` for one); exits 1 if not.
     #[arg(long)]
     check: bool,
+    /// With `--check` and `--backend local`: the most seconds the screenshot waits, past
+    /// `--frames`, for a plan from the model to be on the HUD.
+    #[arg(long, default_value_t = 180)]
+    model_wait: u64,
+    /// Frames a second at most; 0 for no cap. By default, while the local model plays, a
+    /// software renderer (llvmpipe and the like, as under Xvfb) draws at most 3, leaving the
+    /// model the cores it needs; a GPU is not capped. The world moves at its own rate whatever
+    /// this is.
+    #[arg(long)]
+    fps: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -141,23 +195,44 @@ fn main() -> ExitCode {
         ..default()
     }));
     add_game(&mut app, &args, assets);
+    // The model's plans are checked when it is the one playing.
+    let model =
+        (args.check && args.backend == BackendId::LOCAL).then(|| BackendId::new(BackendId::LOCAL));
+    let shot = Arc::new(Mutex::new(None));
     app.add_plugins(ArenaScene {
         screenshot: args.screenshot.clone(),
         frames: args.frames,
         open_console: args.console,
+        fps: args.fps,
+        wait_for: model
+            .clone()
+            .map(|backend| (backend, Duration::from_secs(args.model_wait))),
+        shot: Arc::clone(&shot),
     })
     .run();
+    let shot = shot.lock().ok().and_then(|mut s| s.take());
+    if let Some(shot) = &shot {
+        println!("{shot}");
+    }
     match (&args.screenshot, args.check) {
-        (Some(path), true) => match check_screenshot(path, args.console) {
-            Ok(report) => {
-                println!("screenshot check passed: {report}");
-                ExitCode::SUCCESS
+        (Some(path), true) => {
+            let checked = check_screenshot(path, args.console).and_then(|report| match &model {
+                Some(backend) => {
+                    check_model_plans(shot.as_ref(), backend).map(|m| format!("{report}, {m}"))
+                }
+                None => Ok(report),
+            });
+            match checked {
+                Ok(report) => {
+                    println!("screenshot check passed: {report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("screenshot check failed: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("screenshot check failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         _ => ExitCode::SUCCESS,
     }
 }
@@ -343,11 +418,17 @@ fn fallback_text(why: &FallbackOnly) -> String {
 
 // ----- the rendered scene ----------------------------------------------------------------------
 
-/// Draws the arena, its agents, speech bubbles and the HUD; takes the screenshot.
+/// Draws the arena, its agents, speech bubbles, the HUD and the talk box; takes the screenshot.
 struct ArenaScene {
     screenshot: Option<PathBuf>,
     frames: u32,
     open_console: bool,
+    /// `--fps`: the frame-rate cap, if given.
+    fps: Option<f64>,
+    /// The backend whose plans the screenshot waits for, and for how long at most.
+    wait_for: Option<(BackendId, Duration)>,
+    /// What the screenshot showed, for the check after the app exits.
+    shot: Arc<Mutex<Option<Shot>>>,
 }
 
 impl Plugin for ArenaScene {
@@ -358,9 +439,20 @@ impl Plugin for ArenaScene {
                 frames: self.frames,
                 frame: 0,
                 taken_at: None,
+                wait_for: self.wait_for.clone(),
+                waiting_since: None,
+                shot: Arc::clone(&self.shot),
             })
             .init_resource::<FrameTime>()
-            .add_systems(Startup, (spawn_arena, spawn_hud))
+            .init_resource::<PlanTally>()
+            .init_resource::<Selected>()
+            .init_resource::<TalkBox>()
+            .insert_resource(FrameRate {
+                asked: self.fps,
+                software: None,
+            })
+            .add_plugins((FrameCapPlugin, EguiPlugin::default()))
+            .add_systems(Startup, (spawn_arena, spawn_hud, detect_software_renderer))
             .add_systems(
                 FixedUpdate,
                 observe
@@ -371,17 +463,19 @@ impl Plugin for ArenaScene {
                 Update,
                 (
                     spawn_agent_views,
+                    cap_frame_rate,
+                    (select_with_keys, select_with_mouse, on_select).chain(),
                     place_agents,
                     fade_tracers,
                     update_hud,
                     capture,
                 ),
-            );
+            )
+            .add_systems(EguiPrimaryContextPass, talk_box);
         #[cfg(feature = "console")]
         {
-            use hivemind::bevy::console::EguiPlugin;
             use hivemind::bevy::console::{Console, HivemindConsolePlugin};
-            app.add_plugins((EguiPlugin::default(), HivemindConsolePlugin));
+            app.add_plugins(HivemindConsolePlugin);
             if self.open_console {
                 app.world_mut().resource_mut::<Console>().open = true;
                 app.world_mut()
@@ -467,17 +561,22 @@ fn spawn_arena(
     }
 }
 
-/// How one agent is drawn: where it slides from and to, and what it says.
+/// How one agent is drawn: where it slides from and to, what it says, and its plan's origin.
 #[derive(Component)]
 struct AgentView {
     from: Vec2,
     to: Vec2,
     bubble: Entity,
     bar: Entity,
+    /// The ring drawn around it while it is selected.
+    ring: Entity,
     speech: String,
     speech_request: Option<RequestId>,
     speech_until: f32,
     plan_from: String,
+    /// The backend that wrote its current plan, if a model did (and in time).
+    plan_model: Option<BackendId>,
+    plan_intent: Option<String>,
     plan_took: Option<Duration>,
 }
 
@@ -521,6 +620,14 @@ fn spawn_agent_views(
                 Visibility::Hidden,
             ))
             .id();
+        let ring = commands
+            .spawn((
+                Mesh2d(meshes.add(Annulus::new(13.5, 16.0))),
+                MeshMaterial2d(materials.add(SELECTED)),
+                Transform::from_xyz(0.0, 0.0, -0.5),
+                Visibility::Hidden,
+            ))
+            .id();
         commands
             .entity(entity)
             .insert((
@@ -533,14 +640,17 @@ fn spawn_agent_views(
                     to: at,
                     bubble,
                     bar,
+                    ring,
                     speech: String::new(),
                     speech_request: None,
                     speech_until: 0.0,
                     plan_from: "-".to_owned(),
+                    plan_model: None,
+                    plan_intent: None,
                     plan_took: None,
                 },
             ))
-            .add_children(&[label, bar, bubble]);
+            .add_children(&[label, bar, bubble, ring]);
     }
 }
 
@@ -561,11 +671,13 @@ fn observe(
     mut plans: MessageReader<PlanReady>,
     mut words: MessageReader<LineDelta>,
     mut lines: MessageReader<LineReady>,
+    mut tally: ResMut<PlanTally>,
     mut meshes: ResMut<Assets<Mesh>>,
     mut materials: ResMut<Assets<ColorMaterial>>,
 ) {
     let now = time.elapsed_secs();
     for plan in plans.read() {
+        tally.count(plan);
         if let Ok((_, mut view)) = views.get_mut(plan.agent) {
             view.plan_from = match (&plan.source, plan.fallback) {
                 (source, Some(reason)) => format!("{} ({})", source.label(), reason.as_str()),
@@ -574,11 +686,16 @@ fn observe(
                 }
                 (source, None) => source.label().to_owned(),
             };
+            view.plan_model = match (&plan.source, plan.fallback) {
+                (PlanSource::Llm { backend, .. }, None) => Some(backend.clone()),
+                _ => None,
+            };
+            view.plan_intent.clone_from(&plan.intent);
             view.plan_took = Some(plan.latency);
             if let Some(say) = &plan.say {
                 view.speech = say.clone();
                 view.speech_request = Some(plan.request);
-                view.speech_until = now + 3.0;
+                view.speech_until = now + LINE_SECS;
             }
         }
     }
@@ -596,7 +713,11 @@ fn observe(
         if let Ok((_, mut view)) = views.get_mut(line.agent) {
             view.speech = line.text.clone();
             view.speech_request = Some(line.request);
-            view.speech_until = now + 3.0;
+            view.speech_until = now
+                + match line.kind {
+                    RequestKind::Dialogue => REPLY_SECS,
+                    _ => LINE_SECS,
+                };
         }
     }
     for said in &arena.last_report.said {
@@ -605,7 +726,7 @@ fn observe(
         {
             view.speech = said.text.clone();
             view.speech_request = None;
-            view.speech_until = now + 3.0;
+            view.speech_until = now + LINE_SECS;
         }
     }
     for (agent, mut view) in &mut views {
@@ -737,12 +858,15 @@ fn spawn_hud(mut commands: Commands) {
         });
 }
 
+#[expect(clippy::too_many_arguments, reason = "a system reading many resources")]
 fn update_hud(
     arena: Res<Arena>,
     hm: Res<Hivemind>,
     time: Res<Time<Real>>,
+    cap: Res<FrameCap>,
+    selected: Res<Selected>,
     mut frame_time: ResMut<FrameTime>,
-    agents: Query<(&ArenaAgent, &AgentView, &NpcAgent, &ActivePlan)>,
+    agents: Query<(Entity, &ArenaAgent, &AgentView, &NpcAgent, &ActivePlan)>,
     mut hud: Query<&mut Text, (With<Hud>, Without<HudWarning>)>,
     mut warning: Query<&mut Text, (With<HudWarning>, Without<Hud>)>,
 ) {
@@ -778,9 +902,12 @@ fn update_hud(
     let mut out = String::new();
     let _ = writeln!(out, "hivemind arena   tick {}", world.now());
     let _ = writeln!(out, "backend {}   {model}", hm.backend_name());
+    let capped = cap
+        .rate()
+        .map_or_else(String::new, |fps| format!(" (cap {fps:.0}/s)"));
     let _ = writeln!(
         out,
-        "Red {}   Blue {}   frame {:.1} ms   queue {}   waiting {}",
+        "Red {}   Blue {}   frame {:.1} ms{capped}   queue {}   waiting {}",
         world.score(Team::Red),
         world.score(Team::Blue),
         frame_time.0,
@@ -790,48 +917,312 @@ fn update_hud(
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<6} {:<8} {:<15} {:<18} {:>6}",
-        "agent", "persona", "doing", "plan from", "took"
+        "   {:<6} {:<8} {:<14} {:<17} {:<11} {:>6}",
+        "agent", "persona", "doing", "plan from", "intent", "took"
     );
     let mut rows: Vec<_> = agents.iter().collect();
-    rows.sort_by_key(|(a, ..)| a.id);
-    for (agent, view, npc, plan) in rows {
+    rows.sort_by_key(|(_, a, ..)| a.id);
+    for (number, (entity, agent, view, npc, plan)) in rows.into_iter().enumerate() {
         let alive = world
             .agent(agent.id)
             .is_some_and(hivemind_arena::Agent::is_alive);
         let doing = if alive {
             plan.current_step()
-                .map_or_else(|| "-".to_owned(), |s| truncate(&s.to_string(), 15))
+                .map_or_else(|| "-".to_owned(), |s| truncate(&s.to_string(), 14))
         } else {
             "(down)".to_owned()
         };
         let took = view
             .plan_took
             .map_or_else(|| "-".to_owned(), |d| HumanDuration(d).to_string());
+        // The number key that selects the agent, and a mark on the one selected.
+        let mark = if selected.0 == Some(entity) { '>' } else { ' ' };
+        let key = if number < 9 {
+            (number + 1).to_string()
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "{:<6} {:<8} {:<15} {:<18} {:>6}",
+            "{mark}{key:<2}{:<6} {:<8} {:<14} {:<17} {:<11} {:>6}",
             name(agent.id),
             truncate(&npc.persona, 8),
             doing,
-            truncate(&view.plan_from, 18),
+            truncate(&view.plan_from, 17),
+            truncate(view.plan_intent.as_deref().unwrap_or("-"), 11),
             took
         );
     }
     let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "click an agent or press 1-9 to talk to it, Esc lets go"
+    );
     let _ = write!(out, "` opens the console (hm status, hm perf, help)");
     if text.0 != out {
         text.0 = out;
     }
 }
 
+/// `text` cut to `width` characters, the last one a `~` if it was cut (the HUD's font has no
+/// ellipsis).
 fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_owned()
     } else {
         let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        cut.push('…');
+        cut.push('~');
         cut
+    }
+}
+
+// ----- talking to an agent ---------------------------------------------------------------------
+
+/// The agent the player talks to, if any.
+#[derive(Resource, Default)]
+struct Selected(Option<Entity>);
+
+/// The talk box: the line being typed, and whether the box should take the keyboard.
+#[derive(Resource, Default)]
+struct TalkBox {
+    text: String,
+    focus: bool,
+}
+
+/// The number keys select agents in the HUD's order; Escape lets go. Not while a text box has the
+/// keyboard: the keys are being typed there.
+fn select_with_keys(
+    keys: Res<ButtonInput<KeyCode>>,
+    egui: Res<EguiWantsInput>,
+    arena: Res<Arena>,
+    mut selected: ResMut<Selected>,
+) {
+    if egui.wants_any_keyboard_input() {
+        return;
+    }
+    const NUMBERS: [(KeyCode, KeyCode); 9] = [
+        (KeyCode::Digit1, KeyCode::Numpad1),
+        (KeyCode::Digit2, KeyCode::Numpad2),
+        (KeyCode::Digit3, KeyCode::Numpad3),
+        (KeyCode::Digit4, KeyCode::Numpad4),
+        (KeyCode::Digit5, KeyCode::Numpad5),
+        (KeyCode::Digit6, KeyCode::Numpad6),
+        (KeyCode::Digit7, KeyCode::Numpad7),
+        (KeyCode::Digit8, KeyCode::Numpad8),
+        (KeyCode::Digit9, KeyCode::Numpad9),
+    ];
+    for (number, (digit, pad)) in NUMBERS.into_iter().enumerate() {
+        if keys.any_just_pressed([digit, pad])
+            && let Some(agent) = arena.numbered(number + 1)
+        {
+            selected.0 = Some(agent);
+        }
+    }
+    if keys.just_pressed(KeyCode::Escape) {
+        selected.0 = None;
+    }
+}
+
+/// A left click on an agent selects it; one on the arena's floor lets go. Not while the pointer
+/// is over a window of the console or the talk box.
+fn select_with_mouse(
+    buttons: Res<ButtonInput<MouseButton>>,
+    egui: Res<EguiWantsInput>,
+    windows: Query<&Window, With<PrimaryWindow>>,
+    cameras: Query<(&Camera, &GlobalTransform)>,
+    agents: Query<(Entity, &GlobalTransform, &Visibility), With<AgentView>>,
+    mut selected: ResMut<Selected>,
+) {
+    if !buttons.just_pressed(MouseButton::Left) || egui.wants_any_pointer_input() {
+        return;
+    }
+    let (Ok(window), Ok((camera, camera_at))) = (windows.single(), cameras.single()) else {
+        return;
+    };
+    let Some(cursor) = window.cursor_position() else {
+        return;
+    };
+    let Ok(at) = camera.viewport_to_world_2d(camera_at, cursor) else {
+        return;
+    };
+    let nearest = agents
+        .iter()
+        .filter(|(_, _, shown)| **shown != Visibility::Hidden)
+        .map(|(entity, place, _)| (entity, place.translation().truncate().distance(at)))
+        .filter(|(_, distance)| *distance <= CLICK_RADIUS)
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let (x0, y0) = ARENA_AT;
+    let on_floor =
+        (x0..x0 + 20.0 * CELL).contains(&cursor.x) && (y0..y0 + 14.0 * CELL).contains(&cursor.y);
+    match nearest {
+        Some((agent, _)) => selected.0 = Some(agent),
+        None if on_floor => selected.0 = None,
+        None => {}
+    }
+}
+
+/// A newly selected agent gets the talk box, which takes the keyboard (from the console too:
+/// the two cannot share it), and the ring that marks it.
+fn on_select(
+    selected: Res<Selected>,
+    mut talk: ResMut<TalkBox>,
+    views: Query<(Entity, &AgentView)>,
+    mut rings: Query<&mut Visibility, Without<AgentView>>,
+    #[cfg(feature = "console")] console: Option<ResMut<hivemind::bevy::console::Console>>,
+) {
+    if !selected.is_changed() {
+        return;
+    }
+    for (agent, view) in &views {
+        if let Ok(mut ring) = rings.get_mut(view.ring) {
+            *ring = if selected.0 == Some(agent) {
+                Visibility::Inherited
+            } else {
+                Visibility::Hidden
+            };
+        }
+    }
+    if selected.0.is_some() {
+        talk.focus = true;
+        #[cfg(feature = "console")]
+        if let Some(mut console) = console {
+            console.open = false;
+        }
+    }
+}
+
+/// The talk box of the selected agent: the last exchanges, the reply being written, and a line
+/// to type. Enter sends the line as a [`PlayerSaid`]. Hidden while the console is open, since the
+/// console keeps the keyboard.
+fn talk_box(
+    mut contexts: EguiContexts,
+    selected: Res<Selected>,
+    mut talk: ResMut<TalkBox>,
+    arena: Res<Arena>,
+    agents: Query<(&ArenaAgent, &AgentView, &Conversation, Option<&Thinking>)>,
+    mut said: MessageWriter<PlayerSaid>,
+    #[cfg(feature = "console")] console: Option<Res<hivemind::bevy::console::Console>>,
+) -> Result {
+    let Some(entity) = selected.0 else {
+        return Ok(());
+    };
+    let Ok((agent, view, conversation, thinking)) = agents.get(entity) else {
+        return Ok(());
+    };
+    #[cfg(feature = "console")]
+    if console.is_some_and(|c| c.open) {
+        return Ok(());
+    }
+    let ctx = contexts.ctx_mut()?;
+    let who = name(agent.id);
+    let number = arena
+        .entities
+        .keys()
+        .position(|id| *id == agent.id)
+        .filter(|i| *i < 9)
+        .map_or_else(String::new, |i| format!(" ({})", i + 1));
+    let alive = arena
+        .world
+        .agent(agent.id)
+        .is_some_and(hivemind_arena::Agent::is_alive);
+    let mut send = None;
+    egui::Window::new(format!("Say to {who}{number}"))
+        .id(egui::Id::new("arena talk box"))
+        .default_pos([TALK_AT.0, TALK_AT.1])
+        .default_size([WINDOW.0 as f32 - TALK_AT.0 - 24.0, 200.0])
+        .resizable(true)
+        .show(ctx, |ui| {
+            egui::ScrollArea::vertical()
+                .max_height(150.0)
+                .stick_to_bottom(true)
+                .auto_shrink([false, true])
+                .show(ui, |ui| {
+                    for exchange in &conversation.exchanges {
+                        ui.label(egui::RichText::new(format!("you: {}", exchange.player)).weak());
+                        ui.label(format!("{who}: {}", exchange.reply));
+                    }
+                    // The reply on its way, as far as it has been written.
+                    if let Some(thinking) = thinking.filter(|t| t.kind == RequestKind::Dialogue) {
+                        let so_far = if view.speech_request == Some(thinking.request) {
+                            view.speech.trim()
+                        } else {
+                            ""
+                        };
+                        ui.label(format!("{who}: {so_far}…"));
+                    }
+                });
+            ui.separator();
+            if !alive {
+                ui.label(format!("{who} is down and hears nothing."));
+                return;
+            }
+            let response = ui.add(
+                egui::TextEdit::singleline(&mut talk.text)
+                    .char_limit(MAX_SAID_CHARS)
+                    .hint_text("say something · Enter sends · Esc, then Esc again, lets go")
+                    .desired_width(f32::INFINITY),
+            );
+            // The key that opens the console is not part of what is said.
+            talk.text.retain(|c| c != '`');
+            if response.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                send = Some(std::mem::take(&mut talk.text));
+                talk.focus = true;
+            }
+            if std::mem::take(&mut talk.focus) {
+                response.request_focus();
+            }
+        });
+    if let Some(text) = send.filter(|t| !t.trim().is_empty()) {
+        said.write(PlayerSaid {
+            agent: entity,
+            text,
+        });
+    }
+    Ok(())
+}
+
+// ----- frame rate ------------------------------------------------------------------------------
+
+/// The frame-rate cap asked for with `--fps`, and the renderer's name if it draws on the CPU.
+#[derive(Resource, Default)]
+struct FrameRate {
+    asked: Option<f64>,
+    software: Option<String>,
+}
+
+/// Notes whether the renderer draws on the CPU: Mesa's llvmpipe, lavapipe or softpipe, or
+/// Google's `SwiftShader`.
+fn detect_software_renderer(adapter: Option<Res<RenderAdapterInfo>>, mut rate: ResMut<FrameRate>) {
+    let Some(adapter) = adapter else { return };
+    let name = adapter.name.to_lowercase();
+    if ["llvmpipe", "lavapipe", "softpipe", "swiftshader"]
+        .iter()
+        .any(|s| name.contains(s))
+    {
+        rate.software = Some(adapter.name.clone());
+    }
+}
+
+/// Caps the frame rate at `--fps`, or, without it, at [`SOFTWARE_FPS`] while the renderer
+/// draws on the CPU and the model runs in this process (the `local` backend), so both share the
+/// cores. The backend can change at any time (`hm backend`), so this follows it.
+fn cap_frame_rate(rate: Res<FrameRate>, hm: Res<Hivemind>, mut cap: ResMut<FrameCap>) {
+    let local = hm.backend().is_some_and(|b| b.as_str() == BackendId::LOCAL);
+    let wanted = match (rate.asked, &rate.software) {
+        (Some(fps), _) => FrameCap::fps(fps),
+        (None, Some(renderer)) if local => {
+            if cap.frame.is_none() {
+                info!(
+                    "arena: {renderer} draws on the CPU the model runs on: at most \
+                     {SOFTWARE_FPS} frames a second (--fps changes it)"
+                );
+            }
+            FrameCap::fps(SOFTWARE_FPS)
+        }
+        (None, _) => FrameCap::none(),
+    };
+    if cap.frame != wanted.frame {
+        *cap = wanted;
     }
 }
 
@@ -843,21 +1234,127 @@ struct Capture {
     frames: u32,
     frame: u32,
     taken_at: Option<u32>,
+    /// The backend whose plan must be on the HUD before the screenshot, and the longest wait
+    /// for one past `frames`.
+    wait_for: Option<(BackendId, Duration)>,
+    waiting_since: Option<Instant>,
+    /// What the screenshot shows, once it is taken.
+    shot: Arc<Mutex<Option<Shot>>>,
 }
 
-/// After `frames` frames, saves a screenshot; once it is on disk, exits.
-fn capture(mut commands: Commands, mut capture: ResMut<Capture>, mut exit: MessageWriter<AppExit>) {
+/// Completed plans by where they came from, since the start.
+#[derive(Resource, Default)]
+struct PlanTally {
+    /// From a model in time, by backend: (as written, repaired).
+    models: BTreeMap<BackendId, (u32, u32)>,
+    cache: u32,
+    fallbacks: u32,
+}
+
+impl PlanTally {
+    fn count(&mut self, plan: &PlanReady) {
+        match (&plan.source, plan.fallback) {
+            (PlanSource::Llm { backend, repaired }, None) => {
+                let (written, mended) = self.models.entry(backend.clone()).or_default();
+                if *repaired {
+                    *mended += 1;
+                } else {
+                    *written += 1;
+                }
+            }
+            (PlanSource::Cache, None) => self.cache += 1,
+            _ => self.fallbacks += 1,
+        }
+    }
+}
+
+/// What the screenshot showed: the plans so far and the HUD rows whose plan a model wrote.
+struct Shot {
+    frame: u32,
+    after: Duration,
+    models: BTreeMap<BackendId, (u32, u32)>,
+    cache: u32,
+    fallbacks: u32,
+    /// Per backend, the agents whose HUD row showed a plan it wrote.
+    rows: BTreeMap<BackendId, usize>,
+}
+
+impl std::fmt::Display for Shot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "screenshot at frame {} after {:.1} s; plans so far:",
+            self.frame,
+            self.after.as_secs_f64()
+        )?;
+        for (backend, (written, repaired)) in &self.models {
+            write!(f, " {written} from {backend} ({repaired} more repaired),")?;
+        }
+        write!(
+            f,
+            " {} from the cache, {} fallbacks",
+            self.cache, self.fallbacks
+        )?;
+        for (backend, rows) in &self.rows {
+            write!(f, "; {rows} HUD rows from {backend}")?;
+        }
+        Ok(())
+    }
+}
+
+/// After `frames` frames (and, if it waits for a model, once a plan of that model is on the HUD
+/// or the wait is over), saves a screenshot; once it is on disk, exits.
+fn capture(
+    mut commands: Commands,
+    mut capture: ResMut<Capture>,
+    tally: Res<PlanTally>,
+    hm: Res<Hivemind>,
+    time: Res<Time<Real>>,
+    views: Query<&AgentView>,
+    mut exit: MessageWriter<AppExit>,
+) {
     let Some(path) = capture.path.clone() else {
         return;
     };
     capture.frame += 1;
+    let rows = |backend: &BackendId| {
+        views
+            .iter()
+            .filter(|v| v.plan_model.as_ref() == Some(backend))
+            .count()
+    };
     match capture.taken_at {
         None if capture.frame >= capture.frames => {
+            // A model that cannot answer (no model file, or forced fallbacks) is not waited for.
+            if let Some((backend, longest)) = capture.wait_for.clone()
+                && hm.fallback_only().is_none()
+                && rows(&backend) == 0
+            {
+                let since = *capture.waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < longest {
+                    return;
+                }
+            }
             let _ = std::fs::remove_file(&path);
             commands
                 .spawn(Screenshot::primary_window())
                 .observe(save_to_disk(path));
             capture.taken_at = Some(capture.frame);
+            let shot = Shot {
+                frame: capture.frame,
+                after: time.elapsed(),
+                models: tally.models.clone(),
+                cache: tally.cache,
+                fallbacks: tally.fallbacks,
+                rows: tally
+                    .models
+                    .keys()
+                    .map(|backend| (backend.clone(), rows(backend)))
+                    .collect(),
+            };
+            if let Ok(mut slot) = capture.shot.lock() {
+                *slot = Some(shot);
+            }
         }
         Some(at) if path.is_file() && capture.frame > at + 2 => {
             exit.write(AppExit::Success);
@@ -868,6 +1365,24 @@ fn capture(mut commands: Commands, mut capture: ResMut<Capture>, mut exit: Messa
         }
         _ => {}
     }
+}
+
+/// Checks that plans from `backend` were on the HUD when the screenshot was taken.
+fn check_model_plans(shot: Option<&Shot>, backend: &BackendId) -> Result<String, String> {
+    let shot = shot.ok_or("no screenshot was taken")?;
+    let rows = shot.rows.get(backend).copied().unwrap_or(0);
+    let plans = shot
+        .models
+        .get(backend)
+        .map_or(0, |(written, repaired)| written + repaired);
+    if plans == 0 || rows == 0 {
+        return Err(format!(
+            "{plans} plans from {backend} before the screenshot, {rows} on the HUD \
+             ({} fallbacks)",
+            shot.fallbacks
+        ));
+    }
+    Ok(format!("{plans} plans from {backend}, {rows} on the HUD"))
 }
 
 /// Checks a screenshot of the scene: the arena floor, both teams' agents, the HUD's text and,

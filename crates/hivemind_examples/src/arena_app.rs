@@ -4,10 +4,14 @@
 //! [`NpcAgent`] and [`ArenaAgent`]. Each time hivemind's schedule runs:
 //!
 //! 1. before [`HivemindSystems::Gather`], every idle living agent whose plan is used up asks for
-//!    a new one, and now and then an agent banters (staggered by id);
+//!    a new one, and now and then an agent banters (staggered by id); then what the player said
+//!    to an agent ([`PlayerSaid`]) asks it for a reply and for a plan that answers it (see
+//!    [`talk`]);
 //! 2. after [`HivemindSystems::Apply`], every idle living agent begins the current step of its
-//!    [`ActivePlan`]; the world moves one tick on; each finished step becomes a
-//!    [`StepFinished`] (a failed one makes hivemind plan again); every snapshot is refreshed.
+//!    [`ActivePlan`], and an agent whose plan was replaced while it was busy (an answer to the
+//!    player) drops its old step for the new one; the world moves one tick on; each finished
+//!    step becomes a [`StepFinished`] (a failed one makes hivemind plan again); every snapshot is
+//!    refreshed.
 //!
 //! The headless tests, the benchmarks and the rendered example all run this one game loop.
 
@@ -26,6 +30,11 @@ use hivemind_core::backend::{
     BackendFactory, BatchAgent, FnFactory, InferenceBackend, Latency, Script, ScriptedBackend,
 };
 use hivemind_core::plan::{BackendId, OutputFormat, Plan};
+
+pub mod talk;
+
+use talk::{Answering, answer_player};
+pub use talk::{MAX_SAID_CHARS, PlayerSaid};
 
 /// Call signs, Red's six first.
 pub const NAMES: [&str; 12] = [
@@ -67,6 +76,20 @@ pub struct ArenaAgent {
     begun: Option<(RequestId, usize)>,
     /// The tick since which it has waited to ask for a plan.
     waiting_since: Option<u64>,
+    /// Set while the plan answering what the player said has not begun to arrive.
+    answering: Option<Answering>,
+}
+
+impl ArenaAgent {
+    /// The plan step it began last: the request of its plan and the step's index.
+    pub fn begun(&self) -> Option<(RequestId, usize)> {
+        self.begun
+    }
+
+    /// Whether it was spoken to and the first step of the plan answering it has not arrived.
+    pub fn is_answering(&self) -> bool {
+        self.answering.is_some()
+    }
 }
 
 /// Runs the arena with hivemind planning for its agents. See the [module docs](self).
@@ -137,12 +160,13 @@ impl Plugin for ArenaAppPlugin {
                         team,
                         begun: None,
                         waiting_since: None,
+                        answering: None,
                     },
                 ))
                 .id();
             entities.insert(id, entity);
         }
-        app.insert_resource(Arena {
+        app.add_message::<PlayerSaid>().insert_resource(Arena {
             world,
             assets: Arc::clone(&self.assets),
             entities,
@@ -157,7 +181,10 @@ impl Plugin for ArenaAppPlugin {
                 ArenaSystems::Act.after(HivemindSystems::Apply),
             ),
         )
-        .add_systems(self.schedule, ask.in_set(ArenaSystems::Ask))
+        .add_systems(
+            self.schedule,
+            (ask, answer_player).chain().in_set(ArenaSystems::Ask),
+        )
         .add_systems(
             self.schedule,
             (act, advance).chain().in_set(ArenaSystems::Act),
@@ -168,14 +195,15 @@ impl Plugin for ArenaAppPlugin {
 /// The arena's systems, around hivemind's sets in the same schedule.
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ArenaSystems {
-    /// Before [`HivemindSystems::Gather`]: agents ask for plans and banter.
+    /// Before [`HivemindSystems::Gather`]: agents ask for plans and banter, and answer the
+    /// player.
     Ask,
     /// After [`HivemindSystems::Apply`]: agents begin steps and the world moves a tick on.
     Act,
 }
 
 /// Idle agents with nothing left to do ask for a plan, in the rounds of [`Arena::stagger`];
-/// some banter.
+/// some banter. Agents answering the player wait for that answer instead.
 #[expect(
     clippy::needless_pass_by_value,
     reason = "Bevy systems take their parameters by value"
@@ -193,7 +221,7 @@ fn ask(
         let alive = world
             .agent(agent.id)
             .is_some_and(hivemind_arena::Agent::is_alive);
-        if !alive {
+        if !alive || agent.answering.is_some() {
             agent.waiting_since = None;
             continue;
         }
@@ -226,13 +254,20 @@ fn ask(
     }
 }
 
-/// Idle living agents begin their plan's current step.
+/// Idle living agents begin their plan's current step. A busy agent whose step belongs to a plan
+/// that has since been replaced (by one answering the player) drops it for the new plan's.
 fn act(
     mut arena: ResMut<Arena>,
     mut agents: Query<(Entity, &mut ArenaAgent, &ActivePlan)>,
     mut finished: MessageWriter<StepFinished>,
 ) {
     for (entity, mut agent, plan) in &mut agents {
+        if agent
+            .answering
+            .is_some_and(|answering| answering.replaces != plan.request)
+        {
+            agent.answering = None;
+        }
         let (Some(request), Some(step)) = (plan.request, plan.current_step()) else {
             continue;
         };
@@ -241,9 +276,12 @@ fn act(
         let alive = world
             .agent(agent.id)
             .is_some_and(hivemind_arena::Agent::is_alive);
-        if agent.begun == Some(key) || !alive || !world.is_idle(agent.id) {
+        let replaced = agent.begun.is_some_and(|(begun, _)| begun != request);
+        if agent.begun == Some(key) || !alive || !(world.is_idle(agent.id) || replaced) {
             continue;
         }
+        // The dropped step reports nothing, so no `StepFinished` of the old plan reaches the new.
+        world.cancel_step(agent.id);
         agent.begun = Some(key);
         if world.begin_step(agent.id, step).is_err() {
             finished.write(StepFinished {
@@ -254,7 +292,9 @@ fn act(
     }
 }
 
-/// The world moves one tick on; finished steps are reported and snapshots refreshed.
+/// The world moves one tick on; finished steps are reported and snapshots refreshed. A failed
+/// step of an agent answering the player is not: the plan on its way replaces the one that
+/// failed, where a report would ask for another.
 fn advance(
     mut arena: ResMut<Arena>,
     mut agents: Query<(&ArenaAgent, &mut AgentSnapshot)>,
@@ -263,6 +303,10 @@ fn advance(
     let report = arena.world.tick();
     for done in &report.finished {
         if let Some(&entity) = arena.entities.get(&done.agent) {
+            let answering = agents.get(entity).is_ok_and(|(a, _)| a.answering.is_some());
+            if answering && !done.ok {
+                continue;
+            }
             finished.write(StepFinished {
                 agent: entity,
                 ok: done.ok,

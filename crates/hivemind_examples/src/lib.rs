@@ -2,7 +2,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`arena_app`] | [`ArenaAppPlugin`](arena_app::ArenaAppPlugin): `hivemind_arena`'s rules driven by `bevy_hivemind`'s messages, and the arena's scripted "model" |
+//! | [`arena_app`] | [`ArenaAppPlugin`](arena_app::ArenaAppPlugin): `hivemind_arena`'s rules driven by `bevy_hivemind`'s messages, the player talking to agents ([`arena_app::talk`]), and the arena's scripted "model" |
+//! | [`frame_cap`] | [`FrameCapPlugin`](frame_cap::FrameCapPlugin): a frame-rate cap that leaves a local model its cores under a software renderer |
 //! | [`scenario_run`] | [`run_suite`](scenario_run::run_suite): situations run through the whole plugin and judged by the arena's scenario rules |
 //!
 //! The root package's `arena` and `scenarios` examples, its headless tests and its benchmarks
@@ -19,5 +20,6 @@
 //! not an API.
 
 pub mod arena_app;
+pub mod frame_cap;
 pub mod scenario_run;
 pub mod value_run;
