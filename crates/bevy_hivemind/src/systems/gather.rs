@@ -72,9 +72,13 @@ pub(crate) fn gather(
             replans.push(RequestPlan::new(done.agent));
         }
     }
-    let asks = plans
-        .read()
-        .cloned()
+    let asked: Vec<RequestPlan> = plans.read().cloned().collect();
+    // A failed step asks for a new plan, unless one is asked for this frame or one answering the
+    // player is on its way: replacing that would lose what the player said.
+    replans
+        .retain(|r| !asked.iter().any(|a| a.agent == r.agent) && !hm.is_answering_player(r.agent));
+    let asks = asked
+        .into_iter()
         .chain(replans)
         .map(|p| (p.agent, Err(p.order)))
         .collect::<Vec<_>>()

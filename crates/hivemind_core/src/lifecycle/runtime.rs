@@ -196,6 +196,14 @@ impl<K: AgentKey> Lifecycle<K> {
         &self.config
     }
 
+    /// Whether `agent` has a plan on its way that answers what the player said.
+    pub fn is_answering_player(&self, agent: K) -> bool {
+        self.by_agent
+            .get(&(agent, RequestSlot::Plan))
+            .and_then(|id| self.requests.get(id))
+            .is_some_and(|r| r.player_said.is_some() && !r.is_answered())
+    }
+
     /// The backend the workers use; `None` when no backend is registered.
     pub fn backend(&self) -> Option<BackendId> {
         self.pool.as_ref().map(WorkerPool::backend_id)

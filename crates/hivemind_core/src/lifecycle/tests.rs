@@ -772,3 +772,29 @@ fn only_lines_with_words_are_speech() {
     assert!(!is_speech("2.5m 1:30 m"));
     assert!(!is_speech(""));
 }
+
+#[test]
+fn a_plan_answering_the_player_is_known_until_it_is_answered() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    assert!(!hm.is_answering_player(AGENT));
+    let id = hm.request(
+        NewRequest {
+            agent: AGENT,
+            persona: "veteran".into(),
+            snapshot: snapshot(3),
+            ask: Ask::Plan {
+                order: Some("Fall back!".into()),
+            },
+        },
+        &mut metrics,
+    );
+    assert!(hm.is_answering_player(AGENT));
+    started(&mut hm, id);
+    step(&mut hm, id, ms(100), 0, "Reload");
+    finished(&mut hm, id, ms(120), completed());
+    assert!(!hm.is_answering_player(AGENT));
+    // A plan of its own answers nobody.
+    ask_plan(&mut hm, 3, &mut metrics);
+    assert!(!hm.is_answering_player(AGENT));
+}
