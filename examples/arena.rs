@@ -328,6 +328,8 @@ fn run_headless(args: &Args, assets: Arc<ArenaAssets>) {
     let mut app = App::new();
     app.add_plugins(MinimalPlugins);
     add_game(&mut app, args, assets);
+    app.init_resource::<BanterLog>()
+        .add_systems(Last, log_banter);
     app.finish();
     app.cleanup();
     let frame = Duration::from_secs_f64(1.0 / 60.0);
@@ -342,6 +344,25 @@ fn run_headless(args: &Args, assets: Arc<ArenaAssets>) {
     print!("{}", summary(app.world_mut(), args, started.elapsed()));
     app.world_mut().write_message(AppExit::Success);
     app.update();
+}
+
+/// Every banter line said in a headless run: how many the model wrote, and how many were said
+/// before.
+#[derive(Resource, Default)]
+struct BanterLog {
+    said: BTreeMap<String, u32>,
+    lines: u32,
+    from_model: u32,
+}
+
+fn log_banter(mut lines: MessageReader<LineReady>, mut log: ResMut<BanterLog>) {
+    for line in lines.read().filter(|l| l.kind == RequestKind::Banter) {
+        log.lines += 1;
+        if line.source == PlanSource::Cache {
+            log.from_model += 1;
+        }
+        *log.said.entry(line.text.clone()).or_default() += 1;
+    }
 }
 
 /// The headless summary: scores, then plans and lines by source, latency per kind, fallbacks by
@@ -402,6 +423,17 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
             q(full.p50()),
             q(full.p95()),
             q(full.p99()),
+        );
+    }
+    if let Some(log) = world.get_resource::<BanterLog>() {
+        let repeated: u32 = log.said.values().map(|n| n - 1).sum();
+        let _ = writeln!(
+            out,
+            "banter lines said {}: {} written by the model ({:.0} %), {} said before",
+            log.lines,
+            log.from_model,
+            100.0 * f64::from(log.from_model) / f64::from(log.lines.max(1)),
+            repeated
         );
     }
     let _ = writeln!(out);
