@@ -394,6 +394,8 @@ pub struct ValueFigures {
     pub replies_first_in_time: f64,
     /// Replies that began with a bridge.
     pub replies_bridged: usize,
+    /// The 95th percentile of a whole reply's latency, on hivemind's clock.
+    pub replies_p95: Duration,
 }
 
 impl ValueReport {
@@ -515,6 +517,11 @@ impl ValueReport {
                 .count(),
             replies.len(),
         );
+        let mut latencies = hivemind_core::metrics::Histogram::new();
+        for line in replies.iter().filter_map(|r| r.line.as_ref()) {
+            latencies.record(line.latency);
+        }
+        f.replies_p95 = latencies.p95().unwrap_or_default();
         f.replies_bridged = replies
             .iter()
             .filter(|r| r.line.as_ref().is_some_and(|l| l.bridged))
@@ -624,6 +631,11 @@ impl ValueReport {
             out,
             "| replies on topic | {:.0} % | | ≥ 60 % |",
             f.replies_on_topic
+        );
+        let _ = writeln!(
+            out,
+            "| a whole reply's latency, p95 | {} ms | | within `reply_ms` |",
+            f.replies_p95.as_millis()
         );
         let _ = writeln!(
             out,

@@ -629,7 +629,7 @@ fn spoken(out: &[Outgoing<u32>]) -> Vec<&str> {
         .collect()
 }
 
-/// The default deadlines (dialogue 100 ms, reply 2500 ms), and a bridge line for every persona.
+/// The default deadlines (dialogue 100 ms, reply 1500 ms), and a bridge line for every persona.
 fn bridging() -> Lifecycle<u32> {
     let mut hm = lifecycle();
     let templates = TemplateBook::from_ron(
@@ -682,7 +682,7 @@ fn a_bridged_reply_with_no_words_by_its_budget_ends_with_its_template() {
     hm.clock().advance(Duration::from_millis(101));
     hm.answer_late(&mut metrics);
     assert_eq!(spoken(&out(&mut hm)), ["Hm."]);
-    hm.clock().advance(Duration::from_millis(2500));
+    hm.clock().advance(Duration::from_millis(1500));
     hm.answer_late(&mut metrics);
     let out = out(&mut hm);
     // Only the template's part is spoken now; the line holds both.
@@ -694,7 +694,7 @@ fn a_bridged_reply_with_no_words_by_its_budget_ends_with_its_template() {
     assert_eq!(done[0].fallback, Some(FallbackReason::Deadline));
     assert!(done[0].bridged);
     // Words the model writes afterwards reach nobody.
-    worker(&mut hm, id, ms(2700), words("Too late."));
+    worker(&mut hm, id, ms(1700), words("Too late."));
     assert!(spoken(&hm.drain_outbox().collect::<Vec<_>>()).is_empty());
 }
 
@@ -706,8 +706,8 @@ fn a_reply_cut_at_its_budget_keeps_the_words_said_and_a_bridge_is_off_when_it_ca
     started(&mut hm, id);
     hm.clock().advance(Duration::from_millis(101));
     hm.answer_late(&mut metrics);
-    worker(&mut hm, id, ms(2000), words("Who "));
-    hm.clock().advance(Duration::from_millis(2500));
+    worker(&mut hm, id, ms(1000), words("Who "));
+    hm.clock().advance(Duration::from_millis(1500));
     hm.answer_late(&mut metrics);
     let out_now = out(&mut hm);
     let done = line_done(&out_now);
