@@ -145,6 +145,12 @@ struct Args {
     /// Headless: time comes from token counts, so the run repeats exactly.
     #[arg(long)]
     lockstep: bool,
+    /// Headless: fail unless at least this % of banter lines were written by the model.
+    #[arg(long)]
+    banter_floor: Option<f64>,
+    /// Headless: fail if more than this % of banter lines were said before.
+    #[arg(long)]
+    repeat_ceiling: Option<f64>,
     /// Renders `--frames` frames, saves a screenshot here and exits.
     #[arg(long)]
     screenshot: Option<PathBuf>,
@@ -342,8 +348,16 @@ fn run_headless(args: &Args, assets: Arc<ArenaAssets>) {
         }
     }
     print!("{}", summary(app.world_mut(), args, started.elapsed()));
+    let failed = app
+        .world()
+        .get_resource::<BanterLog>()
+        .and_then(|log| log.check(args.banter_floor, args.repeat_ceiling));
     app.world_mut().write_message(AppExit::Success);
     app.update();
+    if let Some(why) = failed {
+        eprintln!("arena: {why}");
+        std::process::exit(1);
+    }
 }
 
 /// Every banter line said in a headless run: how many the model wrote, and how many were said
@@ -353,6 +367,31 @@ struct BanterLog {
     said: BTreeMap<String, u32>,
     lines: u32,
     from_model: u32,
+}
+
+impl BanterLog {
+    fn share_from_model(&self) -> f64 {
+        100.0 * f64::from(self.from_model) / f64::from(self.lines.max(1))
+    }
+
+    fn repeated(&self) -> u32 {
+        self.said.values().map(|n| n - 1).sum()
+    }
+
+    /// What is wrong against `--banter-floor` and `--repeat-ceiling`, if anything.
+    fn check(&self, floor: Option<f64>, ceiling: Option<f64>) -> Option<String> {
+        let share = self.share_from_model();
+        let repeated = 100.0 * f64::from(self.repeated()) / f64::from(self.lines.max(1));
+        match (floor, ceiling) {
+            (Some(floor), _) if share < floor => Some(format!(
+                "{share:.1} % of banter from the model, under the floor of {floor} %"
+            )),
+            (_, Some(ceiling)) if repeated > ceiling => Some(format!(
+                "{repeated:.1} % of banter lines said before, over the ceiling of {ceiling} %"
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn log_banter(mut lines: MessageReader<LineReady>, mut log: ResMut<BanterLog>) {
@@ -426,14 +465,13 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
         );
     }
     if let Some(log) = world.get_resource::<BanterLog>() {
-        let repeated: u32 = log.said.values().map(|n| n - 1).sum();
         let _ = writeln!(
             out,
             "banter lines said {}: {} written by the model ({:.0} %), {} said before",
             log.lines,
             log.from_model,
-            100.0 * f64::from(log.from_model) / f64::from(log.lines.max(1)),
-            repeated
+            log.share_from_model(),
+            log.repeated()
         );
     }
     let _ = writeln!(out);
