@@ -29,6 +29,8 @@ pub struct GrammarStats {
 pub(crate) struct TokenChooser {
     grammar: Option<LlamaSampler>,
     sampling: Sampling,
+    /// The sampling outside `say` strings.
+    base: Sampling,
     /// The sampling of a `say` string's words, switched to by [`TokenChooser::enter_say`].
     say_sampling: Option<Sampling>,
     in_say: bool,
@@ -61,6 +63,7 @@ impl TokenChooser {
         Ok(TokenChooser {
             grammar,
             sampling,
+            base: sampling,
             say_sampling: None,
             in_say: false,
             said: Vec::new(),
@@ -90,6 +93,14 @@ impl TokenChooser {
         if let Some(say) = self.say_sampling {
             self.sampling = say;
         }
+    }
+
+    /// The `say` string has closed: back to the base sampling, with a fresh repetition memory
+    /// for the next agent's line (a shared prompt answers for several).
+    pub(crate) fn leave_say(&mut self) {
+        self.in_say = false;
+        self.sampling = self.base;
+        self.said.clear();
     }
 
     /// Chooses the next token from `logits` and advances the grammar past it. An

@@ -111,8 +111,14 @@ impl Slot {
     /// a `say` string opens; from then on every token is part of the line (the grammar closes
     /// it and the object in one go).
     fn watch_for_say(&mut self, text: &str) {
+        let mut text = text;
         if self.chooser.in_say() {
-            return;
+            // The grammar allows no quote inside a line: the first one closes it.
+            let Some(at) = text.find('"') else {
+                return;
+            };
+            self.chooser.leave_say();
+            text = &text[at + 1..];
         }
         self.tail.push_str(text);
         if self.tail.contains(SAY_OPENS) {

@@ -277,7 +277,8 @@ impl<K: AgentKey> Lifecycle<K> {
             LineVerdict::Pass => r.text.len(),
             LineVerdict::Cut(n) => {
                 r.gate = Gate::Cut;
-                n.min(r.text.len())
+                // Words already spoken stand: a copy found on its last word began in them.
+                n.clamp(r.delivered, r.text.len())
             }
             LineVerdict::Reject => {
                 r.gate = if r.delivered == 0 {
@@ -367,7 +368,15 @@ impl<K: AgentKey> Lifecycle<K> {
                     }
                     return;
                 }
-                self.complete_from_model(id, at, backend, None, metrics);
+                // A bridged reply's words past its reply deadline are not said.
+                let late = match self.requests.get_mut(&id) {
+                    Some(r) if r.phase == Phase::Bridged && !whole_in_time => {
+                        r.gate = Gate::Cut;
+                        Some(FallbackReason::Deadline)
+                    }
+                    _ => None,
+                };
+                self.complete_from_model(id, at, backend, late, metrics);
                 self.drop_request(id);
             }
             JobOutcome::Failed(failure) => {
@@ -485,13 +494,14 @@ impl<K: AgentKey> Lifecycle<K> {
         }
         let mut text = std::mem::take(&mut r.text);
         if r.gate == Gate::Open {
-            match r.check(&*filter, &copies, &text).verdict {
-                LineVerdict::Pass => {}
-                LineVerdict::Cut(n) => cut_at(&mut text, n),
-                LineVerdict::Reject => text.clear(),
-            }
-        }
-        if r.gate != Gate::Open || text.len() < delivered {
+            // Words already spoken stand whatever the verdict on the whole line.
+            let end = match r.check(&*filter, &copies, &text).verdict {
+                LineVerdict::Pass => text.len(),
+                LineVerdict::Cut(n) => n.max(delivered),
+                LineVerdict::Reject => delivered,
+            };
+            cut_at(&mut text, end);
+        } else {
             cut_at(&mut text, delivered);
         }
         if text.len() > delivered {

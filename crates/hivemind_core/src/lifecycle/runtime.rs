@@ -716,7 +716,10 @@ impl<K: AgentKey> Lifecycle<K> {
             None => {
                 // Another of the situation's templates if this one was said lately.
                 let fresh = (0..TEMPLATE_TRIES)
-                    .map(|i| template_line(&self.templates, persona, situation, slots, seed + i))
+                    .map(|i| {
+                        let seed = seed.wrapping_add(i);
+                        template_line(&self.templates, persona, situation, slots, seed)
+                    })
                     .find(|line| !self.banter.was_said(line));
                 let line = fresh.unwrap_or_else(|| {
                     template_line(&self.templates, persona, situation, slots, seed)

@@ -753,14 +753,24 @@ fn a_reply_that_copies_the_prompt_never_reaches_the_player() {
     let out_now = out(&mut hm);
     assert_eq!(spoken(&out_now), ["State your business."]);
     assert_eq!(line_done(&out_now)[0].fallback, Some(FallbackReason::Parse));
-    // A copy after words of its own: the line ends before the copy.
+    // A copy after words of its own, all in one piece: the line ends before the copy.
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    worker(&mut hm, id, ms(40), words("Me? Three down, who's next?"));
+    finished(&mut hm, id, ms(60), completed());
+    let out_now = out(&mut hm);
+    assert_eq!(line_done(&out_now)[0].text, "Me?");
+    assert_eq!(spoken(&out_now), ["Me?"]);
+    // Found on its fourth word, after three were spoken: those stand, the rest is not said, and
+    // the line holds exactly what the player heard.
     let id = ask_reply(&mut hm, &mut metrics);
     started(&mut hm, id);
     worker(&mut hm, id, ms(40), words("Me? Three down, "));
     worker(&mut hm, id, ms(50), words("who's next?"));
     finished(&mut hm, id, ms(60), completed());
     let out_now = out(&mut hm);
-    assert_eq!(line_done(&out_now)[0].text, "Me?");
+    assert_eq!(spoken(&out_now), ["Me? Three down, "]);
+    assert_eq!(line_done(&out_now)[0].text, "Me? Three down, ");
 }
 
 #[test]
@@ -797,4 +807,23 @@ fn a_plan_answering_the_player_is_known_until_it_is_answered() {
     // A plan of its own answers nobody.
     ask_plan(&mut hm, 3, &mut metrics);
     assert!(!hm.is_answering_player(AGENT));
+}
+
+#[test]
+fn a_bridged_reply_finishing_past_its_budget_keeps_only_the_words_in_time() {
+    let mut hm = bridging();
+    let mut metrics = Metrics::new();
+    let id = ask_reply(&mut hm, &mut metrics);
+    started(&mut hm, id);
+    hm.clock().advance(Duration::from_millis(101));
+    hm.answer_late(&mut metrics);
+    worker(&mut hm, id, ms(1000), words("Who "));
+    worker(&mut hm, id, ms(1600), words("goes there?"));
+    finished(&mut hm, id, ms(1700), completed());
+    let out_now = out(&mut hm);
+    assert_eq!(spoken(&out_now), ["Hm.", " Who "]);
+    let done = line_done(&out_now);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].text, "Hm. Who ");
+    assert_eq!(done[0].fallback, Some(FallbackReason::Deadline));
 }
