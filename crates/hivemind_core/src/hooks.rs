@@ -296,22 +296,29 @@ impl CopyCheck {
     /// The byte offset in `line` where its first run copied from a source or from one of `also`
     /// (texts for this line only: what the player said, the options shown) begins.
     pub fn copy_at(&self, line: &str, also: &[&str]) -> Option<usize> {
-        let extra: std::collections::HashSet<u64> = also
-            .iter()
-            .flat_map(|text| {
-                normalised_words(text)
-                    .windows(self.min_run)
-                    .map(run_key)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        self.copy_at_with(line, &self.for_line(also))
+    }
+
+    /// A check with this one's run length over `texts` alone: texts for one line (what the
+    /// player said, the options shown), built once and used with [`CopyCheck::copy_at_with`].
+    pub fn for_line(&self, texts: &[&str]) -> CopyCheck {
+        let mut check = CopyCheck::new(self.min_run);
+        for text in texts {
+            check.add_source(text);
+        }
+        check
+    }
+
+    /// Like [`CopyCheck::copy_at`], with the line's own texts in `also` (a check of the same
+    /// run length).
+    pub fn copy_at_with(&self, line: &str, also: &CopyCheck) -> Option<usize> {
         let spans = word_spans(line);
         let words: Vec<String> = spans.iter().map(|(_, w)| w.clone()).collect();
         words
             .windows(self.min_run)
             .position(|run| {
                 let key = run_key(run);
-                self.runs.contains(&key) || extra.contains(&key)
+                self.runs.contains(&key) || also.runs.contains(&key)
             })
             .map(|i| spans[i].0)
     }
@@ -319,7 +326,13 @@ impl CopyCheck {
     /// The check as a [`LineVerdict`] on the text of a line so far: the line ends before its
     /// first copied run, or is rejected if that leaves nothing.
     pub fn verdict(&self, line: &str, also: &[&str]) -> LineVerdict {
-        match self.copy_at(line, also) {
+        self.verdict_with(line, &self.for_line(also))
+    }
+
+    /// Like [`CopyCheck::verdict`], with the line's own texts already in a check
+    /// ([`CopyCheck::for_line`]).
+    pub fn verdict_with(&self, line: &str, also: &CopyCheck) -> LineVerdict {
+        match self.copy_at_with(line, also) {
             None => LineVerdict::Pass,
             Some(at) => match line[..at].trim_end().len() {
                 0 => LineVerdict::Reject,

@@ -39,12 +39,8 @@ pub fn judge_line(
     shown: &[&str],
     player_said: Option<&str>,
 ) -> LineJudgement {
-    let run = check.min_run();
-    let copy = check.is_copy(line)
-        || shown
-            .iter()
-            .any(|s| CopyCheck::new(run).with_source(s).is_copy(line));
-    let echo = player_said.is_some_and(|said| CopyCheck::new(run).with_source(said).is_copy(line));
+    let copy = check.copy_at(line, shown).is_some();
+    let echo = player_said.is_some_and(|said| check.for_line(&[said]).is_copy(line));
     LineJudgement {
         copy,
         echo,

@@ -221,6 +221,9 @@ pub(super) struct Request<K> {
     pub(super) bridge: Option<String>,
     /// The copy check stopped some of the model's text.
     pub(super) copied: bool,
+    /// What the model's line must not copy besides the prompt: what the player said, and the
+    /// options a guided prompt showed; built once, checked on every piece of text.
+    pub(super) shown: CopyCheck,
 }
 
 impl<K> Request<K> {
@@ -261,22 +264,9 @@ impl<K> Request<K> {
         metrics.record_first(self.kind, self.backend(), at.since(self.submitted));
     }
 
-    /// The texts a model's line must not copy besides the prompt's: what the player said, and
-    /// the options a guided prompt showed.
-    pub(super) fn shown(&self) -> Vec<String> {
-        let options = self.plan.iter().flat_map(|p| &p.options);
-        self.player_said
-            .iter()
-            .cloned()
-            .chain(options.map(|o| format!("{}: {}", o.label, o.reason)))
-            .collect()
-    }
-
     /// The line filter's and the copy check's verdict on `text`, the model's text so far.
     pub(super) fn check(&self, filter: &dyn LineFilter, copies: &CopyCheck, text: &str) -> Checked {
-        let shown = self.shown();
-        let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
-        let copy = copies.verdict(text, &shown);
+        let copy = copies.verdict_with(text, &self.shown);
         let verdict = filter.check(text).and(copy);
         Checked {
             copy: copy != LineVerdict::Pass && verdict == copy,
@@ -327,6 +317,23 @@ impl<K> Request<K> {
 pub(super) fn is_speech(line: &str) -> bool {
     line.split(|c: char| !c.is_alphabetic())
         .any(|w| w.chars().count() >= 2)
+}
+
+/// The copy check of a request's own texts: `player_said`, and each option as `label: reason`.
+pub(super) fn shown_check(
+    copies: &CopyCheck,
+    player_said: Option<&str>,
+    options: &[IntentOption],
+) -> CopyCheck {
+    let options: Vec<String> = options
+        .iter()
+        .map(|o| format!("{}: {}", o.label, o.reason))
+        .collect();
+    let texts: Vec<&str> = player_said
+        .into_iter()
+        .chain(options.iter().map(String::as_str))
+        .collect();
+    copies.for_line(&texts)
 }
 
 /// `text` after the filter: cut, or empty if rejected.

@@ -20,7 +20,7 @@ use crate::worker::{JobRequest, PromptContext, WorkerEvent, WorkerPool};
 
 use super::request::{
     Answer, Batch, FallbackExecutor, FallbackWork, Gate, Phase, PlanState, Prepared, Request,
-    filtered, template_line,
+    filtered, shown_check, template_line,
 };
 use super::{
     AgentKey, Ask, DuplicateBackend, FallbackOnly, LineDone, LineKind, NewRequest, Outgoing,
@@ -648,6 +648,7 @@ impl<K: AgentKey> Lifecycle<K> {
             plan,
             bridge: None,
             copied: false,
+            shown: shown_check(&self.copies, player_said.as_deref(), &options),
         };
         let Some(pool) = self.pool.as_mut().filter(|_| !self.force_fallback) else {
             let reason = if self.force_fallback {
@@ -894,6 +895,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 plan: None,
                 bridge: None,
                 copied: false,
+                shown: CopyCheck::new(self.copies.min_run()),
             }),
         );
         true
