@@ -106,6 +106,7 @@ fn run(workers: usize, seed: u64, ticks: usize) -> Run {
                             now,
                             Duration::from_millis(100 + 60 * u64::from(agent.0 % 6)),
                         ),
+                        spotlight: false,
                     },
                     tick as u64,
                 ));
@@ -141,6 +142,7 @@ fn run(workers: usize, seed: u64, ticks: usize) -> Run {
                     }
                 }
                 WorkerEventKind::Started { .. }
+                | WorkerEventKind::Routed { .. }
                 | WorkerEventKind::Intent { .. }
                 | WorkerEventKind::Words { .. } => {}
             }

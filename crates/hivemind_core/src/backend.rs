@@ -23,6 +23,7 @@ mod replay;
 mod scripted;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use replay::{
     RecordedStream, Recorder, RecordingFactory, ReplayBackend, ReplayFactory, Transcript,
@@ -30,8 +31,8 @@ pub use replay::{
 };
 pub use scripted::{Latency, Script, ScriptedBackend};
 
-use crate::clock::Deadline;
-use crate::config::{PromptLayout, Sampling};
+use crate::clock::{Clock, Deadline, Timestamp};
+use crate::config::{HivemindConfig, PromptLayout, Sampling, Throughput};
 use crate::plan::{BackendId, OutputFormat, RequestKind};
 use crate::prompt::{AgentTask, SequencePrompt, SharedPrompt};
 use crate::snapshot::{AgentId, WorldSnapshot};
@@ -106,10 +107,17 @@ pub struct Batch {
     pub say_sampling: Sampling,
     /// The seed for random sampling, derived from the config's seed and the batch's content.
     pub seed: u64,
+    /// Whether its requests are scenes the player is watching (a batch never mixes the two).
+    pub spotlight: bool,
     /// The agents, in batch order (ascending agent id).
     pub agents: Vec<BatchAgent>,
     /// With the shared-prompt layout: the one prompt and grammar for all agents.
     pub shared: Option<SharedStream>,
+    /// The pool's clock, which the agents' deadlines are on.
+    pub clock: Clock,
+    /// When the batch started on `clock`. On a virtual clock a stream's time is this plus what
+    /// its tokens cost, not what the machine took.
+    pub start: Timestamp,
 }
 
 impl Batch {
@@ -119,6 +127,24 @@ impl Batch {
             1
         } else {
             self.agents.len()
+        }
+    }
+
+    /// The time on the batch's clock for a stream that has used `spent` of virtual time: on a
+    /// real-time clock simply now.
+    pub fn now(&self, spent: Duration) -> Timestamp {
+        if self.clock.is_virtual() {
+            self.start.after(spent)
+        } else {
+            self.clock.now()
+        }
+    }
+
+    /// The deadline of `stream`: its agent's, or with the shared prompt the earliest of all.
+    pub fn deadline(&self, stream: usize) -> Option<Deadline> {
+        match &self.shared {
+            Some(_) => self.agents.iter().map(|a| a.deadline).min(),
+            None => self.agents.get(stream).map(|a| a.deadline),
         }
     }
 }
@@ -143,6 +169,19 @@ pub enum BackendError {
     Failed(String),
 }
 
+/// A backend that composes others (the router) hands a stream to one of them: see
+/// [`BatchSink::hand_off`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handoff {
+    /// The backend that answers the stream from now on: completions name it.
+    pub backend: BackendId,
+    /// What a virtual clock charges for its tokens; `None` keeps the clock's rate.
+    pub throughput: Option<Throughput>,
+    /// The stream's virtual time already spent by the backends that failed it before; its
+    /// stamps come after it.
+    pub after: Duration,
+}
+
 /// Where a backend reports what it writes. Streams are numbered from zero; see
 /// [`Batch::streams`].
 pub trait BatchSink {
@@ -155,6 +194,12 @@ pub trait BatchSink {
     /// Whether nobody wants `stream` any more; a backend should stop it at the next decode
     /// step and free what it holds.
     fn is_cancelled(&self, stream: usize) -> bool;
+    /// `stream` is answered by another backend from now on, and its token counts start again
+    /// from zero. Only a backend that composes others calls it; a sink that does not care which
+    /// backend answers ignores it.
+    fn hand_off(&mut self, stream: usize, handoff: &Handoff) {
+        let _ = (stream, handoff);
+    }
 }
 
 /// Something that writes answers. Its name is its factory's ([`BackendFactory::id`]).
@@ -184,10 +229,17 @@ pub trait BackendFactory: Send + Sync {
     fn info(&self) -> BackendInfo {
         BackendInfo::default()
     }
+
+    /// Takes the configuration in force: called when the pool starts and after every reload or
+    /// edit. A backend that reads settings from `hivemind.ron` (a remote server's address, the
+    /// router's routes) keeps what concerns it; the others ignore it.
+    fn configure(&self, config: &HivemindConfig) {
+        let _ = config;
+    }
 }
 
 /// What a [`BackendFactory`] says of itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BackendInfo {
     /// What writes the answers: a model file, a server, a transcript.
     pub source: Option<String>,
@@ -197,6 +249,11 @@ pub struct BackendInfo {
     /// decoded state the backend holds now, for a backend that keeps any; `None` for one that
     /// sends text.
     pub warm_levels: Option<Vec<u64>>,
+    /// What a virtual clock charges for the backend's tokens, where it is not the clock's own
+    /// rate (a remote server's, from its config).
+    pub throughput: Option<Throughput>,
+    /// For a backend that routes to others: each one's state per request kind.
+    pub routes: Option<Vec<crate::router::LinkStatus>>,
 }
 
 /// A [`BackendFactory`] from a closure.
@@ -264,6 +321,10 @@ impl<F: BackendFactory + ?Sized> BackendFactory for Renamed<F> {
 
     fn info(&self) -> BackendInfo {
         self.inner.info()
+    }
+
+    fn configure(&self, config: &HivemindConfig) {
+        self.inner.configure(config);
     }
 }
 

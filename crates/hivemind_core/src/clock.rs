@@ -222,11 +222,31 @@ impl Clock {
         prompt_tokens: u64,
         generated_tokens: u64,
     ) -> Timestamp {
+        self.stamp_at(job_start, prompt_tokens, generated_tokens, None)
+    }
+
+    /// [`Clock::stamp`] for a backend whose tokens a virtual clock charges at `rate` instead of
+    /// its own (`None`).
+    pub fn stamp_at(
+        &self,
+        job_start: Timestamp,
+        prompt_tokens: u64,
+        generated_tokens: u64,
+        rate: Option<Throughput>,
+    ) -> Timestamp {
         match self.kind {
             ClockKind::RealTime => self.now(),
             ClockKind::Lockstep(t) | ClockKind::Manual(t) => {
-                job_start.after(t.duration(prompt_tokens, generated_tokens))
+                job_start.after(rate.unwrap_or(t).duration(prompt_tokens, generated_tokens))
             }
+        }
+    }
+
+    /// The rate a virtual clock charges tokens at; `None` on a real-time clock.
+    pub fn throughput(&self) -> Option<Throughput> {
+        match self.kind {
+            ClockKind::RealTime => None,
+            ClockKind::Lockstep(t) | ClockKind::Manual(t) => Some(t),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `hivemind.ron`: deadlines, batching, cache, model, sampling, budgets and the clock.
+//! `hivemind.ron`: deadlines, batching, cache, model, sampling, budgets, the clock, remote
+//! servers and routes.
 //!
 //! Every field has a default, so a config file only names what it changes. All RON the crate
 //! reads (this file, action registries, GOAP domains, templates) goes through [`parse_ron`],
@@ -8,6 +9,7 @@
 //! overrides them when it loads or reloads, and console edits override both until the next
 //! reload.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -109,6 +111,12 @@ pub struct HivemindConfig {
     pub budgets: Budgets,
     /// How time is measured.
     pub clock: ClockConfig,
+    /// Inference servers, by the backend id each is registered under (`"remote"` for the one
+    /// `hivemind_remote::RemoteFactory::new()` makes). Read by each remote backend at every
+    /// batch, so a reload takes effect at once.
+    pub remotes: BTreeMap<String, RemoteConfig>,
+    /// Which backends the `router` backend tries, per request.
+    pub router: RouterConfig,
 }
 
 impl HivemindConfig {
@@ -155,6 +163,14 @@ impl HivemindConfig {
         if !(t.prompt_tokens_per_sec > 0.0 && t.generated_tokens_per_sec > 0.0) {
             return Err("clock.throughput rates must be positive".into());
         }
+        for (id, remote) in &self.remotes {
+            remote
+                .validate()
+                .map_err(|message| format!("remotes.{id}.{message}"))?;
+        }
+        self.router
+            .validate()
+            .map_err(|message| format!("router.{message}"))?;
         for (kind, s) in [
             ("banter", &self.sampling.banter),
             ("dialogue", &self.sampling.dialogue),
@@ -557,6 +573,162 @@ impl Default for Throughput {
     }
 }
 
+/// How a server takes constrained output, and which of its endpoints is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
+pub enum Dialect {
+    /// llama.cpp's `llama-server`: the native `/completion` endpoint with the prompt's exact
+    /// text, the batch's GBNF in `grammar`, `cache_prompt` and a slot per persona.
+    #[default]
+    LlamaServer,
+    /// vLLM: `/v1/completions` with the GBNF in `structured_outputs.grammar`.
+    Vllm,
+    /// SGLang: `/v1/completions` with the GBNF in `ebnf`.
+    Sglang,
+    /// Ollama: `/v1/chat/completions` with a JSON schema of the answer in `response_format`.
+    Ollama,
+    /// OpenAI and servers that take only its fields: `/v1/chat/completions` with a strict JSON
+    /// schema of the answer in `response_format`.
+    OpenAi,
+}
+
+/// One inference server speaking the OpenAI-compatible API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
+pub struct RemoteConfig {
+    /// The server's base URL, such as `http://127.0.0.1:8080`; the dialect adds the path.
+    pub url: String,
+    /// The model name sent with each request; empty sends none (llama-server serves one model).
+    pub model: String,
+    /// The environment variable holding the API key, sent as `Authorization: Bearer …`. The key
+    /// itself never appears in a config file.
+    pub api_key_env: Option<String>,
+    /// Which fields the server takes.
+    pub dialect: Dialect,
+    /// The most HTTP requests in flight at once from one worker; a batch's agents beyond it wait
+    /// for a free one, earliest deadline first.
+    pub max_concurrent: usize,
+    /// How long connecting may take, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How long the server may stay silent (before its first byte, or between two events), in
+    /// milliseconds.
+    pub read_timeout_ms: u64,
+    /// What the lockstep clock charges for this server's tokens.
+    pub throughput: Throughput,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            url: "http://127.0.0.1:8080".into(),
+            model: String::new(),
+            api_key_env: None,
+            dialect: Dialect::LlamaServer,
+            max_concurrent: 16,
+            connect_timeout_ms: 1000,
+            read_timeout_ms: 5000,
+            throughput: Throughput::default(),
+        }
+    }
+}
+
+impl RemoteConfig {
+    /// A server at `url`, otherwise the defaults.
+    pub fn at(url: impl Into<String>) -> Self {
+        RemoteConfig {
+            url: url.into(),
+            ..RemoteConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!(
+                "url must start with http:// or https://, not {:?}",
+                self.url
+            ));
+        }
+        if self.max_concurrent == 0 {
+            return Err("max_concurrent must be at least 1".into());
+        }
+        if self.connect_timeout_ms == 0 || self.read_timeout_ms == 0 {
+            return Err("connect_timeout_ms and read_timeout_ms must be at least 1".into());
+        }
+        let t = &self.throughput;
+        if !(t.prompt_tokens_per_sec > 0.0 && t.generated_tokens_per_sec > 0.0) {
+            return Err("throughput rates must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which backends the `router` backend tries, and when it stops trying one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
+pub struct RouterConfig {
+    /// The routes, first match wins. A request no route matches tries every backend the router
+    /// holds, in the order it was given them.
+    pub routes: Vec<Route>,
+    /// How often a backend skipped for being too slow is tried again, in milliseconds (on the
+    /// pool's clock).
+    pub probe_ms: u64,
+    /// How many of a backend's latest answers per request kind its p95 is taken over.
+    pub window: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            routes: Vec::new(),
+            probe_ms: 5000,
+            window: 20,
+        }
+    }
+}
+
+impl RouterConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.window == 0 {
+            return Err("window must be at least 1".into());
+        }
+        if let Some(i) = self.routes.iter().position(|r| r.chain.is_empty()) {
+            return Err(format!("routes[{i}].chain must name at least one backend"));
+        }
+        Ok(())
+    }
+}
+
+/// A route: which requests it takes, and the backends they try, in order. The planner or the
+/// templates answer after the last one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
+pub struct Route {
+    /// The request kind it takes; `None` takes every kind.
+    pub kind: Option<RequestKind>,
+    /// `Some(true)` takes only spotlight requests, `Some(false)` only the others.
+    pub spotlight: Option<bool>,
+    /// Takes only prompts of at least this many bytes (the largest of the batch's).
+    pub min_prompt_bytes: Option<usize>,
+    /// Takes only prompts of at most this many bytes.
+    pub max_prompt_bytes: Option<usize>,
+    /// Backend ids, tried in this order while the deadline allows.
+    pub chain: Vec<String>,
+}
+
+impl Route {
+    /// Whether the route takes a batch of `kind`, with the spotlight flag `spotlight`, whose
+    /// largest prompt is `prompt_bytes` long.
+    pub fn takes(&self, kind: RequestKind, spotlight: bool, prompt_bytes: usize) -> bool {
+        self.kind.is_none_or(|k| k == kind)
+            && self.spotlight.is_none_or(|s| s == spotlight)
+            && self.min_prompt_bytes.is_none_or(|m| prompt_bytes >= m)
+            && self.max_prompt_bytes.is_none_or(|m| prompt_bytes <= m)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,6 +803,31 @@ mod tests {
         let err = HivemindConfig::load(Path::new("/no/such/hivemind.ron")).unwrap_err();
         assert!(matches!(err, LoadError::Io { .. }));
         assert!(err.to_string().contains("/no/such/hivemind.ron"));
+    }
+
+    #[test]
+    fn remotes_and_routes_parse_and_are_checked() {
+        let config = HivemindConfig::from_ron(
+            r#"(
+                remotes: { "big": (url: "http://10.0.0.2:8000", dialect: Vllm, model: "m") },
+                router: (routes: [(kind: Dialogue, spotlight: true, chain: ["big", "local"])]),
+            )"#,
+            "h.ron",
+        )
+        .unwrap();
+        assert_eq!(config.remotes["big"].dialect, Dialect::Vllm);
+        assert_eq!(config.remotes["big"].max_concurrent, 16);
+        let route = &config.router.routes[0];
+        assert!(route.takes(RequestKind::Dialogue, true, 100));
+        assert!(!route.takes(RequestKind::Dialogue, false, 100));
+        assert!(!route.takes(RequestKind::Plan, true, 100));
+
+        let err = HivemindConfig::from_ron(r#"(remotes: { "r": (url: "10.0.0.2") })"#, "h.ron")
+            .unwrap_err();
+        assert!(err.to_string().contains("remotes.r.url"), "{err}");
+        let err =
+            HivemindConfig::from_ron("(router: (routes: [(chain: [])]))", "h.ron").unwrap_err();
+        assert!(err.to_string().contains("router.routes[0].chain"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod plan;
 pub mod prompt;
+pub mod router;
 pub mod snapshot;
 pub mod stream;
 pub mod templates;

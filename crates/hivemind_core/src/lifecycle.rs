@@ -115,6 +115,8 @@ pub struct NewRequest<K> {
     pub agent: K,
     /// Its persona.
     pub persona: String,
+    /// A scene the player is watching: a router may send it to another backend.
+    pub spotlight: bool,
     /// What it knows.
     pub snapshot: WorldSnapshot,
     /// Plan, or which line.

@@ -94,6 +94,10 @@ impl BackendId {
     pub const REPLAY: &'static str = "replay";
     /// The in-process llama.cpp backend's default name.
     pub const LOCAL: &'static str = "local";
+    /// The remote backend's default name (`hivemind_remote`).
+    pub const REMOTE: &'static str = "remote";
+    /// The router's name.
+    pub const ROUTER: &'static str = "router";
 
     /// A backend named `name`.
     pub fn new(name: impl AsRef<str>) -> Self {

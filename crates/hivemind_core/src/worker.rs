@@ -12,9 +12,9 @@
 //! # Batching
 //!
 //! Batches are formed on the game's thread, deterministically: the jobs submitted since the last
-//! dispatch are ordered by tick, request kind, format and agent id, and cut into batches of at
-//! most `max_batch`. Which worker runs a batch never changes what is in it, so a lockstep run
-//! gives the same answers with one worker or four.
+//! dispatch are ordered by tick, request kind, format, spotlight flag and agent id, and cut into
+//! batches of at most `max_batch`. Which worker runs a batch never changes what is in it, so a
+//! lockstep run gives the same answers with one worker or four.
 //!
 //! # Overflow
 //!
@@ -66,6 +66,8 @@ pub struct JobRequest {
     pub snapshot: Arc<WorldSnapshot>,
     /// When its first step, first words or whole line is due.
     pub deadline: Deadline,
+    /// A scene the player is watching: batched apart, so a router can send it elsewhere.
+    pub spotlight: bool,
 }
 
 /// Something that happened to a job.
@@ -84,6 +86,11 @@ pub struct WorkerEvent {
 /// What happened to a job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WorkerEventKind {
+    /// Another backend answers the job from here on: one a router handed it to.
+    Routed {
+        /// That backend.
+        backend: BackendId,
+    },
     /// A backend began the job.
     Started {
         /// The backend.
@@ -421,6 +428,7 @@ impl WorkerPool {
                 j.tick,
                 j.request.task.kind(),
                 j.request.task.format() as u8,
+                j.request.spotlight,
                 j.request.agent,
                 j.id,
             )
@@ -428,7 +436,10 @@ impl WorkerPool {
         let max = self.batching.max_batch.max(1);
         let mut batch: Vec<PendingJob> = Vec::with_capacity(max);
         for job in jobs {
-            let key = |j: &PendingJob| (j.tick, j.request.task.kind(), j.request.task.format());
+            let key = |j: &PendingJob| {
+                let r = &j.request;
+                (j.tick, r.task.kind(), r.task.format(), r.spotlight)
+            };
             if batch.len() == max || batch.first().is_some_and(|first| key(first) != key(&job)) {
                 self.send(std::mem::take(&mut batch));
             }
@@ -546,4 +557,4 @@ impl Drop for WorkerPool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

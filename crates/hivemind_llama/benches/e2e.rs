@@ -514,6 +514,7 @@ fn default_config(
                 task: task.clone(),
                 snapshot: Arc::new(s.clone()),
                 deadline: Deadline::after(start, Duration::from_millis(500)),
+                spotlight: false,
             },
             0,
         );

@@ -267,6 +267,7 @@ impl BackendFactory for LlamaFactory {
             source: Some(self.file.path().display().to_string()),
             quantization: self.file.quantization().map(|q| q.tag().to_owned()),
             warm_levels: Some(self.warm.keys()),
+            ..BackendInfo::default()
         }
     }
 }

@@ -129,6 +129,7 @@ fn requests(arena: &Arena, format: OutputFormat, n: usize, stride: usize) -> Vec
             task: task(format, i),
             snapshot: Arc::new(s.clone()),
             deadline: Deadline::after(Timestamp::ZERO, Duration::from_millis(100 + 50 * i as u64)),
+            spotlight: false,
         })
         .collect()
 }

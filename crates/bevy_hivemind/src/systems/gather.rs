@@ -80,11 +80,11 @@ pub(crate) fn gather(
     let asks = asked
         .into_iter()
         .chain(replans)
-        .map(|p| (p.agent, Err(p.order)))
+        .map(|p| (p.agent, p.spotlight, Err(p.order)))
         .collect::<Vec<_>>()
         .into_iter()
-        .chain(lines.read().map(|l| (l.agent, Ok(l))));
-    for (entity, line) in asks {
+        .chain(lines.read().map(|l| (l.agent, l.spotlight, Ok(l))));
+    for (entity, spotlight, line) in asks {
         let Ok((agent, snapshot, conversation, _)) = agents.get(entity) else {
             warn!("hivemind: {entity} asked for something but is not an NpcAgent");
             continue;
@@ -108,6 +108,7 @@ pub(crate) fn gather(
         let request = NewRequest {
             agent: entity,
             persona: agent.persona.clone(),
+            spotlight,
             snapshot: snapshot.0.clone(),
             ask,
         };

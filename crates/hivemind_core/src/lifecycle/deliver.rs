@@ -128,6 +128,11 @@ impl<K: AgentKey> Lifecycle<K> {
                     metrics.record_batch(batch_size);
                 }
             }
+            WorkerEventKind::Routed { backend } => {
+                if let Some(r) = self.requests.get_mut(&id) {
+                    r.backend = Some(backend);
+                }
+            }
             WorkerEventKind::Step { step, .. } => self.on_step(id, at, step, metrics),
             WorkerEventKind::Intent { intent } => self.on_intent(id, at, intent, metrics),
             WorkerEventKind::Words { text } => self.on_words(id, at, &text, metrics),

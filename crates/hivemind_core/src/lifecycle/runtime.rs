@@ -120,6 +120,7 @@ impl<K: AgentKey> Lifecycle<K> {
             if backends.insert(factory.id(), Arc::clone(factory)).is_some() {
                 return Err(DuplicateBackend(factory.id()).into());
             }
+            factory.configure(&parts.config);
         }
         let chosen = match parts.backend {
             Some(id) => Some(
@@ -274,6 +275,7 @@ impl<K: AgentKey> Lifecycle<K> {
         if self.backends.contains_key(&id) {
             return Err(DuplicateBackend(id));
         }
+        factory.configure(&self.config);
         self.backends.insert(id, factory);
         Ok(())
     }
@@ -283,6 +285,7 @@ impl<K: AgentKey> Lifecycle<K> {
     pub fn replace_backend(&mut self, factory: Arc<dyn BackendFactory>) {
         let id = factory.id();
         let in_use = self.backend().as_ref() == Some(&id);
+        factory.configure(&self.config);
         self.backends.insert(id, Arc::clone(&factory));
         if in_use {
             // A recording wrapped the old one; it ends here.
@@ -352,6 +355,9 @@ impl<K: AgentKey> Lifecycle<K> {
             );
         }
         self.config = config;
+        for factory in self.backends.values() {
+            factory.configure(&self.config);
+        }
         if prompt_changed {
             self.rebuild_context();
         }
@@ -676,6 +682,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 task,
                 snapshot: Arc::clone(&snapshot),
                 deadline,
+                spotlight: new.spotlight,
             },
             self.tick,
         );
@@ -867,6 +874,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 },
                 snapshot: Arc::clone(&snapshot),
                 deadline,
+                spotlight: false,
             },
             self.tick,
         );

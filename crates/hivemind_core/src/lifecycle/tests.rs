@@ -118,6 +118,7 @@ fn ask_plan(hm: &mut Lifecycle<u32>, ammo: i64, metrics: &mut Metrics) -> Reques
         NewRequest {
             agent: AGENT,
             persona: "veteran".into(),
+            spotlight: false,
             snapshot: snapshot(ammo),
             ask: Ask::Plan { order: None },
         },
@@ -130,6 +131,7 @@ fn ask_reply(hm: &mut Lifecycle<u32>, metrics: &mut Metrics) -> RequestId {
         NewRequest {
             agent: AGENT,
             persona: "veteran".into(),
+            spotlight: false,
             snapshot: snapshot(3),
             ask: Ask::Line {
                 kind: LineKind::Dialogue {
@@ -258,6 +260,30 @@ fn a_first_step_in_time_is_acted_on_and_the_rest_streams() {
     assert_eq!(done[0].steps.len(), 2);
     assert_eq!(done[0].first_after, Duration::from_millis(200));
     assert_eq!(hm.phase(id), None, "the request is over");
+}
+
+#[test]
+fn a_plan_a_router_handed_on_names_the_backend_that_answered() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    let routed = |name: &str| WorkerEventKind::Routed {
+        backend: BackendId::new(name),
+    };
+    worker(&mut hm, id, ms(0), routed("remote"));
+    worker(&mut hm, id, ms(50), routed("local"));
+    step(&mut hm, id, ms(200), 0, "Attack");
+    finished(&mut hm, id, ms(300), completed());
+    let out = out(&mut hm);
+    let done = plan_done(&out);
+    assert_eq!(
+        done[0].source,
+        PlanSource::Llm {
+            backend: BackendId::new("local"),
+            repaired: false
+        }
+    );
 }
 
 #[test]
@@ -462,6 +488,7 @@ fn banter_never_waits_and_idle_time_fills_its_pool() {
             NewRequest {
                 agent: AGENT,
                 persona: "veteran".into(),
+                spotlight: false,
                 snapshot: snapshot(3),
                 ask: Ask::Line {
                     kind: LineKind::Banter,
@@ -792,6 +819,7 @@ fn a_plan_answering_the_player_is_known_until_it_is_answered() {
         NewRequest {
             agent: AGENT,
             persona: "veteran".into(),
+            spotlight: false,
             snapshot: snapshot(3),
             ask: Ask::Plan {
                 order: Some("Fall back!".into()),

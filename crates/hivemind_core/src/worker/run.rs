@@ -13,9 +13,10 @@ use super::{
 };
 use crate::action::ActionRegistry;
 use crate::backend::{
-    BackendError, Batch, BatchAgent, BatchSink, InferenceBackend, JobId, TokenUsage,
+    BackendError, Batch, BatchAgent, BatchSink, Handoff, InferenceBackend, JobId, TokenUsage,
 };
 use crate::clock::{Clock, Deadline, Timestamp};
+use crate::config::Throughput;
 use crate::plan::OutputFormat;
 use crate::snapshot::{AgentId, WorldSnapshot};
 use crate::stream::{StreamEvent, StreamParser};
@@ -232,7 +233,9 @@ impl<'s> Run<'s> {
             .iter()
             .map(|i| (self.item_jobs[*i].id, &self.item_jobs[*i].request))
             .collect();
-        let (batch, failed) = context.build_batch(self.batch_id, self.tick, self.kind, &jobs);
+        let (mut batch, failed) = context.build_batch(self.batch_id, self.tick, self.kind, &jobs);
+        batch.clock = self.clock.clone();
+        batch.start = now;
         for (j, error) in failed {
             self.finish(
                 live[j],
@@ -273,7 +276,11 @@ impl<'s> Run<'s> {
             return;
         }
 
+        let rate = factory.info().throughput;
         let mut sink = Sink::new(self, &batch, slot_of, &context.registry, now);
+        for charge in &mut sink.charges {
+            charge.1 = rate;
+        }
         let result = backend.run(&batch, &mut sink);
         let outcome_of_run = result.err();
         drop(sink);
@@ -291,6 +298,9 @@ struct Sink<'r, 's> {
     start: Timestamp,
     /// For each stream: its parser, and the slots it answers for.
     streams: Vec<(StreamParser, Vec<usize>)>,
+    /// For each stream, on a virtual clock: the time spent before its backend took it, and the
+    /// rate its backend's tokens are charged at (`None`: the clock's).
+    charges: Vec<(std::time::Duration, Option<Throughput>)>,
     /// Shared layout: agent id → slot.
     by_agent: HashMap<AgentId, usize>,
     events: Vec<StreamEvent>,
@@ -343,10 +353,22 @@ impl<'r, 's> Sink<'r, 's> {
             run,
             registry,
             start,
+            charges: vec![(std::time::Duration::ZERO, None); streams.len()],
             streams,
             by_agent,
             events: Vec::new(),
         }
+    }
+
+    /// When `stream` wrote what cost `usage`.
+    fn stamp(&self, stream: usize, usage: TokenUsage) -> Timestamp {
+        let (after, rate) = self.charges.get(stream).copied().unwrap_or_default();
+        self.run.clock.stamp_at(
+            self.start.after(after),
+            usage.prompt_tokens,
+            usage.generated_tokens,
+            rate,
+        )
     }
 
     fn slot_for(&self, stream: usize, agent: AgentId) -> Option<usize> {
@@ -391,10 +413,7 @@ impl<'r, 's> Sink<'r, 's> {
 
 impl BatchSink for Sink<'_, '_> {
     fn text(&mut self, stream: usize, text: &str, usage: TokenUsage) {
-        let at = self
-            .run
-            .clock
-            .stamp(self.start, usage.prompt_tokens, usage.generated_tokens);
+        let at = self.stamp(stream, usage);
         self.reap_cancelled(stream, at);
         let Some((parser, slots)) = self.streams.get_mut(stream) else {
             return;
@@ -472,10 +491,7 @@ impl BatchSink for Sink<'_, '_> {
     }
 
     fn done(&mut self, stream: usize, usage: TokenUsage) {
-        let at = self
-            .run
-            .clock
-            .stamp(self.start, usage.prompt_tokens, usage.generated_tokens);
+        let at = self.stamp(stream, usage);
         self.reap_cancelled(stream, at);
         let Some((parser, _)) = self.streams.get_mut(stream) else {
             return;
@@ -499,6 +515,28 @@ impl BatchSink for Sink<'_, '_> {
         };
         self.reap_cancelled(stream, at);
         self.fail_stream(stream, &JobFailure::Backend(error), at);
+    }
+
+    fn hand_off(&mut self, stream: usize, handoff: &Handoff) {
+        let Some(charge) = self.charges.get_mut(stream) else {
+            return;
+        };
+        *charge = (handoff.after, handoff.throughput);
+        let Some((_, slots)) = self.streams.get(stream) else {
+            return;
+        };
+        let at = self.start.after(handoff.after);
+        for slot in slots.clone() {
+            if self.is_live(slot) {
+                let at = if self.run.clock.is_virtual() {
+                    at
+                } else {
+                    self.run.clock.now()
+                };
+                let backend = handoff.backend.clone();
+                self.run.emit(slot, at, WorkerEventKind::Routed { backend });
+            }
+        }
     }
 
     fn is_cancelled(&self, stream: usize) -> bool {

@@ -16,7 +16,7 @@ use crate::plan::OutputFormat;
 use crate::prompt::{ChatTemplate, Persona, PromptRules};
 use crate::snapshot::Point;
 
-fn context(layout: PromptLayout) -> Arc<PromptContext> {
+pub(crate) fn context(layout: PromptLayout) -> Arc<PromptContext> {
     let mut config = HivemindConfig::default();
     config.model.layout = layout;
     Arc::new(PromptContext::new(
@@ -34,7 +34,7 @@ fn context(layout: PromptLayout) -> Arc<PromptContext> {
     ))
 }
 
-fn scripted(script: Script, latency: Latency) -> Arc<dyn BackendFactory> {
+pub(crate) fn scripted(script: Script, latency: Latency) -> Arc<dyn BackendFactory> {
     FnFactory::new(BackendId::SCRIPTED, move || {
         Ok(
             Box::new(ScriptedBackend::new(Arc::clone(&script)).with_latency(latency))
@@ -44,7 +44,7 @@ fn scripted(script: Script, latency: Latency) -> Arc<dyn BackendFactory> {
 }
 
 /// A script that attacks the first enemy in sight, then says something.
-fn attacker() -> Script {
+pub(crate) fn attacker() -> Script {
     Arc::new(|a: &BatchAgent, format: OutputFormat| match format {
         OutputFormat::FreePlan => {
             let target = a
@@ -62,24 +62,25 @@ fn attacker() -> Script {
     })
 }
 
-fn guard(id: u32) -> WorldSnapshot {
+pub(crate) fn guard(id: u32) -> WorldSnapshot {
     let mut s = flanking_guard();
     s.agent = AgentId(id);
     s.position = Point::new(id as i32 % 20, 5);
     s
 }
 
-fn plan_request(id: u32, deadline: Deadline) -> JobRequest {
+pub(crate) fn plan_request(id: u32, deadline: Deadline) -> JobRequest {
     JobRequest {
         agent: AgentId(id),
         persona: "veteran".into(),
         task: AgentTask::Plan { order: None },
         snapshot: Arc::new(guard(id)),
         deadline,
+        spotlight: false,
     }
 }
 
-fn batching(workers: usize, max_batch: usize, capacity: usize) -> BatchingConfig {
+pub(crate) fn batching(workers: usize, max_batch: usize, capacity: usize) -> BatchingConfig {
     BatchingConfig {
         workers,
         max_batch,
@@ -88,12 +89,12 @@ fn batching(workers: usize, max_batch: usize, capacity: usize) -> BatchingConfig
     }
 }
 
-fn far() -> Deadline {
+pub(crate) fn far() -> Deadline {
     Deadline::after(Timestamp::ZERO, Duration::from_secs(3600))
 }
 
 /// Drains until every job in `jobs` has finished (or a generous timeout passes).
-fn drain(pool: &mut WorkerPool, jobs: &BTreeSet<JobId>) -> Vec<WorkerEvent> {
+pub(crate) fn drain(pool: &mut WorkerPool, jobs: &BTreeSet<JobId>) -> Vec<WorkerEvent> {
     let mut events = Vec::new();
     let mut open = jobs.clone();
     for _ in 0..2_000 {
@@ -111,7 +112,7 @@ fn drain(pool: &mut WorkerPool, jobs: &BTreeSet<JobId>) -> Vec<WorkerEvent> {
     events
 }
 
-fn outcome(events: &[WorkerEvent], job: JobId) -> &JobOutcome {
+pub(crate) fn outcome(events: &[WorkerEvent], job: JobId) -> &JobOutcome {
     events
         .iter()
         .find_map(|e| match &e.kind {
