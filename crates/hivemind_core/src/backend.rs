@@ -31,6 +31,7 @@ pub use replay::{
 };
 pub use scripted::{Latency, Script, ScriptedBackend};
 
+use crate::action::ActionRegistry;
 use crate::clock::{Clock, Deadline, Timestamp};
 use crate::config::{HivemindConfig, PromptLayout, Sampling, Throughput};
 use crate::plan::{BackendId, OutputFormat, RequestKind};
@@ -113,6 +114,9 @@ pub struct Batch {
     pub agents: Vec<BatchAgent>,
     /// With the shared-prompt layout: the one prompt and grammar for all agents.
     pub shared: Option<SharedStream>,
+    /// The verbs plans may use, for a backend that describes the answer's shape itself (a JSON
+    /// schema for a server that takes no grammar).
+    pub registry: Arc<ActionRegistry>,
     /// The pool's clock, which the agents' deadlines are on.
     pub clock: Clock,
     /// When the batch started on `clock`. On a virtual clock a stream's time is this plus what

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::RequestKind;
+use crate::plan::{OutputFormat, RequestKind};
 
 /// The environment variable that overrides [`ModelConfig::path`].
 pub const MODEL_ENV: &str = "HIVEMIND_MODEL";
@@ -504,6 +504,19 @@ pub struct Budgets {
     pub max_say_chars: usize,
     /// How long the plugin's drain system may read worker events per frame, in milliseconds.
     pub drain_ms: f32,
+}
+
+impl Budgets {
+    /// The most tokens one agent's answer in `format` may take: its JSON, and its words at about
+    /// two characters a token.
+    pub fn answer_tokens(&self, format: OutputFormat) -> u32 {
+        let say = u32::try_from(self.max_say_chars / 2).unwrap_or(u32::MAX);
+        let steps = u32::try_from(self.max_plan_steps).unwrap_or(u32::MAX);
+        match format {
+            OutputFormat::FreePlan => steps.saturating_mul(12 + say / 2).saturating_add(24),
+            OutputFormat::Guided | OutputFormat::Line => say.saturating_add(16),
+        }
+    }
 }
 
 impl Default for Budgets {

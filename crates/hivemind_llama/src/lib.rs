@@ -164,15 +164,14 @@ impl LlamaOptions {
     pub fn from_config(config: &HivemindConfig) -> Self {
         let model = config.model.resolved_path();
         let state_dir = model.parent().map(|d| d.join("prefix-state"));
-        let say_tokens = (config.budgets.max_say_chars / 2) as u32;
         LlamaOptions {
             context_tokens: config.model.context_tokens,
             batch_tokens: config.model.batch_tokens,
             threads: config.model.threads,
             max_sequences: config.batching.max_batch.clamp(1, 64) as u32,
             prefill_chunk: config.model.batch_tokens,
-            plan_tokens: 24 + (config.budgets.max_plan_steps as u32) * (12 + say_tokens / 2),
-            line_tokens: 16 + say_tokens,
+            plan_tokens: config.budgets.answer_tokens(OutputFormat::FreePlan),
+            line_tokens: config.budgets.answer_tokens(OutputFormat::Line),
             state_dir,
             model,
         }

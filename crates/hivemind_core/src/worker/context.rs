@@ -172,6 +172,7 @@ impl PromptContext {
             spotlight: jobs.first().is_some_and(|(_, j)| j.spotlight),
             agents,
             shared,
+            registry: Arc::clone(&self.registry),
             clock: Clock::manual(),
             start: Timestamp::ZERO,
         };
