@@ -64,6 +64,7 @@ use hivemind::core::backend::{BackendError, BackendFactory, FnFactory, Latency, 
 use hivemind::core::config::{ClockMode, HivemindConfig};
 use hivemind::core::metrics::{HumanDuration, LatencyStage};
 use hivemind::core::plan::{BackendId, RequestKind};
+use hivemind::core::router::RouterFactory;
 use hivemind_arena::{ArenaAssets, ArenaConfig, Team};
 use hivemind_examples::arena_app::{
     Arena, ArenaAgent, ArenaAppPlugin, ArenaSystems, MAX_SAID_CHARS, PlayerSaid, Stagger, name,
@@ -116,8 +117,16 @@ const SELECTED: Color = Color::srgb_u8(250, 236, 170);
 )]
 struct Args {
     /// Which backend writes plans and lines: the same names as the console and the config.
-    #[arg(long, default_value = "local", value_parser = ["local", "scripted", "replay"])]
+    #[arg(
+        long,
+        default_value = "local",
+        value_parser = ["local", "scripted", "replay", "remote", "router"]
+    )]
     backend: String,
+    /// The server `--backend remote` (and the router's `remote`) asks, in place of the one
+    /// `remotes` in hivemind.ron names: an OpenAI-compatible server such as llama-server.
+    #[arg(long)]
+    url: Option<String>,
     /// The transcript `--backend replay` plays (recorded with `hm replay record`).
     #[arg(long, default_value = "arena.transcript.jsonl")]
     transcript: PathBuf,
@@ -259,6 +268,10 @@ fn add_game(app: &mut App, args: &Args, assets: Arc<ArenaAssets>) {
     if let Some(ms) = args.plan_ms {
         config.deadlines.plan_ms = ms;
     }
+    if let Some(url) = &args.url {
+        let remote = config.remotes.entry(BackendId::REMOTE.into()).or_default();
+        remote.url.clone_from(url);
+    }
     let mut arena = ArenaAppPlugin::new(
         ArenaConfig::default()
             .with_seed(args.seed)
@@ -291,13 +304,17 @@ fn add_game(app: &mut App, args: &Args, assets: Arc<ArenaAssets>) {
             })
         }
     };
-    // The chosen backend in use, the other two registered for `hm backend`.
-    let (chosen, standby) = match args.backend.as_str() {
-        "scripted" => (scripted, [local, replay]),
-        "replay" => (replay, [scripted, local]),
-        _ => (local, [scripted, replay]),
-    };
-    let plugin = standby
+    let remote = remote_backend();
+    let router: Arc<dyn BackendFactory> =
+        RouterFactory::new([Arc::clone(&local), Arc::clone(&remote)]);
+    // The chosen backend in use, the others registered for `hm backend`.
+    let mut all = vec![local, scripted, replay, remote, router];
+    let chosen = all
+        .iter()
+        .position(|f| f.id().as_str() == args.backend)
+        .unwrap_or(0);
+    let chosen = all.remove(chosen);
+    let plugin = all
         .into_iter()
         .fold(
             arena.hivemind(HivemindPlugin::new(FixedUpdate).with_config(config)),
@@ -325,6 +342,18 @@ fn local_backend(config: &HivemindConfig) -> Arc<dyn BackendFactory> {
     };
     FnFactory::new(BackendId::LOCAL, move || {
         Err(BackendError::NoModel(why.clone()))
+    })
+}
+
+/// The `remote` backend, on the server hivemind.ron (or `--url`) names.
+fn remote_backend() -> Arc<dyn BackendFactory> {
+    #[cfg(feature = "remote")]
+    return hivemind::remote::RemoteFactory::new();
+    #[cfg(not(feature = "remote"))]
+    FnFactory::new(BackendId::REMOTE, || {
+        Err(BackendError::NoModel(
+            "built without the `remote` feature".into(),
+        ))
     })
 }
 
@@ -464,6 +493,15 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
             q(full.p99()),
         );
     }
+    // Which backend (or fallback) answered what.
+    let mut by_source: Vec<String> = Vec::new();
+    for (kind, source, stats) in metrics.latencies() {
+        let count = stats.get(LatencyStage::Full).count();
+        if count > 0 {
+            by_source.push(format!("{} {source} {count}", kind.as_str()));
+        }
+    }
+    let _ = writeln!(out, "answered by: {}", by_source.join(", "));
     if let Some(log) = world.get_resource::<BanterLog>() {
         let _ = writeln!(
             out,

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::PoisonError;
+use std::time::Duration;
 
 use bevy::prelude::*;
 use hivemind_core::backend::{ReplayFactory, Transcript};
 use hivemind_core::config::PromptLayout;
 use hivemind_core::metrics::HumanDuration;
 use hivemind_core::plan::{BackendId, FallbackReason, OutputFormat, PlanSource};
+use hivemind_core::router::LinkStatus;
 use hivemind_core::snapshot::WorldSnapshot;
 
 use super::{Console, ConsoleAppExt, ConsoleReply};
@@ -77,6 +79,9 @@ pub enum HmCommand {
     },
     /// Sends a probe plan request and reports its source and latency when it is answered.
     Test,
+    /// The router's table: each backend's p95 per kind against its budget, and whether it is
+    /// in use or skipped.
+    Route,
 }
 
 /// `hm cache` actions.
@@ -176,7 +181,44 @@ fn run(hm_args: Hm, world: &mut World, reply: &mut ConsoleReply) {
         }
         HmCommand::Replay { action } => replay(world, action, reply),
         HmCommand::Test => probe(world, reply),
+        HmCommand::Route => {
+            let info = world.resource::<Hivemind>().backend_info();
+            match &info.routes {
+                Some(routes) => reply.text(&route_table(routes)),
+                None => reply.line("the backend in use routes nothing (hm backend router)"),
+            }
+        }
     }
+}
+
+/// `hm route`: a row per backend and kind.
+fn route_table(routes: &[LinkStatus]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<10} {:<9} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}\n",
+        "backend", "kind", "p95", "budget", "state", "answered", "fell", "passed", "probes"
+    );
+    if routes.is_empty() {
+        out.push_str("(no answers yet)\n");
+    }
+    let ms =
+        |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis()));
+    for r in routes {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}",
+            r.backend.as_str(),
+            r.kind.as_str(),
+            ms(r.p95),
+            ms(r.budget),
+            if r.skipped { "skipped" } else { "in use" },
+            r.answered,
+            r.fell_through,
+            r.passed_over,
+            r.probes,
+        );
+    }
+    out
 }
 
 fn on_off(on: bool) -> &'static str {
@@ -240,6 +282,21 @@ fn status(world: &mut World, reply: &mut ConsoleReply) {
         Some(why) => format!("fallback only: {why}"),
     };
     reply.line(format!("mode      {mode}"));
+    if let Some(routes) = &info.routes {
+        let skipped: Vec<String> = routes
+            .iter()
+            .filter(|r| r.skipped)
+            .map(|r| format!("{} for {}", r.backend, r.kind.as_str()))
+            .collect();
+        reply.line(format!(
+            "routes    {}",
+            if skipped.is_empty() {
+                "every backend in use (hm route)".to_owned()
+            } else {
+                format!("skipped as too slow: {} (hm route)", skipped.join(", "))
+            }
+        ));
+    }
     reply.line(format!(
         "stream    {}{}",
         on_off(hm.is_streaming()),
