@@ -31,3 +31,22 @@ pub fn played_snapshots(
     }
     snapshots
 }
+
+/// `n` situations of live agents from a played game, each of 16 agents (eight a side) once
+/// before any repeats: the benchmarks' workload, so a batch of 16 holds 16 different agents.
+pub fn distinct_situations(assets: &ArenaAssets, n: usize) -> Vec<WorldSnapshot> {
+    let config = ArenaConfig {
+        team_size: 8,
+        ..ArenaConfig::default()
+    };
+    let mut by_agent = std::collections::BTreeMap::new();
+    for s in played_snapshots(assets, config, 60)
+        .into_iter()
+        .skip(16 * 30)
+        .filter(|s| s.health.current > 0)
+    {
+        by_agent.entry(s.agent).or_insert(s);
+    }
+    let distinct: Vec<WorldSnapshot> = by_agent.into_values().collect();
+    distinct.iter().cycle().take(n).cloned().collect()
+}

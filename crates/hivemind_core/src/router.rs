@@ -1,6 +1,7 @@
-//! The `router` backend: it sends each batch along a chain of other backends, by request kind,
-//! spotlight flag and prompt size, and stops using a backend for a kind while it is too slow
-//! for that kind's budget.
+//! The `router` backend: a chain of other backends per request, skipping those too slow.
+//!
+//! It picks the chain by request kind, spotlight flag and prompt size, and stops using a
+//! backend for a kind while it is too slow for that kind's budget.
 //!
 //! - **Routes** ([`RouterConfig::routes`]): the first route that takes a batch gives its chain of
 //!   backend ids. A batch no route takes tries every backend the router holds, in order.

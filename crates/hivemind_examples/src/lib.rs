@@ -3,6 +3,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`arena_app`] | [`ArenaAppPlugin`](arena_app::ArenaAppPlugin): `hivemind_arena`'s rules driven by `bevy_hivemind`'s messages, the player talking to agents ([`arena_app::talk`]), and the arena's scripted "model" |
+//! | [`llama_server`] | [`LlamaServer`](llama_server::LlamaServer): a real llama-server on loopback, for the remote backend's tests and benchmarks |
 //! | [`frame_cap`] | [`FrameCapPlugin`](frame_cap::FrameCapPlugin): a frame-rate cap that leaves a local model its cores under a software renderer |
 //! | [`scenario_run`] | [`run_suite`](scenario_run::run_suite): situations run through the whole plugin and judged by the arena's scenario rules |
 //!
@@ -21,5 +22,6 @@
 
 pub mod arena_app;
 pub mod frame_cap;
+pub mod llama_server;
 pub mod scenario_run;
 pub mod value_run;

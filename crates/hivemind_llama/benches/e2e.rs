@@ -35,14 +35,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hivemind_arena::{ArenaAssets, ArenaConfig};
+use hivemind_arena::ArenaAssets;
 use hivemind_core::action::ActionRegistry;
 use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::{Clock, Deadline};
 use hivemind_core::config::{HivemindConfig, PlanFormat, Sampling};
 use hivemind_core::plan::{OutputFormat, PlanStep};
 use hivemind_core::prompt::{AgentTask, IntentOption, PromptLevel};
-use hivemind_core::snapshot::{AgentId, WorldSnapshot};
+use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::stream::{StreamEvent, StreamParser};
 use hivemind_core::worker::{JobOutcome, JobRequest, WorkerEventKind, WorkerPool};
 use hivemind_llama::{LlamaFactory, LlamaOptions, Quantization, StreamSpec};
@@ -184,22 +184,7 @@ fn ms(d: Option<Duration>) -> String {
 /// The arena situations agents are asked about: late in a played game, every agent alive,
 /// the first snapshot of each agent from a spread of ticks.
 fn situations(assets: &ArenaAssets, n: usize) -> Vec<WorldSnapshot> {
-    // Eight a side, so a batch of 16 has 16 different agents.
-    let config = ArenaConfig {
-        team_size: 8,
-        ..ArenaConfig::default()
-    };
-    let played = hivemind_arena::play::played_snapshots(assets, config, 60);
-    let mut by_agent: BTreeMap<AgentId, WorldSnapshot> = BTreeMap::new();
-    for s in played
-        .into_iter()
-        .skip(16 * 30)
-        .filter(|s| s.health.current > 0)
-    {
-        by_agent.entry(s.agent).or_insert(s);
-    }
-    let distinct: Vec<WorldSnapshot> = by_agent.into_values().collect();
-    distinct.iter().cycle().take(n).cloned().collect()
+    hivemind_arena::play::distinct_situations(assets, n)
 }
 
 /// PERF.md's agent block for `snapshot`, ending where the plan begins.

@@ -2,6 +2,11 @@
 //! job exactly once with a typed error, nothing hangs, and each dialect's request body is the
 //! golden one.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test stops at the first thing that is not as it should be"
+)]
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
