@@ -3,7 +3,7 @@
 //! A backend turns a [`Batch`] into text, stream by stream, and reports it to a [`BatchSink`]
 //! as it is written. The worker pool ([`crate::worker`]) does everything else: it builds the
 //! batch's prompts and grammars, parses the text into steps and words, stamps them on the
-//! [`Clock`](crate::clock::Clock), and answers every job exactly once.
+//! [`Clock`], and answers every job exactly once.
 //!
 //! - [`ScriptedBackend`] answers from a function of each agent's request, deterministically, with
 //!   a latency per token in virtual or real time. Tests, demos and the fallback-only mode use it.
