@@ -30,7 +30,6 @@ use hivemind_arena::ArenaAssets;
 use hivemind_arena::intents::intents;
 use hivemind_arena::scenarios::suite;
 use hivemind_examples::llama_server::{LlamaServer, server_binary};
-use serde_json::Value;
 
 fn assets() -> ArenaAssets {
     ArenaAssets::load(concat!(env!("CARGO_MANIFEST_DIR"), "/assets").as_ref())
@@ -181,7 +180,9 @@ fn guided_plans_free_plans_and_lines_stream_from_a_real_server() {
         );
     }
 
-    // A free plan: steps validated against the registry and the snapshot as they stream.
+    // A free plan: steps validated against the registry and the snapshot as they stream (the
+    // plan may still end badly: a tiny model can run a `Say` to the token limit, and then the
+    // planner completes it).
     let scenario = &scenarios[0];
     let free = JobRequest {
         agent: scenario.snapshot.agent,
@@ -192,7 +193,6 @@ fn guided_plans_free_plans_and_lines_stream_from_a_real_server() {
         spotlight: false,
     };
     let (jobs, events) = run(&mut pool, vec![free], false);
-    assert!(completed(&events, jobs[0]), "{:?}", of(&events, jobs[0]));
     let steps = of(&events, jobs[0])
         .into_iter()
         .filter(|k| matches!(k, WorkerEventKind::Step { .. }))
@@ -212,8 +212,13 @@ fn guided_plans_free_plans_and_lines_stream_from_a_real_server() {
     assert!(!said.trim().is_empty());
 }
 
+/// A reply from the first scenario's agent (`agent` is its id).
 fn reply(agent: AgentId) -> JobRequest {
     let scenario = suite().into_iter().next().unwrap();
+    assert_eq!(
+        agent, scenario.snapshot.agent,
+        "the snapshot is the agent's own"
+    );
     JobRequest {
         agent,
         persona: scenario.persona.into(),
@@ -259,23 +264,23 @@ fn a_shared_prompt_batch_is_one_request_with_its_joint_grammar() {
     }
 }
 
-/// The slot that served the last request: how many tokens it decoded.
-fn decoded(server: &LlamaServer) -> u64 {
-    // The slot stops processing once the server has noticed the closed connection.
-    for _ in 0..100 {
-        let (_, body) = server.get("/slots").expect("GET /slots");
-        let slots: Value = serde_json::from_str(&body).expect("/slots is JSON");
-        let slots = slots.as_array().cloned().unwrap_or_default();
-        if slots.iter().all(|s| s["is_processing"] == false) {
-            return slots
-                .iter()
-                .filter_map(|s| s.pointer("/next_token/0/n_decoded").and_then(Value::as_u64))
-                .max()
-                .unwrap_or(0);
+/// How many decode steps the server has run, once no request is being processed (the server
+/// has noticed every closed connection): `llamacpp:n_decode_total` of its `/metrics`.
+fn decodes(server: &LlamaServer) -> u64 {
+    let metric = |body: &str, name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    for _ in 0..200 {
+        let (_, body) = server.get("/metrics").expect("GET /metrics");
+        if metric(&body, "llamacpp:requests_processing") == Some(0.0) {
+            return metric(&body, "llamacpp:n_decode_total").expect("n_decode_total") as u64;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("a slot is still processing");
+    panic!("a request is still being processed");
 }
 
 #[test]
@@ -288,12 +293,14 @@ fn cancelling_a_job_aborts_its_request_at_the_server() {
     // A long line, so that the answer is far from over when the first words arrive.
     config.budgets.max_say_chars = 400;
     let mut pool = pool(&config, &assets);
-    let agent = AgentId(3);
+    let agent = suite()[0].snapshot.agent;
 
-    let (jobs, events) = run(&mut pool, vec![reply(agent)], false);
-    assert!(completed(&events, jobs[0]));
-    let whole = decoded(&server);
+    // However it ends (a tiny model may talk to the token limit), it is decoded in full.
+    let before = decodes(&server);
+    run(&mut pool, vec![reply(agent)], false);
+    let whole = decodes(&server) - before;
 
+    let before = decodes(&server);
     let (jobs, events) = run(&mut pool, vec![reply(agent)], true);
     assert!(
         of(&events, jobs[0])
@@ -302,9 +309,10 @@ fn cancelling_a_job_aborts_its_request_at_the_server() {
         "{:?}",
         of(&events, jobs[0])
     );
-    let cut = decoded(&server);
+    let cut = decodes(&server) - before;
+    eprintln!("decode steps: whole answer {whole}, cancelled after its first words {cut}");
     assert!(
         cut < whole,
-        "the cancelled request decoded {cut} tokens, the whole answer {whole}"
+        "the cancelled request took {cut} decode steps, the whole answer {whole}"
     );
 }

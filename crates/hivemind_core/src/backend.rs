@@ -78,6 +78,8 @@ pub struct BatchAgent {
     pub grammar: String,
     /// When its first step or words are due; a backend serves earlier deadlines first.
     pub deadline: Deadline,
+    /// A scene the player is watching: a router may send it to another backend.
+    pub spotlight: bool,
 }
 
 /// The prompt and grammar of a batch in the shared-prompt layout.
@@ -108,8 +110,6 @@ pub struct Batch {
     pub say_sampling: Sampling,
     /// The seed for random sampling, derived from the config's seed and the batch's content.
     pub seed: u64,
-    /// Whether its requests are scenes the player is watching (a batch never mixes the two).
-    pub spotlight: bool,
     /// The agents, in batch order (ascending agent id).
     pub agents: Vec<BatchAgent>,
     /// With the shared-prompt layout: the one prompt and grammar for all agents.

@@ -258,8 +258,8 @@ struct Attempt {
 }
 
 impl Router {
-    /// The links a batch tries, by index, in order.
-    fn chain(&self, batch: &Batch) -> Vec<usize> {
+    /// The links `streams` of a batch try, by index, in order.
+    fn chain(&self, batch: &Batch, streams: &[usize], spotlight: bool) -> Vec<usize> {
         let settings = self
             .shared
             .settings
@@ -273,9 +273,9 @@ impl Router {
         let prompt_bytes = match &batch.shared {
             _ if !sized => 0,
             Some(shared) => shared.prompt.text().len(),
-            None => batch
-                .agents
+            None => streams
                 .iter()
+                .filter_map(|&s| batch.agents.get(s))
                 .map(|a| a.prompt.text().len())
                 .max()
                 .unwrap_or(0),
@@ -284,7 +284,7 @@ impl Router {
             .router
             .routes
             .iter()
-            .find(|r| r.takes(batch.kind, batch.spotlight, prompt_bytes));
+            .find(|r| r.takes(batch.kind, spotlight, prompt_bytes));
         match route {
             Some(route) => route
                 .chain
@@ -312,11 +312,38 @@ impl Router {
 }
 
 impl InferenceBackend for Router {
+    /// The batch's streams go their routes in two groups: the spotlight ones, then the others
+    /// (with the shared prompt, the one stream is a spotlight one if any of its agents is).
     fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
+        let watched = |s: usize| match &batch.shared {
+            Some(_) => batch.agents.iter().any(|a| a.spotlight),
+            None => batch.agents.get(s).is_some_and(|a| a.spotlight),
+        };
+        for spotlight in [true, false] {
+            let group: Vec<usize> = (0..batch.streams())
+                .filter(|&s| watched(s) == spotlight)
+                .collect();
+            if !group.is_empty() {
+                self.run_group(batch, sink, &group, spotlight);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Router {
+    /// Sends `group`'s streams down their chain; every one of them ends in `sink`.
+    fn run_group(
+        &mut self,
+        batch: &Batch,
+        sink: &mut dyn BatchSink,
+        group: &[usize],
+        spotlight: bool,
+    ) {
         let shared = Arc::clone(&self.shared);
         let streams = batch.streams();
         let kind = batch.kind;
-        let mut open = vec![true; streams];
+        let mut open: Vec<bool> = (0..streams).map(|s| group.contains(&s)).collect();
         let mut spent = vec![Duration::ZERO; streams];
         let mut last_error: Vec<Option<BackendError>> = vec![None; streams];
         let probe = Duration::from_millis(
@@ -327,7 +354,7 @@ impl InferenceBackend for Router {
                 .router
                 .probe_ms,
         );
-        for (position, link) in self.chain(batch).into_iter().enumerate() {
+        for (position, link) in self.chain(batch, group, spotlight).into_iter().enumerate() {
             let pending: Vec<usize> = (0..streams)
                 .filter(|&s| open[s] && !sink.is_cancelled(s))
                 .collect();
@@ -446,7 +473,6 @@ impl InferenceBackend for Router {
             });
             sink.error(s, error);
         }
-        Ok(())
     }
 }
 

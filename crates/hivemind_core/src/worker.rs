@@ -12,9 +12,9 @@
 //! # Batching
 //!
 //! Batches are formed on the game's thread, deterministically: the jobs submitted since the last
-//! dispatch are ordered by tick, request kind, format, spotlight flag and agent id, and cut into
-//! batches of at most `max_batch`. Which worker runs a batch never changes what is in it, so a
-//! lockstep run gives the same answers with one worker or four.
+//! dispatch are ordered by tick, request kind, format and agent id, and cut into batches of at
+//! most `max_batch`. Which worker runs a batch never changes what is in it, so a lockstep run
+//! gives the same answers with one worker or four.
 //!
 //! # Overflow
 //!
@@ -66,7 +66,7 @@ pub struct JobRequest {
     pub snapshot: Arc<WorldSnapshot>,
     /// When its first step, first words or whole line is due.
     pub deadline: Deadline,
-    /// A scene the player is watching: batched apart, so a router can send it elsewhere.
+    /// A scene the player is watching: a router may send it to another backend.
     pub spotlight: bool,
 }
 
@@ -428,7 +428,6 @@ impl WorkerPool {
                 j.tick,
                 j.request.task.kind(),
                 j.request.task.format() as u8,
-                j.request.spotlight,
                 j.request.agent,
                 j.id,
             )
@@ -436,10 +435,7 @@ impl WorkerPool {
         let max = self.batching.max_batch.max(1);
         let mut batch: Vec<PendingJob> = Vec::with_capacity(max);
         for job in jobs {
-            let key = |j: &PendingJob| {
-                let r = &j.request;
-                (j.tick, r.task.kind(), r.task.format(), r.spotlight)
-            };
+            let key = |j: &PendingJob| (j.tick, j.request.task.kind(), j.request.task.format());
             if batch.len() == max || batch.first().is_some_and(|first| key(first) != key(&job)) {
                 self.send(std::mem::take(&mut batch));
             }

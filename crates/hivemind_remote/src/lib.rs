@@ -76,12 +76,20 @@ struct Settings {
 
 impl Settings {
     fn new(remote: RemoteConfig, config: &HivemindConfig) -> Self {
+        // The local backend decodes an answer's fixed start (`{"agent":7,"intent":`) with the
+        // prompt, and samples its line apart (`sampling.say`); a server writes the start itself,
+        // and greedily, so a line may run a character a token up to the grammar's limit.
+        let say = u32::try_from(config.budgets.max_say_chars).unwrap_or(u32::MAX);
+        let tokens = |format| {
+            config
+                .budgets
+                .answer_tokens(format)
+                .saturating_add(say)
+                .saturating_add(24)
+        };
         Settings {
             remote,
-            max_tokens: [
-                config.budgets.answer_tokens(OutputFormat::FreePlan),
-                config.budgets.answer_tokens(OutputFormat::Line),
-            ],
+            max_tokens: [tokens(OutputFormat::FreePlan), tokens(OutputFormat::Line)],
             intents: config.model.intents,
         }
     }

@@ -86,9 +86,9 @@ impl PromptContext {
     }
 
     /// Builds the batch `id` of `tick` for `jobs`, exactly as a worker does: snapshots fitted to
-    /// the budget, prompts, grammars and the seed. The jobs must be of one kind (`kind`), output
-    /// format and spotlight flag, in batch order (ascending agent id). The batch is on a manual
-    /// clock at zero; a worker puts it on the pool's. A job whose grammar cannot be built
+    /// the budget, prompts, grammars and the seed. The jobs must be of one kind (`kind`) and
+    /// output format, in batch order (ascending agent id). The batch is on a manual clock at
+    /// zero; a worker puts it on the pool's. A job whose grammar cannot be built
     /// is left out and returned apart, by index, with the reason.
     pub fn build_batch(
         &self,
@@ -127,6 +127,7 @@ impl PromptContext {
                 grammar,
                 snapshot,
                 deadline: job.deadline,
+                spotlight: job.spotlight,
             });
         }
         let shared = match self.layout {
@@ -169,7 +170,6 @@ impl PromptContext {
             sampling: self.sampling.for_kind(kind),
             say_sampling: self.sampling.say,
             seed: seed.finish(),
-            spotlight: jobs.first().is_some_and(|(_, j)| j.spotlight),
             agents,
             shared,
             registry: Arc::clone(&self.registry),
