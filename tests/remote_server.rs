@@ -28,7 +28,7 @@ use hivemind::core::worker::{JobOutcome, JobRequest, WorkerEvent, WorkerEventKin
 use hivemind::remote::RemoteFactory;
 use hivemind_arena::ArenaAssets;
 use hivemind_arena::intents::intents;
-use hivemind_arena::scenarios::suite;
+use hivemind_arena::scenarios::{Scenario, suite};
 use hivemind_examples::llama_server::{LlamaServer, server_binary};
 
 fn assets() -> ArenaAssets {
@@ -94,6 +94,21 @@ fn pool(config: &HivemindConfig, assets: &ArenaAssets) -> WorkerPool {
     )
 }
 
+/// A guided plan for `scenario`'s agent, offered the arena's intents.
+fn guided(assets: &ArenaAssets, scenario: &Scenario) -> JobRequest {
+    JobRequest {
+        agent: scenario.snapshot.agent,
+        persona: scenario.persona.into(),
+        task: AgentTask::Guided {
+            options: intents(&assets.domain, &assets.registry, &scenario.snapshot),
+            order: None,
+        },
+        snapshot: Arc::new(scenario.snapshot.clone()),
+        deadline: far(),
+        spotlight: false,
+    }
+}
+
 fn far() -> Deadline {
     Deadline::after(Timestamp::ZERO, Duration::from_secs(3600))
 }
@@ -147,24 +162,8 @@ fn guided_plans_free_plans_and_lines_stream_from_a_real_server() {
     let mut pool = pool(&config, &assets);
 
     // Four guided plans at once: four concurrent requests on the server's four slots.
-    let scenarios: Vec<_> = suite().into_iter().take(4).collect();
-    let requests: Vec<JobRequest> = scenarios
-        .iter()
-        .map(|s| {
-            let options = intents(&assets.domain, &assets.registry, &s.snapshot);
-            JobRequest {
-                agent: s.snapshot.agent,
-                persona: s.persona.into(),
-                task: AgentTask::Guided {
-                    options,
-                    order: None,
-                },
-                snapshot: Arc::new(s.snapshot.clone()),
-                deadline: far(),
-                spotlight: false,
-            }
-        })
-        .collect();
+    let scenarios: Vec<Scenario> = suite().into_iter().take(4).collect();
+    let requests: Vec<JobRequest> = scenarios.iter().map(|s| guided(&assets, s)).collect();
     let offered: Vec<usize> = requests.iter().map(|r| r.task.options().len()).collect();
     let (jobs, events) = run(&mut pool, requests, false);
     for (job, offered) in jobs.iter().zip(offered) {
@@ -240,24 +239,7 @@ fn a_shared_prompt_batch_is_one_request_with_its_joint_grammar() {
     let assets = assets();
     let config = config(&server, PromptLayout::SharedPrompt);
     let mut pool = pool(&config, &assets);
-    let requests = suite()
-        .into_iter()
-        .take(3)
-        .map(|s| {
-            let options = intents(&assets.domain, &assets.registry, &s.snapshot);
-            JobRequest {
-                agent: s.snapshot.agent,
-                persona: s.persona.into(),
-                task: AgentTask::Guided {
-                    options,
-                    order: None,
-                },
-                snapshot: Arc::new(s.snapshot),
-                deadline: far(),
-                spotlight: false,
-            }
-        })
-        .collect();
+    let requests = suite().iter().take(3).map(|s| guided(&assets, s)).collect();
     let (jobs, events) = run(&mut pool, requests, false);
     for job in &jobs {
         assert!(completed(&events, *job), "{:?}", of(&events, *job));

@@ -106,6 +106,11 @@ struct Shared {
 }
 
 impl Shared {
+    fn settings(&self) -> std::sync::RwLockReadGuard<'_, Settings> {
+        // Plain values that no panic leaves half-written.
+        self.settings.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn with_stats<R>(
         &self,
         backend: &BackendId,
@@ -119,7 +124,7 @@ impl Shared {
     /// Records a latency of `backend` for `kind`, and whether it fits the budget now.
     fn observe(&self, backend: &BackendId, kind: RequestKind, latency: Duration) {
         let (window, budget) = {
-            let s = self.settings.read().unwrap_or_else(PoisonError::into_inner);
+            let s = self.settings();
             (s.router.window.max(1), s.budget(kind))
         };
         self.with_stats(backend, kind, |stats| {
@@ -168,11 +173,7 @@ impl RouterFactory {
 
     /// Each backend's state per request kind it has seen, in link order.
     pub fn status(&self) -> Vec<LinkStatus> {
-        let settings = self
-            .shared
-            .settings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let settings = self.shared.settings();
         let stats = self
             .shared
             .stats
@@ -260,11 +261,7 @@ struct Attempt {
 impl Router {
     /// The links `streams` of a batch try, by index, in order.
     fn chain(&self, batch: &Batch, streams: &[usize], spotlight: bool) -> Vec<usize> {
-        let settings = self
-            .shared
-            .settings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let settings = self.shared.settings();
         let sized = settings
             .router
             .routes
@@ -346,14 +343,7 @@ impl Router {
         let mut open: Vec<bool> = (0..streams).map(|s| group.contains(&s)).collect();
         let mut spent = vec![Duration::ZERO; streams];
         let mut last_error: Vec<Option<BackendError>> = vec![None; streams];
-        let probe = Duration::from_millis(
-            shared
-                .settings
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .router
-                .probe_ms,
-        );
+        let probe = Duration::from_millis(shared.settings().router.probe_ms);
         for (position, link) in self.chain(batch, group, spotlight).into_iter().enumerate() {
             let pending: Vec<usize> = (0..streams)
                 .filter(|&s| open[s] && !sink.is_cancelled(s))

@@ -430,6 +430,15 @@ fn failed_with(events: &[WorkerEvent], job: JobId, needle: &str) {
     }
 }
 
+/// One reply asked of a server with `fault`, in llama-server's dialect.
+fn ask_once(fault: Fault) -> (FakeServer, JobId, Vec<WorkerEvent>) {
+    let server = serve(fault);
+    let mut config = HivemindConfig::default();
+    let factory = remote(&server, Dialect::LlamaServer, &mut config);
+    let (jobs, events) = run(factory, &config, vec![line_request(1, far())], false);
+    (server, jobs[0], events)
+}
+
 fn quick() -> Fault {
     Fault::Answer {
         first_byte: Duration::ZERO,
@@ -460,40 +469,31 @@ fn a_streamed_answer_arrives_as_words_and_completes() {
 
 #[test]
 fn a_slow_first_byte_within_the_read_timeout_still_answers() {
-    let server = serve(Fault::Answer {
+    let (_server, job, events) = ask_once(Fault::Answer {
         first_byte: Duration::from_millis(150),
         per_token: Duration::ZERO,
     });
-    let mut config = HivemindConfig::default();
-    let factory = remote(&server, Dialect::LlamaServer, &mut config);
-    let (jobs, events) = run(factory, &config, vec![line_request(1, far())], false);
     assert!(matches!(
-        outcome(&events, jobs[0]),
+        outcome(&events, job),
         JobOutcome::Completed { .. }
     ));
 }
 
 #[test]
 fn a_stream_cut_mid_json_keeps_what_came_and_fails_once() {
-    let server = serve(Fault::CutAfter(6));
-    let mut config = HivemindConfig::default();
-    let factory = remote(&server, Dialect::LlamaServer, &mut config);
-    let (jobs, events) = run(factory, &config, vec![line_request(1, far())], false);
-    failed_with(&events, jobs[0], "cut");
+    let (_server, job, events) = ask_once(Fault::CutAfter(6));
+    failed_with(&events, job, "cut");
     assert!(
-        !words(&events, jobs[0]).is_empty(),
+        !words(&events, job).is_empty(),
         "the words before the cut stand"
     );
 }
 
 #[test]
 fn http_errors_are_typed_with_the_status_and_the_servers_reason() {
-    let server = serve(Fault::Status(500));
-    let mut config = HivemindConfig::default();
-    let factory = remote(&server, Dialect::LlamaServer, &mut config);
-    let (jobs, events) = run(factory, &config, vec![line_request(1, far())], false);
-    failed_with(&events, jobs[0], "HTTP 500");
-    failed_with(&events, jobs[0], "on fire");
+    let (_server, job, events) = ask_once(Fault::Status(500));
+    failed_with(&events, job, "HTTP 500");
+    failed_with(&events, job, "on fire");
 }
 
 #[test]
@@ -532,20 +532,14 @@ fn a_429_is_retried_after_its_wait_only_while_the_deadline_allows() {
 
 #[test]
 fn garbage_event_lines_are_a_malformed_stream() {
-    let server = serve(Fault::Garbage);
-    let mut config = HivemindConfig::default();
-    let factory = remote(&server, Dialect::LlamaServer, &mut config);
-    let (jobs, events) = run(factory, &config, vec![line_request(1, far())], false);
-    failed_with(&events, jobs[0], "malformed event stream");
+    let (_server, job, events) = ask_once(Fault::Garbage);
+    failed_with(&events, job, "malformed event stream");
 }
 
 #[test]
 fn a_server_that_never_answers_times_out() {
-    let server = serve(Fault::Silent);
-    let mut config = HivemindConfig::default();
-    let factory = remote(&server, Dialect::LlamaServer, &mut config);
-    let (jobs, events) = run(factory, &config, vec![line_request(1, far())], false);
-    failed_with(&events, jobs[0], "said nothing");
+    let (_server, job, events) = ask_once(Fault::Silent);
+    failed_with(&events, job, "said nothing");
 }
 
 #[test]
