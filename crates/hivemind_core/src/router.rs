@@ -213,6 +213,7 @@ impl BackendFactory for RouterFactory {
         Ok(Box::new(Router {
             links: self.links.clone(),
             built: self.links.iter().map(|_| None).collect(),
+            failed: self.links.iter().map(|_| None).collect(),
             shared: Arc::clone(&self.shared),
         }))
     }
@@ -246,6 +247,8 @@ impl BackendFactory for RouterFactory {
 struct Router {
     links: Vec<Arc<dyn BackendFactory>>,
     built: Vec<Option<Box<dyn InferenceBackend>>>,
+    /// When each link's build last failed, and why.
+    failed: Vec<Option<(Instant, BackendError)>>,
     shared: Arc<Shared>,
 }
 
@@ -298,10 +301,30 @@ impl Router {
         }
     }
 
-    fn backend(&mut self, link: usize) -> Result<&mut Box<dyn InferenceBackend>, BackendError> {
+    /// The backend of `link`, built on first use. A build that failed is tried again only
+    /// after `retry`.
+    fn backend(
+        &mut self,
+        link: usize,
+        retry: Duration,
+    ) -> Result<&mut Box<dyn InferenceBackend>, BackendError> {
         let slot = &mut self.built[link];
         if slot.is_none() {
-            *slot = Some(self.links[link].build()?);
+            if let Some((at, error)) = &self.failed[link]
+                && at.elapsed() < retry
+            {
+                return Err(error.clone());
+            }
+            match self.links[link].build() {
+                Ok(backend) => {
+                    *slot = Some(backend);
+                    self.failed[link] = None;
+                }
+                Err(error) => {
+                    self.failed[link] = Some((Instant::now(), error.clone()));
+                    return Err(error);
+                }
+            }
         }
         slot.as_mut()
             .ok_or_else(|| BackendError::Failed("the backend was not built".into()))
@@ -316,13 +339,28 @@ impl InferenceBackend for Router {
             Some(_) => batch.agents.iter().any(|a| a.spotlight),
             None => batch.agents.get(s).is_some_and(|a| a.spotlight),
         };
-        for spotlight in [true, false] {
-            let group: Vec<usize> = (0..batch.streams())
-                .filter(|&s| watched(s) == spotlight)
-                .collect();
-            if !group.is_empty() {
-                self.run_group(batch, sink, &group, spotlight);
-            }
+        let groups: Vec<(Vec<usize>, bool)> = [true, false]
+            .into_iter()
+            .map(|spotlight| {
+                let group: Vec<usize> = (0..batch.streams())
+                    .filter(|&s| watched(s) == spotlight)
+                    .collect();
+                (group, spotlight)
+            })
+            .filter(|(group, _)| !group.is_empty())
+            .collect();
+        let chains: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|(group, spotlight)| self.chain(batch, group, *spotlight))
+            .collect();
+        // Both groups on one chain go together, as one batch.
+        if chains.len() == 2 && chains[0] == chains[1] {
+            let all: Vec<usize> = (0..batch.streams()).collect();
+            self.run_group(batch, sink, &all, &chains[0]);
+            return Ok(());
+        }
+        for ((group, _), chain) in groups.iter().zip(&chains) {
+            self.run_group(batch, sink, group, chain);
         }
         Ok(())
     }
@@ -335,7 +373,7 @@ impl Router {
         batch: &Batch,
         sink: &mut dyn BatchSink,
         group: &[usize],
-        spotlight: bool,
+        chain: &[usize],
     ) {
         let shared = Arc::clone(&self.shared);
         let streams = batch.streams();
@@ -343,8 +381,21 @@ impl Router {
         let mut open: Vec<bool> = (0..streams).map(|s| group.contains(&s)).collect();
         let mut spent = vec![Duration::ZERO; streams];
         let mut last_error: Vec<Option<BackendError>> = vec![None; streams];
-        let probe = Duration::from_millis(shared.settings().router.probe_ms);
-        for (position, link) in self.chain(batch, group, spotlight).into_iter().enumerate() {
+        let (probe, after_deadline) = {
+            let settings = shared.settings();
+            let d = &settings.deadlines;
+            // A reply's deadline is for its first words; a bridge covers them and its words may
+            // come until `reply_ms`, which is what a reply's p95 (to its end) is measured against.
+            let after = match kind {
+                RequestKind::Dialogue => d.reply_ms.saturating_sub(d.dialogue_ms),
+                _ => 0,
+            };
+            (
+                Duration::from_millis(settings.router.probe_ms),
+                Duration::from_millis(after),
+            )
+        };
+        for (position, &link) in chain.iter().enumerate() {
             let pending: Vec<usize> = (0..streams)
                 .filter(|&s| open[s] && !sink.is_cancelled(s))
                 .collect();
@@ -358,44 +409,47 @@ impl Router {
 
             // Skipped for being too slow, unless a probe is due.
             let now = batch.now(pending.iter().map(|&s| spent[s]).min().unwrap_or_default());
-            let (p95, too_slow) = shared.with_stats(&id, kind, |stats| {
+            let pending_n = pending.len();
+            let (p95, skipped, due) = shared.with_stats(&id, kind, |stats| {
                 let due = stats
                     .last_try
                     .is_none_or(|t| now.since(t) >= probe || now < t);
-                let too_slow = stats.skipped && !due;
-                if stats.skipped && due {
-                    stats.probes += 1;
-                }
-                if too_slow {
-                    stats.passed_over += pending.len() as u64;
-                } else {
-                    stats.last_try = Some(now);
-                }
-                (stats.p95(), too_slow)
+                (stats.p95(), stats.skipped, due)
             });
-            if too_slow {
-                continue;
-            }
-            // Down the chain, only streams with time for this backend's p95 try it.
-            let chosen: Vec<usize> = pending
-                .into_iter()
-                .filter(|&s| {
-                    let fits = position == 0
-                        || p95.is_none_or(|p95| {
-                            batch
-                                .deadline(s)
-                                .is_none_or(|d| d.remaining(batch.now(spent[s])) >= p95)
-                        });
-                    if !fits {
-                        shared.with_stats(&id, kind, |stats| stats.passed_over += 1);
+            let chosen: Vec<usize> = if skipped && due {
+                // A probe: one stream, whatever its time, to learn whether the backend is back.
+                pending.into_iter().take(1).collect()
+            } else if skipped {
+                Vec::new()
+            } else {
+                // Down the chain, only streams with time for this backend's p95 try it.
+                pending
+                    .iter()
+                    .copied()
+                    .filter(|&s| {
+                        position == 0
+                            || p95.is_none_or(|p95| {
+                                batch.deadline(s).is_none_or(|d| {
+                                    d.remaining(batch.now(spent[s])) + after_deadline >= p95
+                                })
+                            })
+                    })
+                    .collect()
+            };
+            let passed_over = (pending_n - chosen.len()) as u64;
+            shared.with_stats(&id, kind, |stats| {
+                stats.passed_over += passed_over;
+                if !chosen.is_empty() {
+                    stats.last_try = Some(now);
+                    if skipped {
+                        stats.probes += 1;
                     }
-                    fits
-                })
-                .collect();
+                }
+            });
             if chosen.is_empty() {
                 continue;
             }
-            let backend = match self.backend(link) {
+            let backend = match self.backend(link, probe) {
                 Ok(backend) => backend,
                 Err(e) => {
                     for &s in &chosen {
@@ -415,9 +469,12 @@ impl Router {
                 sink.hand_off(s, &handoff);
             }
             let sub = sub_batch(batch, &chosen, &spent);
+            let spent_before: Vec<Duration> = chosen.iter().map(|&s| spent[s]).collect();
             let mut link_sink = LinkSink {
                 outer: sink,
                 map: &chosen,
+                spent: &spent_before,
+                sub: &sub,
                 attempts: chosen.iter().map(|_| Attempt::default()).collect(),
                 shared: &shared,
                 backend: &id,
@@ -488,6 +545,10 @@ fn sub_batch(batch: &Batch, chosen: &[usize], spent: &[Duration]) -> Batch {
 struct LinkSink<'a> {
     outer: &'a mut dyn BatchSink,
     map: &'a [usize],
+    /// Per stream, the time spent on it before this link.
+    spent: &'a [Duration],
+    /// What this link was given.
+    sub: &'a Batch,
     attempts: Vec<Attempt>,
     shared: &'a Shared,
     backend: &'a BackendId,
@@ -535,6 +596,11 @@ impl BatchSink for LinkSink<'_> {
         }
         attempt.ended = true;
         attempt.usage = usage;
+        if !attempt.wrote {
+            // An empty answer: the next link may still write one.
+            attempt.error = Some(BackendError::Failed("the answer was empty".into()));
+            return;
+        }
         if attempt.wrote && self.kind != RequestKind::Plan {
             let latency = self.latency(usage);
             self.shared.observe(self.backend, self.kind, latency);
@@ -554,6 +620,11 @@ impl BatchSink for LinkSink<'_> {
         if attempt.wrote {
             self.outer.error(outer, error);
         } else {
+            // Its prompt, at least, was read: on a virtual clock that time is spent.
+            if attempt.usage.prompt_tokens == 0 {
+                let prompt = crate::backend::stream_prompt(self.sub, stream).unwrap_or_default();
+                attempt.usage.prompt_tokens = crate::snapshot::estimate_tokens(&prompt) as u64;
+            }
             attempt.error = Some(error);
         }
     }
@@ -566,7 +637,9 @@ impl BatchSink for LinkSink<'_> {
 
     fn hand_off(&mut self, stream: usize, handoff: &Handoff) {
         if let Some(&outer) = self.map.get(stream) {
-            self.outer.hand_off(outer, handoff);
+            let mut handoff = handoff.clone();
+            handoff.after += self.spent.get(stream).copied().unwrap_or_default();
+            self.outer.hand_off(outer, &handoff);
         }
     }
 }

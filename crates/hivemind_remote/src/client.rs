@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -64,6 +64,8 @@ impl From<RemoteError> for hivemind_core::backend::BackendError {
 /// What an exchange reports to the backend.
 #[derive(Debug)]
 pub(crate) enum Report {
+    /// The server answered or sent bytes: it is not silent.
+    Alive(usize),
     /// Answer text, and what the stream has cost so far.
     Text(usize, String, TokenUsage),
     /// The answer is complete.
@@ -83,13 +85,23 @@ pub(crate) struct Call {
 }
 
 /// Sends `call` and streams its answer to `out` until it ends, fails, or `cancel` is set; then
-/// drops the connection, which tells the server to stop.
+/// drops the connection, which tells the server to stop. `live` counts the exchanges whose
+/// thread is still running: this one leaves it when it returns.
 pub(crate) fn exchange(
     agent: &ureq::Agent,
     call: &Call,
     cancel: &Arc<AtomicBool>,
     out: &Sender<Report>,
+    live: &Arc<AtomicUsize>,
 ) {
+    /// Leaves `live` however the exchange ends.
+    struct Leave<'a>(&'a AtomicUsize);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let _leave = Leave(live);
     let stream = call.stream;
     let result = stream_answer(agent, call, cancel, &mut |report| {
         let _ = out.send(report);
@@ -131,6 +143,7 @@ fn stream_answer(
         }
         Err(ureq::Error::Transport(t)) => return Err(transport(&url, &t, call.read_timeout)),
     };
+    report(Report::Alive(call.stream));
     let mut reader = response.into_reader();
     let mut parser = SseParser::default();
     let mut events: Vec<SseEvent> = Vec::new();
@@ -153,6 +166,9 @@ fn stream_answer(
             }
             Err(_) => return Err(RemoteError::Cut),
         };
+        if n > 0 {
+            report(Report::Alive(call.stream));
+        }
         if n == 0 {
             if finished {
                 report(Report::Done(call.stream, usage));

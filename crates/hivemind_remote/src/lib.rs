@@ -48,7 +48,7 @@ pub mod dialect;
 pub mod sse;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -177,6 +177,7 @@ impl BackendFactory for RemoteFactory {
             chat: self.chat.clone(),
             slots: self.slots,
             agent: None,
+            live: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -209,6 +210,9 @@ pub struct RemoteBackend {
     slots: usize,
     /// The HTTP agent (its connection pool) and the settings it was made for.
     agent: Option<(RemoteConfig, ureq::Agent)>,
+    /// Request threads still running, including those of requests dropped but not yet closed:
+    /// with them, never more than `max_concurrent` connections are open.
+    live: Arc<AtomicUsize>,
 }
 
 impl RemoteBackend {
@@ -232,7 +236,10 @@ impl RemoteBackend {
 /// A stream's state in [`RemoteBackend::run`].
 struct Flight {
     cancel: Arc<AtomicBool>,
+    /// When the server was last heard from (or the request sent).
     heard: Instant,
+    /// Whether it has answered at all; until then connecting counts too.
+    answered: bool,
     wrote: bool,
 }
 
@@ -266,6 +273,18 @@ impl InferenceBackend for RemoteBackend {
             slots: self.slots,
         };
         let read_timeout = Duration::from_millis(remote.read_timeout_ms);
+        let connect_timeout = Duration::from_millis(remote.connect_timeout_ms);
+        let max = remote.max_concurrent.max(1);
+        // A 429's wait is honoured only while the stream's deadline, counted from now in wall
+        // time, allows it, and at most twice.
+        let started = Instant::now();
+        let due: Vec<Option<Instant>> = (0..batch.streams())
+            .map(|s| {
+                let left = batch.deadline(s)?.remaining(batch.now(Duration::ZERO));
+                started.checked_add(left)
+            })
+            .collect();
+        let mut retries = vec![0u8; batch.streams()];
 
         // Earliest deadline first; a stream waiting out a 429 goes back in with its time.
         let mut order: Vec<usize> = (0..batch.streams()).collect();
@@ -275,12 +294,14 @@ impl InferenceBackend for RemoteBackend {
         let mut flights: Vec<Option<Flight>> = (0..batch.streams()).map(|_| None).collect();
         let (tx, rx) = crossbeam_channel::unbounded::<Report>();
         loop {
+            waiting.retain(|(s, _)| !sink.is_cancelled(*s));
             let in_flight = flights.iter().flatten().count();
             let now = Instant::now();
             let ready = waiting
                 .iter()
                 .position(|(_, not_before)| not_before.is_none_or(|t| t <= now));
-            if let Some(i) = ready.filter(|_| in_flight < remote.max_concurrent) {
+            let room = in_flight < max && self.live.load(Ordering::Acquire) < max;
+            if let Some(i) = ready.filter(|_| room) {
                 let Some((stream, _)) = waiting.remove(i) else {
                     continue;
                 };
@@ -303,13 +324,16 @@ impl InferenceBackend for RemoteBackend {
                 flights[stream] = Some(Flight {
                     cancel: Arc::clone(&cancel),
                     heard: now,
+                    answered: false,
                     wrote: false,
                 });
-                let (agent, tx) = (agent.clone(), tx.clone());
+                let (agent, tx, live) = (agent.clone(), tx.clone(), Arc::clone(&self.live));
+                live.fetch_add(1, Ordering::AcqRel);
                 let spawned = std::thread::Builder::new()
                     .name("hivemind-remote".into())
-                    .spawn(move || exchange(&agent, &call, &cancel, &tx));
+                    .spawn(move || exchange(&agent, &call, &cancel, &tx, &live));
                 if let Err(e) = spawned {
+                    self.live.fetch_sub(1, Ordering::AcqRel);
                     flights[stream] = None;
                     sink.error(stream, BackendError::Failed(format!("no thread: {e}")));
                 }
@@ -319,6 +343,12 @@ impl InferenceBackend for RemoteBackend {
                 return Ok(());
             }
             match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(Report::Alive(stream)) => {
+                    if let Some(f) = flights.get_mut(stream).and_then(Option::as_mut) {
+                        f.heard = Instant::now();
+                        f.answered = true;
+                    }
+                }
                 Ok(Report::Text(stream, text, usage)) => {
                     if let Some(f) = flights.get_mut(stream).and_then(Option::as_mut) {
                         f.heard = Instant::now();
@@ -340,12 +370,19 @@ impl InferenceBackend for RemoteBackend {
                         ..
                     } = &error
                         && !flight.wrote
-                        && batch
-                            .deadline(stream)
-                            .is_some_and(|d| d.remaining(batch.now(Duration::ZERO)) > *wait)
+                        && retries[stream] < 2
                     {
-                        waiting.push_back((stream, Some(Instant::now() + *wait)));
-                        continue;
+                        let at = Instant::now() + (*wait).max(Duration::from_millis(50));
+                        if due
+                            .get(stream)
+                            .copied()
+                            .flatten()
+                            .is_some_and(|due| at < due)
+                        {
+                            retries[stream] += 1;
+                            waiting.push_back((stream, Some(at)));
+                            continue;
+                        }
                     }
                     sink.error(stream, error.into());
                 }
@@ -358,7 +395,12 @@ impl InferenceBackend for RemoteBackend {
             for (stream, slot) in flights.iter_mut().enumerate() {
                 let Some(flight) = slot else { continue };
                 let cancelled = sink.is_cancelled(stream);
-                let silent = flight.heard.elapsed() > read_timeout + Duration::from_millis(250);
+                let patience = if flight.answered {
+                    read_timeout
+                } else {
+                    connect_timeout + read_timeout
+                };
+                let silent = flight.heard.elapsed() > patience + Duration::from_millis(250);
                 if cancelled || silent {
                     flight.cancel.store(true, Ordering::Release);
                     *slot = None;

@@ -3,8 +3,8 @@
 //! Bytes go in as they arrive, in chunks of any size; complete events come out. Lines end in
 //! `\n`, `\r\n` or `\r`, even when a chunk splits the pair; `data:` lines of one event are
 //! joined with `\n`; comments (`:`) and the fields this client has no use for (`id:`,
-//! `retry:`) are skipped. A line longer than the parser's limit is an error rather than a
-//! buffer that grows without end, and no input makes it panic.
+//! `retry:`) are skipped. A line or an event's data longer than the parser's limit is an error
+//! rather than a buffer that grows without end, and no input makes it panic.
 
 /// One event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,8 +18,8 @@ pub struct SseEvent {
 /// What a malformed stream did.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SseError {
-    /// A line ran past the limit without ending.
-    #[error("an event-stream line is longer than {limit} bytes")]
+    /// A line, or an event's data, ran past the limit.
+    #[error("an event-stream line or event is longer than {limit} bytes")]
     LineTooLong {
         /// The limit.
         limit: usize,
@@ -110,6 +110,11 @@ impl SseParser {
         };
         match field {
             "data" => {
+                if self.event.data.len() + value.len() >= self.limit {
+                    self.event = SseEvent::default();
+                    self.has_data = false;
+                    return Err(SseError::LineTooLong { limit: self.limit });
+                }
                 if self.has_data {
                     self.event.data.push('\n');
                 }
@@ -160,6 +165,15 @@ mod tests {
     fn a_crlf_split_across_chunks_is_one_line_end() {
         let events = parse(&[b"data: a\r", b"\n", b"\r", b"\ndata: b\n\n"]).unwrap();
         assert_eq!(events, [data("a"), data("b")]);
+    }
+
+    #[test]
+    fn an_endless_event_is_an_error_not_a_growing_buffer() {
+        let lines = "data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n".repeat(20);
+        assert_eq!(
+            parse(&[lines.as_bytes()]),
+            Err(SseError::LineTooLong { limit: 256 })
+        );
     }
 
     #[test]

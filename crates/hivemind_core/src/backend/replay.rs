@@ -235,6 +235,10 @@ impl BatchSink for RecordingSink<'_> {
     fn is_cancelled(&self, stream: usize) -> bool {
         self.inner.is_cancelled(stream)
     }
+
+    fn hand_off(&mut self, stream: usize, handoff: &super::Handoff) {
+        self.inner.hand_off(stream, handoff);
+    }
 }
 
 impl InferenceBackend for Recorder {

@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::backend::{BatchSink, JobId, ScriptedBackend};
+use crate::backend::{BatchSink, JobId, ScriptedBackend, TokenUsage};
 use crate::clock::{Clock, Deadline, Timestamp};
 use crate::config::{PromptLayout, Route};
 use crate::worker::tests::{attacker, batching, context, drain, outcome, plan_request};
@@ -16,6 +16,8 @@ enum Mode {
     Answer,
     /// Fails every stream before writing anything, as a refused connection does.
     Refuse,
+    /// Ends every stream without a word, as a server that sends `[DONE]` at once does.
+    Empty,
 }
 
 /// A backend the router can hold, with a rate the test can change.
@@ -47,12 +49,18 @@ fn rate(prompt_rate: f64) -> Throughput {
     }
 }
 
-struct Refuser;
+struct Refuser {
+    empty: bool,
+}
 
 impl InferenceBackend for Refuser {
     fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
         for s in 0..batch.streams() {
-            sink.error(s, BackendError::Failed("connection refused".into()));
+            if self.empty {
+                sink.done(s, TokenUsage::default());
+            } else {
+                sink.error(s, BackendError::Failed("connection refused".into()));
+            }
         }
         Ok(())
     }
@@ -66,7 +74,8 @@ impl BackendFactory for Link {
     fn build(&self) -> Result<Box<dyn InferenceBackend>, BackendError> {
         Ok(match self.mode {
             Mode::Answer => Box::new(ScriptedBackend::new(attacker())),
-            Mode::Refuse => Box::new(Refuser),
+            Mode::Refuse => Box::new(Refuser { empty: false }),
+            Mode::Empty => Box::new(Refuser { empty: true }),
         })
     }
 
@@ -149,6 +158,14 @@ fn the_chain_falls_through_in_order_and_names_who_answered() {
     );
     assert_eq!(row(&router, "a").fell_through, 1);
     assert_eq!(row(&router, "c").answered, 1);
+
+    // An empty answer falls through too.
+    let empty = Link::new("empty", Mode::Empty, 1000.0);
+    let router = self::router(&[&empty, &c], Vec::new());
+    let mut pool = self::pool(&router, &Clock::manual());
+    let (job, events) = plan(&mut pool, 1, Duration::from_secs(5));
+    assert_eq!(routed(&events), ["empty", "c"]);
+    assert!(completed(&events, job), "{events:?}");
 
     // A chain whose every link fails ends the job once, with the last link's error.
     let router = self::router(&[&a, &b], Vec::new());
@@ -310,4 +327,28 @@ fn a_lockstep_run_routes_the_same_way_every_time() {
         remote.answered >= 1 && remote.passed_over >= 1,
         "{status:?}"
     );
+}
+
+#[test]
+fn a_skipped_backend_down_the_chain_is_probed_even_when_short_of_time() {
+    let clock = Clock::manual();
+    let a = Link::new("a", Mode::Refuse, 1000.0);
+    let slow = Link::new("slow", Mode::Answer, 100.0);
+    let router = router(&[&a, &slow], Vec::new());
+    let mut pool = pool(&router, &clock);
+    // Its first answer takes ~0.9 s: it is skipped for plans from then on.
+    let (_, events) = plan(&mut pool, 1, Duration::from_secs(5));
+    assert_eq!(routed(&events), ["a", "slow"]);
+    assert!(row(&router, "slow").skipped);
+    let (_, events) = plan(&mut pool, 2, Duration::from_millis(300));
+    assert_eq!(routed(&events), ["a"]);
+    // Past the probe interval it is tried again, though 300 ms is less than its p95.
+    slow.set_rate(5000.0);
+    clock.advance(Duration::from_millis(1100));
+    let (job, events) = plan(&mut pool, 3, Duration::from_millis(300));
+    assert_eq!(routed(&events), ["a", "slow"], "the probe");
+    assert!(completed(&events, job));
+    let status = row(&router, "slow");
+    assert_eq!(status.probes, 1);
+    assert!(!status.skipped, "{status:?}");
 }
