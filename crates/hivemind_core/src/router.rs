@@ -567,15 +567,20 @@ impl LinkSink<'_> {
     }
 }
 
+impl LinkSink<'_> {
+    /// `stream`'s place in the router's sink and its attempt, unless it has ended.
+    fn open(&mut self, stream: usize) -> Option<(usize, &mut Attempt)> {
+        let outer = *self.map.get(stream)?;
+        let attempt = self.attempts.get_mut(stream).filter(|a| !a.ended)?;
+        Some((outer, attempt))
+    }
+}
+
 impl BatchSink for LinkSink<'_> {
     fn text(&mut self, stream: usize, text: &str, usage: TokenUsage) {
-        let (Some(&outer), Some(attempt)) = (self.map.get(stream), self.attempts.get_mut(stream))
-        else {
+        let Some((outer, attempt)) = self.open(stream) else {
             return;
         };
-        if attempt.ended {
-            return;
-        }
         let first = !attempt.wrote;
         attempt.wrote = true;
         attempt.usage = usage;
@@ -587,13 +592,9 @@ impl BatchSink for LinkSink<'_> {
     }
 
     fn done(&mut self, stream: usize, usage: TokenUsage) {
-        let (Some(&outer), Some(attempt)) = (self.map.get(stream), self.attempts.get_mut(stream))
-        else {
+        let Some((outer, attempt)) = self.open(stream) else {
             return;
         };
-        if attempt.ended {
-            return;
-        }
         attempt.ended = true;
         attempt.usage = usage;
         if !attempt.wrote {
@@ -609,20 +610,17 @@ impl BatchSink for LinkSink<'_> {
     }
 
     fn error(&mut self, stream: usize, error: BackendError) {
-        let (Some(&outer), Some(attempt)) = (self.map.get(stream), self.attempts.get_mut(stream))
-        else {
+        let sub = self.sub;
+        let Some((outer, attempt)) = self.open(stream) else {
             return;
         };
-        if attempt.ended {
-            return;
-        }
         attempt.ended = true;
         if attempt.wrote {
             self.outer.error(outer, error);
         } else {
             // Its prompt, at least, was read: on a virtual clock that time is spent.
             if attempt.usage.prompt_tokens == 0 {
-                let prompt = crate::backend::stream_prompt(self.sub, stream).unwrap_or_default();
+                let prompt = crate::backend::stream_prompt(sub, stream).unwrap_or_default();
                 attempt.usage.prompt_tokens = crate::snapshot::estimate_tokens(&prompt) as u64;
             }
             attempt.error = Some(error);
