@@ -96,7 +96,7 @@ fn round(
                 persona: if i % 2 == 0 { "veteran" } else { "rookie" }.into(),
                 task: task.clone(),
                 snapshot: Arc::new(s.clone()),
-                deadline: Deadline::after(start, Duration::from_millis(500)),
+                deadline: Deadline::after(start, Duration::from_secs(60)),
                 spotlight: false,
             },
             0,
@@ -180,6 +180,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let args = args()?;
     let assets = ArenaAssets::load(concat!(env!("CARGO_MANIFEST_DIR"), "/assets").as_ref())?;
     let mut config = HivemindConfig::default();
+    // The plan budget decides nothing here but whether the router skips a backend as too slow:
+    // generous, so that every row answers every agent and the router's row is the cost of
+    // routing. (With the 500 ms default, at 16 agents both backends miss it and the router
+    // answers all but its probes at once from the fallback, as it should in a game.)
+    config.deadlines.plan_ms = 60_000;
     let model = config.model.resolved_path();
     let binary = server_binary();
     if !binary.is_file() {
