@@ -234,6 +234,13 @@ pub trait BackendFactory: Send + Sync {
         BackendInfo::default()
     }
 
+    /// What a virtual clock charges for the backend's tokens, where it is not the clock's own
+    /// rate (a remote server's, from its config); `None` keeps the clock's. Asked once per batch
+    /// on the worker, so it only reads what the factory holds.
+    fn throughput(&self) -> Option<Throughput> {
+        None
+    }
+
     /// Takes the configuration in force: called when the pool starts and after every reload or
     /// edit. A backend that reads settings from `hivemind.ron` (a remote server's address, the
     /// router's routes) keeps what concerns it; the others ignore it.
@@ -253,9 +260,6 @@ pub struct BackendInfo {
     /// decoded state the backend holds now, for a backend that keeps any; `None` for one that
     /// sends text.
     pub warm_levels: Option<Vec<u64>>,
-    /// What a virtual clock charges for the backend's tokens, where it is not the clock's own
-    /// rate (a remote server's, from its config).
-    pub throughput: Option<Throughput>,
     /// For a backend that routes to others: each one's state per request kind.
     pub routes: Option<Vec<crate::router::LinkStatus>>,
 }
@@ -325,6 +329,10 @@ impl<F: BackendFactory + ?Sized> BackendFactory for Renamed<F> {
 
     fn info(&self) -> BackendInfo {
         self.inner.info()
+    }
+
+    fn throughput(&self) -> Option<Throughput> {
+        self.inner.throughput()
     }
 
     fn configure(&self, config: &HivemindConfig) {

@@ -22,7 +22,7 @@
 //! the trait, builds each of its backends lazily on the worker's thread, and hands them
 //! sub-batches of the streams it routes to them. Latencies are on the batch's clock: on a
 //! virtual clock they come from token counts at each backend's rate
-//! ([`BackendInfo::throughput`]), so a lockstep run with one worker routes the same way every
+//! ([`BackendFactory::throughput`]), so a lockstep run with one worker routes the same way every
 //! time. The latency windows are shared by every worker's router, behind one mutex taken once
 //! per batch and stream.
 
@@ -404,7 +404,7 @@ impl Router {
             }
             let factory = Arc::clone(&self.links[link]);
             let id = factory.id();
-            let own_rate = factory.info().throughput;
+            let own_rate = factory.throughput();
             let rate = own_rate.or_else(|| batch.clock.throughput());
 
             // Skipped for being too slow, unless a probe is due.

@@ -41,7 +41,7 @@
 //! arrived before it.
 //!
 //! On a lockstep clock a server's tokens are charged at the `throughput` its settings give
-//! ([`BackendInfo::throughput`]); the token counts are the server's own where it reports them.
+//! ([`BackendFactory::throughput`]); the token counts are the server's own where it reports them.
 
 mod client;
 pub mod dialect;
@@ -57,7 +57,7 @@ use hivemind_core::backend::{
     BackendError, BackendFactory, BackendInfo, Batch, BatchSink, InferenceBackend,
 };
 pub use hivemind_core::config::{Dialect, RemoteConfig};
-use hivemind_core::config::{HivemindConfig, IntentStyle};
+use hivemind_core::config::{HivemindConfig, IntentStyle, Throughput};
 use hivemind_core::plan::{BackendId, OutputFormat};
 use hivemind_core::prompt::ChatTemplate;
 
@@ -185,9 +185,18 @@ impl BackendFactory for RemoteFactory {
         let remote = self.remote();
         BackendInfo {
             source: Some(format!("{} ({:?})", remote.url, remote.dialect)),
-            throughput: Some(remote.throughput),
             ..BackendInfo::default()
         }
+    }
+
+    fn throughput(&self) -> Option<Throughput> {
+        Some(
+            self.settings
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remote
+                .throughput,
+        )
     }
 
     fn configure(&self, config: &HivemindConfig) {

@@ -79,11 +79,8 @@ impl BackendFactory for Link {
         })
     }
 
-    fn info(&self) -> BackendInfo {
-        BackendInfo {
-            throughput: *self.rate.lock().unwrap(),
-            ..BackendInfo::default()
-        }
+    fn throughput(&self) -> Option<Throughput> {
+        *self.rate.lock().unwrap()
     }
 }
 

@@ -276,11 +276,8 @@ impl<'s> Run<'s> {
             return;
         }
 
-        let rate = factory.info().throughput;
-        let mut sink = Sink::new(self, &batch, slot_of, &context.registry, now);
-        for charge in &mut sink.charges {
-            charge.1 = rate;
-        }
+        let rate = factory.throughput();
+        let mut sink = Sink::new(self, &batch, slot_of, &context.registry, now, rate);
         let result = backend.run(&batch, &mut sink);
         let outcome_of_run = result.err();
         drop(sink);
@@ -313,6 +310,7 @@ impl<'r, 's> Sink<'r, 's> {
         slot_of: Vec<usize>,
         registry: &'r ActionRegistry,
         start: Timestamp,
+        rate: Option<Throughput>,
     ) -> Self {
         // A guided answer's intent is reported on its last possible digit.
         // A named intent is reported when its string ends.
@@ -353,7 +351,7 @@ impl<'r, 's> Sink<'r, 's> {
             run,
             registry,
             start,
-            charges: vec![(std::time::Duration::ZERO, None); streams.len()],
+            charges: vec![(std::time::Duration::ZERO, rate); streams.len()],
             streams,
             by_agent,
             events: Vec::new(),
