@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use hivemind::core::backend::BackendFactory;
 use hivemind::core::clock::{Clock, Deadline};
 use hivemind::core::config::{Dialect, HivemindConfig, RemoteConfig};
-use hivemind::core::prompt::{AgentTask, IntentOption};
+use hivemind::core::prompt::AgentTask;
 use hivemind::core::router::RouterFactory;
 use hivemind::core::snapshot::WorldSnapshot;
 use hivemind::core::worker::{JobOutcome, JobRequest, WorkerEventKind, WorkerPool};
@@ -120,15 +120,8 @@ fn round(
                 let Some((s, task)) = tasks.get(&event.job) else {
                     continue;
                 };
-                let expanded = IntentOption::numbered(task.options(), intent)
-                    .map_or_else(Vec::new, |o| {
-                        hivemind_arena::expand_intent(&assets.domain, &assets.registry, s, &o.goal)
-                    });
-                if !expanded.is_empty()
-                    && expanded
-                        .iter()
-                        .all(|step| assets.registry.validate_step(step, s).is_ok())
-                {
+                let (domain, registry) = (&assets.domain, &assets.registry);
+                if hivemind_arena::intent_is_valid(domain, registry, s, task.options(), intent) {
                     out.valid += 1;
                 }
             }

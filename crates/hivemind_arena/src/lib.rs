@@ -76,7 +76,7 @@ pub use orders::{StepFailure, StepRejected};
 pub use planner::ArenaPlanner;
 pub use planning::{
     bind_action, complete_plan, expand_intent, fallback_goal, fallback_plan, first_invalid,
-    goap_state,
+    goap_state, intent_is_valid,
 };
 pub use tick::{StepOutcome, TickReport};
 pub use world::{Agent, ArenaWorld, SetupError};

@@ -30,6 +30,7 @@ use hivemind_core::action::{ActionRegistry, ArgKind};
 use hivemind_core::cache::ArgRole;
 use hivemind_core::goap::{Domain, Planner, State, verify};
 use hivemind_core::plan::{ArgValue, PlanStep};
+use hivemind_core::prompt::IntentOption;
 use hivemind_core::snapshot::{Fact, WorldSnapshot};
 
 use crate::snapshot::{COVER, ENEMY, OBJECTIVE, fact};
@@ -291,6 +292,27 @@ pub fn expand_intent(
     plan_goal(domain, registry, snapshot, &start, goal)
 }
 
+/// Whether a guided answer's `intent` (numbered from 1 among `options`) is a valid plan here.
+///
+/// It is if GOAP carries it out in `snapshot` and every step validates against the registry:
+/// what the benchmarks count as a valid plan from the model.
+pub fn intent_is_valid(
+    domain: &Domain,
+    registry: &ActionRegistry,
+    snapshot: &WorldSnapshot,
+    options: &[IntentOption],
+    intent: u32,
+) -> bool {
+    let Some(option) = IntentOption::numbered(options, intent) else {
+        return false;
+    };
+    let steps = expand_intent(domain, registry, snapshot, &option.goal);
+    !steps.is_empty()
+        && steps
+            .iter()
+            .all(|step| registry.validate_step(step, snapshot).is_ok())
+}
+
 /// The index of the first step of a model's plan that cannot run in `snapshot` after the steps
 /// before it, or `None` if all of them can.
 ///
@@ -534,6 +556,24 @@ mod tests {
             [registry.idle_step()]
         );
         assert_eq!(expand_intent(domain, registry, &guard, "dance"), []);
+    }
+
+    #[test]
+    fn an_intent_is_valid_only_if_offered_and_carried_out() {
+        let assets = assets();
+        let (domain, registry) = (&assets.domain, &assets.registry);
+        let hurt = flanking_guard().with_health(Health::new(30, 100));
+        let option = |goal: &str| IntentOption {
+            goal: goal.into(),
+            label: goal.replace('_', " "),
+            reason: String::new(),
+        };
+        let options = [option(goal::TAKE_COVER), option(goal::HEAL)];
+        assert!(intent_is_valid(domain, registry, &hurt, &options, 1));
+        // Healing without a medkit cannot be carried out; a third option was never offered.
+        assert!(!intent_is_valid(domain, registry, &hurt, &options, 2));
+        assert!(!intent_is_valid(domain, registry, &hurt, &options, 3));
+        assert!(!intent_is_valid(domain, registry, &hurt, &options, 0));
     }
 
     #[test]

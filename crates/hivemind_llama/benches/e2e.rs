@@ -41,7 +41,7 @@ use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::{Clock, Deadline};
 use hivemind_core::config::{HivemindConfig, PlanFormat, Sampling};
 use hivemind_core::plan::{OutputFormat, PlanStep};
-use hivemind_core::prompt::{AgentTask, IntentOption, PromptLevel};
+use hivemind_core::prompt::{AgentTask, PromptLevel};
 use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::stream::{StreamEvent, StreamParser};
 use hivemind_core::worker::{JobOutcome, JobRequest, WorkerEventKind, WorkerPool};
@@ -528,14 +528,13 @@ fn default_config(
                 let Some((s, task)) = tasks.get(&event.job.0) else {
                     continue;
                 };
-                let expanded = IntentOption::numbered(task.options(), intent)
-                    .map_or_else(Vec::new, |o| {
-                        hivemind_arena::expand_intent(&assets.domain, &assets.registry, s, &o.goal)
-                    });
-                let valid = !expanded.is_empty()
-                    && expanded
-                        .iter()
-                        .all(|step| assets.registry.validate_step(step, s).is_ok());
+                let valid = hivemind_arena::intent_is_valid(
+                    &assets.domain,
+                    &assets.registry,
+                    s,
+                    task.options(),
+                    intent,
+                );
                 if valid {
                     *steps.entry(event.job.0).or_default() += 1;
                 }
