@@ -97,6 +97,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             say_sampling: None,
             seed: 0,
             ignore_eog: true,
+            line_last: false,
+            time_left: None,
         };
         let mut timing = Timing {
             start: Some(Instant::now()),

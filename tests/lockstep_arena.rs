@@ -144,7 +144,8 @@ fn run(workers: usize, seed: u64, ticks: usize) -> Run {
                 WorkerEventKind::Started { .. }
                 | WorkerEventKind::Routed { .. }
                 | WorkerEventKind::Intent { .. }
-                | WorkerEventKind::Words { .. } => {}
+                | WorkerEventKind::Words { .. }
+                | WorkerEventKind::LineSkipped => {}
             }
         }
         first_steps.sort_by_key(|(agent, _)| *agent);

@@ -168,6 +168,11 @@ pub enum BackendError {
         /// The prompt's key.
         key: u64,
     },
+    /// The stream could not have begun its answer by its deadline, so the backend did not
+    /// start it: its time went to streams that could. The pool answers it with the fallback at
+    /// once, as a job shed for its deadline.
+    #[error("its deadline could not be met: {0}")]
+    Late(String),
     /// Anything else the backend reports.
     #[error("{0}")]
     Failed(String),
@@ -203,6 +208,15 @@ pub trait BatchSink {
     /// backend answers ignores it.
     fn hand_off(&mut self, stream: usize, handoff: &Handoff) {
         let _ = (stream, handoff);
+    }
+    /// `stream` has written its answer and is writing (or about to write) its line, the `say`
+    /// text of a plan. Returns whether the pool would rather have the time for waiting work: if
+    /// so, the stream is over as it stands (its answer complete, its line left to a template)
+    /// and the backend writes nothing more on it. A backend asks at every step of such a line;
+    /// a sink that never skips lines returns `false`.
+    fn skip_line(&mut self, stream: usize, usage: TokenUsage) -> bool {
+        let _ = (stream, usage);
+        false
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Metrics {
     repairs: u64,
     bridges: u64,
     copies: u64,
+    lines_skipped: u64,
+    shed: u64,
 }
 
 impl Metrics {
@@ -177,6 +179,19 @@ impl Metrics {
         self.copies += 1;
     }
 
+    /// Records one plan whose line the worker skipped for waiting work (a template said it).
+    #[inline]
+    pub fn record_line_skipped(&mut self) {
+        self.lines_skipped += 1;
+    }
+
+    /// Records one job the worker shed because it could no longer meet its deadline (the
+    /// fallback answered at once).
+    #[inline]
+    pub fn record_shed(&mut self) {
+        self.shed += 1;
+    }
+
     /// Forgets everything, keeping allocated memory. The [recent series](Metrics::recent_full)
     /// are emptied but their sample indices keep counting up.
     pub fn reset(&mut self) {
@@ -193,6 +208,8 @@ impl Metrics {
         self.repairs = 0;
         self.bridges = 0;
         self.copies = 0;
+        self.lines_skipped = 0;
+        self.shed = 0;
     }
 
     /// The latency histograms of one key.
@@ -308,6 +325,16 @@ impl Metrics {
     /// Model lines the copy check kept from a player.
     pub fn copies(&self) -> u64 {
         self.copies
+    }
+
+    /// Plans whose line the worker skipped because other work was waiting.
+    pub fn lines_skipped(&self) -> u64 {
+        self.lines_skipped
+    }
+
+    /// Jobs shed because they could no longer meet their deadline.
+    pub fn shed(&self) -> u64 {
+        self.shed
     }
 
     fn stats_mut(&mut self, kind: RequestKind, source: LatencySource) -> &mut LatencyStats {

@@ -573,9 +573,9 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool, int
             escape_untrusted(request.persona, MAX_UNTRUSTED_CHARS)
         );
     }
-    // A guided answer picks an option, and the options carry their places.
+    // A guided answer picks an option, and the options carry their places and targets.
     out.push_str(&if matches!(request.task, AgentTask::Guided { .. }) {
-        request.snapshot.render_brief()
+        request.snapshot.render_self()
     } else {
         request.snapshot.render()
     });
@@ -889,9 +889,10 @@ mod tests {
             !tree.root().text.contains("Actions:"),
             "guided prompts need no action list"
         );
-        // The options carry their places; the situation is told without coordinates.
-        assert!(text.starts_with(&snapshot.render_brief()), "{text}");
+        // The options carry their places and targets; the situation is the agent's own line.
+        assert!(text.starts_with(&snapshot.render_self()), "{text}");
         assert!(!text.contains("at=("), "{text}");
+        assert!(!text.contains("enemy:"), "{text}");
     }
 
     #[test]

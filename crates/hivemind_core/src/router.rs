@@ -627,6 +627,20 @@ impl BatchSink for LinkSink<'_> {
         }
     }
 
+    fn skip_line(&mut self, stream: usize, usage: TokenUsage) -> bool {
+        let Some((outer, _)) = self.open(stream) else {
+            return false;
+        };
+        if !self.outer.skip_line(outer, usage) {
+            return false;
+        }
+        if let Some((_, attempt)) = self.open(stream) {
+            attempt.ended = true;
+            attempt.usage = usage;
+        }
+        true
+    }
+
     fn is_cancelled(&self, stream: usize) -> bool {
         self.map
             .get(stream)

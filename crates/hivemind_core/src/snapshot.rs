@@ -393,6 +393,23 @@ impl WorldSnapshot {
         self.render_with(false)
     }
 
+    /// The agent's own line alone: its health and facts.
+    ///
+    /// ```text
+    /// self hp=40% ammo=0 obj="hold the center"
+    /// ```
+    ///
+    /// For a guided choice: each option names its target and place and gives the reason it
+    /// was offered, so the other entities, which every prompt token has to be paid for, would
+    /// only repeat what the options say.
+    pub fn render_self(&self) -> String {
+        let mut out = String::with_capacity(64);
+        out.push_str("self ");
+        write_health(&mut out, self.health);
+        write_facts(&mut out, &self.facts);
+        out
+    }
+
     fn render_with(&self, positions: bool) -> String {
         let mut out = String::with_capacity(128);
         out.push_str("self ");

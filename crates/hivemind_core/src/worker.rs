@@ -119,6 +119,10 @@ pub enum WorkerEventKind {
         /// The words, with their trailing space.
         text: String,
     },
+    /// The job's answer is complete but its line was left unwritten, because other work was
+    /// waiting ([`BatchSink::skip_line`](crate::backend::BatchSink::skip_line)); a `Finished`
+    /// follows at once.
+    LineSkipped,
     /// The job produced nothing by its deadline. Sent on virtual clocks, where the game waits
     /// for the worker to decide a deadline; a real-time game reads its own clock instead.
     DeadlineCrossed,

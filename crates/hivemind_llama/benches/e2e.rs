@@ -37,15 +37,16 @@ use std::time::{Duration, Instant};
 
 use hivemind_arena::ArenaAssets;
 use hivemind_core::action::ActionRegistry;
+use hivemind_core::backend::JobId;
 use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::{Clock, Deadline};
 use hivemind_core::config::{HivemindConfig, PlanFormat, Sampling};
-use hivemind_core::plan::{OutputFormat, PlanStep};
+use hivemind_core::plan::{OutputFormat, PlanStep, RequestKind};
 use hivemind_core::prompt::{AgentTask, PromptLevel};
 use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::stream::{StreamEvent, StreamParser};
 use hivemind_core::worker::{JobOutcome, JobRequest, WorkerEventKind, WorkerPool};
-use hivemind_llama::{LlamaFactory, LlamaOptions, Quantization, StreamSpec};
+use hivemind_llama::{LlamaFactory, LlamaOptions, Quantization, StreamSpec, stream_specs};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -372,6 +373,8 @@ fn layout_on_naive_prompts(
         say_sampling: None,
         seed: 0,
         ignore_eog: true,
+        line_last: false,
+        time_left: None,
     };
     let specs: Vec<StreamSpec> = if shared {
         let blocks: String = snapshots
@@ -498,7 +501,9 @@ fn default_config(
                 persona: if i % 2 == 0 { "veteran" } else { "rookie" }.into(),
                 task: task.clone(),
                 snapshot: Arc::new(s.clone()),
-                deadline: Deadline::after(start, Duration::from_millis(500)),
+                // Room for every plan: the rows measure how long they take, and a batch past
+                // the default 500 ms would shed what it cannot start in time.
+                deadline: Deadline::after(start, Duration::from_secs(60)),
                 spotlight: false,
             },
             0,
@@ -561,6 +566,97 @@ fn default_config(
     }
     row.wall = wall.elapsed();
     Ok(row)
+}
+
+/// Where one batch of `snapshots`' guided plans spends its time, in the default
+/// configuration's prompts and specs on one session: the median of `runs` runs of
+/// [`LlamaSession::last_run`](hivemind_llama::LlamaSession::last_run).
+fn breakdown(
+    factory: &LlamaFactory,
+    assets: &ArenaAssets,
+    snapshots: &[WorldSnapshot],
+    runs: usize,
+) -> Result<String, Box<dyn Error>> {
+    let config = HivemindConfig::default();
+    let context = assets.prompt_context(&config);
+    let requests: Vec<JobRequest> = snapshots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| JobRequest {
+            agent: s.agent,
+            persona: if i % 2 == 0 { "veteran" } else { "rookie" }.into(),
+            task: default_task(assets, s),
+            snapshot: Arc::new(s.clone()),
+            deadline: Deadline::default(),
+            spotlight: false,
+        })
+        .collect();
+    let jobs: Vec<(JobId, &JobRequest)> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (JobId(i as u64), r))
+        .collect();
+    let (batch, _) = context.build_batch(0, 0, RequestKind::Plan, &jobs);
+    let mut session = factory.session()?;
+    let mut specs = stream_specs(&batch, session.options());
+    for spec in &mut specs {
+        // Every stream runs, whatever the deadline would say.
+        spec.time_left = None;
+    }
+    // Untimed: the prefix levels.
+    session.run(&specs, &mut Timing::new(specs.len()))?;
+    let mut traces = Vec::new();
+    for _ in 0..runs {
+        session.run(&specs, &mut Timing::new(specs.len()))?;
+        traces.push(session.last_run().clone());
+    }
+    let median = |f: &dyn Fn(&hivemind_llama::RunTrace) -> f64| {
+        let mut v: Vec<f64> = traces.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let ms_of = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let n = specs.len() as f64;
+    let block = median(&|t| {
+        t.streams
+            .iter()
+            .map(|s| f64::from(s.prompt_tokens))
+            .sum::<f64>()
+            / n
+    });
+    let restore = median(&|t| t.restore.as_secs_f64() * 1000.0);
+    let first = |t: &hivemind_llama::RunTrace| -> Vec<f64> {
+        let mut v: Vec<f64> = t.streams.iter().map(|s| ms_of(s.first_token)).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let first_min = median(&|t| first(t).first().copied().unwrap_or_default());
+    let first_mid = median(&|t| first(t)[first(t).len() / 2]);
+    let first_max = median(&|t| first(t).last().copied().unwrap_or_default());
+    let per_block = median(&|t| {
+        let f = first(t);
+        (f.last().copied().unwrap_or_default() - t.restore.as_secs_f64() * 1000.0) / n
+    });
+    let lines_from = median(&|t| {
+        t.streams
+            .iter()
+            .filter_map(|s| s.line)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .fold(0.0, f64::max)
+    });
+    let line_tokens = median(&|t| {
+        t.streams
+            .iter()
+            .map(|s| f64::from(s.line_tokens))
+            .sum::<f64>()
+            / n
+    });
+    let total = median(&|t| t.total.as_secs_f64() * 1000.0);
+    Ok(format!(
+        "| {} | {block:.0} | {restore:.0} | {per_block:.0} | {first_min:.0} / {first_mid:.0} / {first_max:.0} | {lines_from:.0} | {line_tokens:.0} | {:.0} | {total:.0} |",
+        snapshots.len(),
+        total - lines_from,
+    ))
 }
 
 fn pool_for(factory: Arc<LlamaFactory>, assets: &ArenaAssets, clock: &Clock) -> WorkerPool {
@@ -629,6 +725,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // The default configuration on every model file.
     let clock = Clock::real_time();
     let mut lone = Vec::new();
+    let mut breakdowns = Vec::new();
     for &quant in &args.quants {
         let path = if tag(&shipped) == quant.tag() {
             shipped.clone()
@@ -665,6 +762,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         pool.shutdown();
         drop(pool);
+        if breakdowns.is_empty() {
+            for &n in &args.agents {
+                breakdowns.push(breakdown(&factory, &assets, &all[..n], 5)?);
+            }
+        }
         // Cold start with the saved prefix state: a new factory, pool and context.
         let cold = Instant::now();
         let factory = LlamaFactory::new(options_for(&path, &state_dir))?;
@@ -756,6 +858,14 @@ fn main() -> Result<(), Box<dyn Error>> {
             "cold_start/{quant},{quant},1,{:.3},,,,,,,,,",
             cold.as_secs_f64()
         );
+    }
+    let _ = writeln!(
+        table,
+        "\nWhere a batch of guided plans goes ({}, one session, median of 5 runs; ms from the run's start):\n\n| agents | prompt tokens per agent | prefix restore | prompt per agent | first token: first / median / last agent | last line begins | line tokens per agent | lines | whole batch |\n|---|---|---|---|---|---|---|---|---|",
+        args.quants.first().map_or("-", |q| q.tag())
+    );
+    for b in &breakdowns {
+        let _ = writeln!(table, "{b}");
     }
     println!("{table}");
     std::fs::write(args.out.join("e2e.csv"), csv)?;

@@ -57,6 +57,7 @@ use std::sync::{Arc, Mutex};
 use hivemind_core::backend::{
     BackendError, BackendFactory, BackendInfo, Batch, BatchSink, InferenceBackend,
 };
+use hivemind_core::clock::Deadline;
 use hivemind_core::config::{HivemindConfig, Sampling};
 use hivemind_core::grammar::answer_prefix;
 use hivemind_core::plan::{BackendId, OutputFormat, RequestKind};
@@ -66,7 +67,7 @@ use llama_cpp_2::model::LlamaModel;
 pub use model::{ModelFile, Quantization, llama_backend, quantize};
 pub use prefix::{PrefixStats, WarmLevels};
 pub use sample::GrammarStats;
-pub use session::{LlamaSession, SessionStats, StreamSpec};
+pub use session::{LlamaSession, RunTrace, SessionStats, StreamSpec, StreamTrace};
 
 /// Why the local backend cannot run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -299,6 +300,10 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
         h.write(&(stream as u64).to_le_bytes());
         h.finish()
     };
+    // Wall-clock shedding would make a virtual clock's run depend on the machine.
+    let now = batch.clock.now();
+    let time_left =
+        |deadline: Deadline| (!batch.clock.is_virtual()).then(|| deadline.remaining(now));
     let sampling: Sampling = batch.sampling;
     // A plan's line is sampled on its own terms; a line's whole answer is its line already.
     let say_sampling = (batch.kind == RequestKind::Plan).then_some(batch.say_sampling);
@@ -325,6 +330,14 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
             say_sampling,
             seed: seed(0),
             ignore_eog: false,
+            // One stream answers for every agent: no agent's line can be left out.
+            line_last: false,
+            time_left: batch
+                .agents
+                .iter()
+                .map(|a| a.deadline)
+                .max()
+                .and_then(time_left),
         }],
         None => batch
             .agents
@@ -342,6 +355,9 @@ pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
                 say_sampling,
                 seed: seed(i),
                 ignore_eog: false,
+                // A plan's first step is its intent (or steps); its line comes after.
+                line_last: batch.kind == RequestKind::Plan,
+                time_left: time_left(a.deadline),
             })
             .collect(),
     }

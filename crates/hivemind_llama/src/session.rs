@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::Deadline;
@@ -45,6 +46,47 @@ pub struct StreamSpec {
     /// Keep writing through end-of-generation tokens until `max_tokens` (for fixed-shape
     /// throughput measurements only).
     pub ignore_eog: bool,
+    /// The stream's line (the text of its `say`) comes after its answer and is worth less than
+    /// any other stream's answer: a plan's intent or steps. It waits while another stream of
+    /// the run has not reached its line, and the sink may end the stream before it
+    /// ([`BatchSink::skip_line`]) when other work is waiting.
+    pub line_last: bool,
+    /// How long the stream had until its deadline when the run began, on a real-time clock. A
+    /// stream whose prompt, at the rate this session has been reading prompts, could not be in
+    /// by then is not started: it ends at once with [`BackendError::Late`], and its time goes
+    /// to the streams that can still make theirs. `None` (virtual clocks) never sheds.
+    pub time_left: Option<Duration>,
+}
+
+/// Where the time of one [`LlamaSession::run`] went, for the benchmark's breakdown. Times are
+/// from the start of the run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunTrace {
+    /// Making sure the prefix levels are decoded and copying them into place.
+    pub restore: Duration,
+    /// The whole run.
+    pub total: Duration,
+    /// Each stream, by index in the run's specs.
+    pub streams: Vec<StreamTrace>,
+}
+
+/// One stream of a [`RunTrace`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamTrace {
+    /// Its prompt tokens after the branch, with the forced start of the answer.
+    pub prompt_tokens: u32,
+    /// When its first token was chosen: its prompt is in and the first answer token written.
+    pub first_token: Option<Duration>,
+    /// When it reached its line (a `say` string opened); `None` if it never did.
+    pub line: Option<Duration>,
+    /// When it ended.
+    pub ended: Option<Duration>,
+    /// Tokens written.
+    pub generated: u32,
+    /// Tokens of those written inside its line.
+    pub line_tokens: u32,
+    /// Its line was skipped because other work was waiting.
+    pub line_skipped: bool,
 }
 
 /// What a session has done, for metrics, tests and the benchmark.
@@ -68,6 +110,9 @@ pub struct LlamaSession {
     prefix: PrefixStore,
     options: LlamaOptions,
     stats: SessionStats,
+    trace: RunTrace,
+    /// Prompt tokens a second, as recent decode steps read them; `None` until measured.
+    prompt_rate: Option<f64>,
 }
 
 enum Phase {
@@ -93,6 +138,10 @@ struct Slot {
     generated: u32,
     max_tokens: u32,
     cells: u32,
+    /// See [`StreamSpec::line_last`].
+    line_last: bool,
+    /// It has written up to its line.
+    reached_line: bool,
 }
 
 /// A stream waiting for a sequence and cells: its tokens, tokenized once.
@@ -165,6 +214,8 @@ impl LlamaSession {
             engine,
             options,
             stats: SessionStats::default(),
+            trace: RunTrace::default(),
+            prompt_rate: None,
         })
     }
 
@@ -185,6 +236,11 @@ impl LlamaSession {
             prefix: self.prefix.stats,
             ..self.stats
         }
+    }
+
+    /// Where the time of the last [`run`](Self::run) went.
+    pub fn last_run(&self) -> &RunTrace {
+        &self.trace
     }
 
     /// Whether prefix level `key` is decoded and ready.
@@ -225,6 +281,11 @@ impl LlamaSession {
         specs: &[StreamSpec],
         sink: &mut dyn BatchSink,
     ) -> Result<(), LlamaError> {
+        let started = Instant::now();
+        self.trace = RunTrace {
+            streams: vec![StreamTrace::default(); specs.len()],
+            ..RunTrace::default()
+        };
         let Some(root) = specs.first().map(|s| Arc::clone(&s.root)) else {
             return Ok(());
         };
@@ -243,6 +304,7 @@ impl LlamaSession {
         self.prefix.ensure(&mut self.engine, &root, &branches)?;
         let keys: Vec<u64> = branches.iter().map(|b| b.key).collect();
         let restored = self.prefix.restore(&mut self.engine, root.key, &keys)?;
+        self.trace.restore = started.elapsed();
         let shape = self.engine.shape();
         let mut free_cells = shape.n_ctx.saturating_sub(restored.cells);
         let mut free_seqs: Vec<u32> = (restored.first_free..shape.n_seq_max).rev().collect();
@@ -258,6 +320,7 @@ impl LlamaSession {
             let start = restored.branch(spec.branch.key).map_or(0, |(_, end)| end);
             // Forced answer text joins the prompt: reserve its cells too.
             let cells = (prompt.len() + forced.len()) as u32 + spec.max_tokens;
+            self.trace.streams[i].prompt_tokens = (prompt.len() + forced.len()) as u32;
             if prompt.is_empty() || cells > free_cells || start + cells > shape.n_ctx {
                 sink.error(
                     i,
@@ -277,6 +340,8 @@ impl LlamaSession {
                 cells,
             });
         }
+
+        self.shed_late(specs, &mut waiting, started, sink);
 
         let mut active: Vec<Slot> = Vec::new();
         let mut admitted = 0;
@@ -342,6 +407,8 @@ impl LlamaSession {
                     generated: 0,
                     max_tokens: spec.max_tokens,
                     cells,
+                    line_last: spec.line_last,
+                    reached_line: false,
                 });
             }
             if active.is_empty() {
@@ -354,13 +421,22 @@ impl LlamaSession {
                 break;
             }
 
-            // Streams nobody wants any more leave before the next step.
+            // Streams nobody wants any more leave before the next step, and so do lines the
+            // sink would rather skip for waiting work.
             let mut k = 0;
             while k < active.len() {
-                if sink.is_cancelled(active[k].stream) {
+                let slot = &active[k];
+                if sink.is_cancelled(slot.stream) {
                     let slot = active.swap_remove(k);
                     sink.done(slot.stream, slot.usage());
-                    self.release(&slot, &mut free_cells, &mut free_seqs);
+                    self.release(&slot, &mut free_cells, &mut free_seqs, started);
+                } else if slot.line_last
+                    && slot.reached_line
+                    && sink.skip_line(slot.stream, slot.usage())
+                {
+                    let slot = active.swap_remove(k);
+                    self.trace.streams[slot.stream].line_skipped = true;
+                    self.release(&slot, &mut free_cells, &mut free_seqs, started);
                 } else {
                     k += 1;
                 }
@@ -372,28 +448,86 @@ impl LlamaSession {
             // laid out the same way on every run.
             active.sort_by_key(|s| s.rank);
 
-            self.fill_step(&mut active)?;
+            let fed = self.fill_step(&mut active)?;
+            let step = Instant::now();
             self.engine.decode().inspect_err(|e| {
                 for slot in &active {
                     sink.error(slot.stream, BackendError::Failed(e.to_string()));
                 }
             })?;
             self.stats.decodes += 1;
-            self.sample_step(&mut active, sink, &mut free_cells, &mut free_seqs);
+            self.measure_prompt_rate(fed, step.elapsed());
+            self.sample_step(&mut active, sink, &mut free_cells, &mut free_seqs, started);
         }
         // Agents' cells are gone; only the prefix remains, as the next run expects. (A run that
         // failed above may have left cells, and the next one copies its prefix in again.)
         self.prefix.batch_ended();
+        self.trace.total = started.elapsed();
         Ok(())
     }
 
+    /// Ends, before they start, the waiting streams whose prompts could not be in by their
+    /// deadlines at the measured prompt rate, counting the prompts ahead of each in deadline
+    /// order; those ahead of a shed stream do not wait for it.
+    fn shed_late(
+        &mut self,
+        specs: &[StreamSpec],
+        waiting: &mut VecDeque<Waiting>,
+        started: Instant,
+        sink: &mut dyn BatchSink,
+    ) {
+        let Some(rate) = self.prompt_rate else {
+            return;
+        };
+        let mut ahead = 0usize;
+        waiting.retain(|w| {
+            let tokens = w.prompt.len() + w.forced.len();
+            let first = started.elapsed() + Duration::from_secs_f64((ahead + tokens) as f64 / rate);
+            match specs[w.stream].time_left {
+                Some(left) if first > left => {
+                    sink.error(
+                        w.stream,
+                        BackendError::Late(format!(
+                            "its prompt would be read in {} ms, {} ms left",
+                            first.as_millis(),
+                            left.as_millis()
+                        )),
+                    );
+                    false
+                }
+                _ => {
+                    ahead += tokens;
+                    true
+                }
+            }
+        });
+    }
+
+    /// Learns the prompt rate from a decode step that read `fed` prompt tokens in `took`.
+    fn measure_prompt_rate(&mut self, fed: usize, took: Duration) {
+        // Steps with few prompt tokens say more about generation than about reading.
+        if fed < 16 || took.is_zero() {
+            return;
+        }
+        let sample = fed as f64 / took.as_secs_f64();
+        self.prompt_rate = Some(match self.prompt_rate {
+            Some(rate) => 0.8 * rate + 0.2 * sample,
+            None => sample,
+        });
+    }
+
     /// Fills the batch for one step: a token for every writing stream, then prompt chunks in
-    /// deadline order.
-    fn fill_step(&mut self, active: &mut [Slot]) -> Result<(), LlamaError> {
+    /// deadline order. Lines that come last wait while any stream has not reached its line.
+    /// Returns the prompt tokens it took.
+    fn fill_step(&mut self, active: &mut [Slot]) -> Result<usize, LlamaError> {
         self.engine.clear_batch();
+        let answering = active.iter().any(|s| !s.reached_line);
         let mut writing = 0;
         for slot in active.iter_mut() {
             slot.logits_at = None;
+            if answering && slot.line_last && slot.reached_line {
+                continue;
+            }
             if let Phase::Generate { last } = slot.phase {
                 slot.logits_at = Some(self.engine.push(last, slot.pos, slot.seq, true)?);
                 slot.pos += 1;
@@ -404,6 +538,7 @@ impl LlamaSession {
         if writing > 0 {
             budget = budget.min(self.options.prefill_chunk.max(1) as usize);
         }
+        let room = budget;
         // `active` is in admission order, which is deadline order.
         for slot in active.iter_mut() {
             if budget == 0 {
@@ -424,8 +559,13 @@ impl LlamaSession {
             self.stats.prompt_tokens += take as u64;
             slot.phase = Phase::Prefill { fed: fed + take };
             budget -= take;
+            // One prompt completes per step, so the earliest deadline's first token is chosen
+            // after its own prompt, not after every prompt of the run.
+            if fed + take == slot.prompt.len() {
+                break;
+            }
         }
-        Ok(())
+        Ok(room - budget)
     }
 
     /// Samples a token for every stream that has logits, reports its text, and retires the
@@ -436,6 +576,7 @@ impl LlamaSession {
         sink: &mut dyn BatchSink,
         free_cells: &mut u32,
         free_seqs: &mut Vec<u32>,
+        started: Instant,
     ) {
         let mut k = 0;
         while k < active.len() {
@@ -444,6 +585,10 @@ impl LlamaSession {
                 k += 1;
                 continue;
             };
+            let trace = &mut self.trace.streams[slot.stream];
+            if trace.first_token.is_none() {
+                trace.first_token = Some(started.elapsed());
+            }
             if !slot.forced.is_empty() {
                 let forced = std::mem::take(&mut slot.forced);
                 sink.text(slot.stream, &forced, slot.usage());
@@ -468,10 +613,19 @@ impl LlamaSession {
                 Some(t) => {
                     slot.generated += 1;
                     self.stats.generated_tokens += 1;
+                    let trace = &mut self.trace.streams[slot.stream];
+                    trace.generated = slot.generated;
+                    if slot.reached_line {
+                        trace.line_tokens += 1;
+                    }
                     let text = slot.text.push(&engine.piece(t));
                     if !text.is_empty() {
                         sink.text(slot.stream, &text, slot.usage());
                         slot.watch_for_say(&text);
+                    }
+                    if !slot.reached_line && slot.chooser.in_say() {
+                        slot.reached_line = true;
+                        trace.line = Some(started.elapsed());
                     }
                     slot.phase = Phase::Generate { last: t };
                     if slot.generated >= slot.max_tokens {
@@ -484,14 +638,21 @@ impl LlamaSession {
             };
             if ended {
                 let slot = active.swap_remove(k);
-                self.release(&slot, free_cells, free_seqs);
+                self.release(&slot, free_cells, free_seqs, started);
             } else {
                 k += 1;
             }
         }
     }
 
-    fn release(&mut self, slot: &Slot, free_cells: &mut u32, free_seqs: &mut Vec<u32>) {
+    fn release(
+        &mut self,
+        slot: &Slot,
+        free_cells: &mut u32,
+        free_seqs: &mut Vec<u32>,
+        started: Instant,
+    ) {
+        self.trace.streams[slot.stream].ended = Some(started.elapsed());
         self.stats.grammar.tokens += slot.chooser.stats.tokens;
         self.stats.grammar.masked += slot.chooser.stats.masked;
         self.engine.seq_rm(slot.seq, None, None);

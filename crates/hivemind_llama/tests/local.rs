@@ -147,12 +147,17 @@ fn batch(context: &PromptContext, requests: &mut [JobRequest]) -> Batch {
     batch
 }
 
-/// Collects every stream's text and end; can cancel one stream after its first text.
+/// Collects every stream's text and end, and the order texts came in; can cancel one stream
+/// after its first text, and skip lines.
 #[derive(Default)]
 struct Collect {
     text: Vec<String>,
     ended: Vec<Option<Result<TokenUsage, BackendError>>>,
     cancel_after_first_text: Option<usize>,
+    /// Every text, as (stream, whether its line had opened before it).
+    order: Vec<(usize, bool)>,
+    skip_lines: bool,
+    skipped: Vec<bool>,
 }
 
 impl Collect {
@@ -160,7 +165,8 @@ impl Collect {
         Collect {
             text: vec![String::new(); streams],
             ended: vec![None; streams],
-            cancel_after_first_text: None,
+            skipped: vec![false; streams],
+            ..Collect::default()
         }
     }
 }
@@ -168,7 +174,14 @@ impl Collect {
 impl BatchSink for Collect {
     fn text(&mut self, stream: usize, text: &str, _usage: TokenUsage) {
         assert!(self.ended[stream].is_none(), "text after the end");
+        assert!(!self.skipped[stream], "text after the line was skipped");
+        let in_line = self.text[stream].contains("\"say\":\"");
+        self.order.push((stream, in_line));
         self.text[stream].push_str(text);
+    }
+    fn skip_line(&mut self, stream: usize, _usage: TokenUsage) -> bool {
+        self.skipped[stream] |= self.skip_lines;
+        self.skip_lines
     }
     fn done(&mut self, stream: usize, usage: TokenUsage) {
         assert!(self.ended[stream].is_none(), "ended twice");
@@ -585,4 +598,86 @@ fn unknown_kinds_of_batches_still_end_every_stream() {
     let out = run(&mut session, &lines);
     assert!(matches!(out.ended[0], Some(Ok(_))));
     assert!(out.text[0].contains("\"say\""), "{}", out.text[0]);
+}
+
+#[test]
+fn plan_lines_wait_for_every_answer_are_skipped_on_request_and_late_streams_are_shed() {
+    let Some(_serial) =
+        serial("plan_lines_wait_for_every_answer_are_skipped_on_request_and_late_streams_are_shed")
+    else {
+        return;
+    };
+    let arena = arena();
+    let factory = LlamaFactory::new(options(None)).unwrap();
+    let context = context(&arena, PromptLayout::ParallelSequences);
+    let plans = batch(&context, &mut requests(&arena, OutputFormat::Guided, 4, 5));
+    let mut session = factory.session().unwrap();
+
+    // Every stream reaches its line before any stream writes a word of one.
+    let whole = run(&mut session, &plans);
+    let last_open = (0..4)
+        .map(|s| {
+            whole
+                .order
+                .iter()
+                .position(|&(stream, in_line)| stream == s && in_line)
+                .unwrap_or(usize::MAX)
+        })
+        .collect::<Vec<_>>();
+    let all_open = whole
+        .order
+        .iter()
+        .rposition(|&(_, in_line)| !in_line)
+        .unwrap();
+    for (s, &first_word) in last_open.iter().enumerate() {
+        assert!(
+            first_word > all_open,
+            "stream {s} wrote its line early: {:?}",
+            whole.order
+        );
+        assert!(
+            matches!(whole.ended[s], Some(Ok(_))),
+            "{:?}",
+            whole.ended[s]
+        );
+        let answer: serde_json::Value = serde_json::from_str(&whole.text[s]).unwrap();
+        assert!(answer["intent"].is_string());
+    }
+    let trace = session.last_run();
+    assert_eq!(trace.streams.len(), 4);
+    assert!(
+        trace
+            .streams
+            .iter()
+            .all(|s| s.prompt_tokens > 0 && s.first_token.is_some())
+    );
+    assert!(trace.streams.iter().all(|s| !s.line_skipped));
+
+    // A sink that wants the time back ends every stream at its line, with its intent written.
+    let specs = stream_specs(&plans, session.options());
+    let mut sink = Collect::new(specs.len());
+    sink.skip_lines = true;
+    session.run(&specs, &mut sink).unwrap();
+    for s in 0..4 {
+        assert!(sink.skipped[s] && sink.ended[s].is_none(), "stream {s}");
+        assert!(sink.text[s].ends_with("\"say\":\""), "{}", sink.text[s]);
+        assert!(session.last_run().streams[s].line_skipped);
+    }
+
+    // A stream with no time left is not started; the others are untouched.
+    let mut specs = stream_specs(&plans, session.options());
+    specs[3].time_left = Some(Duration::ZERO);
+    let mut sink = Collect::new(specs.len());
+    session.run(&specs, &mut sink).unwrap();
+    assert!(
+        matches!(sink.ended[3], Some(Err(BackendError::Late(_)))),
+        "{:?}",
+        sink.ended[3]
+    );
+    assert!(sink.text[3].is_empty());
+    for s in 0..3 {
+        assert!(matches!(sink.ended[s], Some(Ok(_))), "{:?}", sink.ended[s]);
+        let answer: serde_json::Value = serde_json::from_str(&sink.text[s]).unwrap();
+        assert!(answer["intent"].is_string());
+    }
 }

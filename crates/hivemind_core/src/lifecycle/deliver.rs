@@ -10,7 +10,7 @@ use crate::hooks::LineVerdict;
 use crate::metrics::Metrics;
 use crate::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
 use crate::prompt::IntentOption;
-use crate::worker::{JobOutcome, WorkerEvent, WorkerEventKind, WorkerPool};
+use crate::worker::{JobFailure, JobOutcome, WorkerEvent, WorkerEventKind, WorkerPool};
 
 use super::request::{
     Answer, DEFAULT_BRIDGE, Gate, Phase, bridge_line, complete_after, cut_at, filtered, is_speech,
@@ -136,6 +136,13 @@ impl<K: AgentKey> Lifecycle<K> {
             WorkerEventKind::Step { step, .. } => self.on_step(id, at, step, metrics),
             WorkerEventKind::Intent { intent } => self.on_intent(id, at, intent, metrics),
             WorkerEventKind::Words { text } => self.on_words(id, at, &text, metrics),
+            WorkerEventKind::LineSkipped => {
+                if let Some(r) = self.requests.get_mut(&id) {
+                    r.line_skipped = true;
+                    r.text.clear();
+                    metrics.record_line_skipped();
+                }
+            }
             WorkerEventKind::DeadlineCrossed => {}
             WorkerEventKind::Finished(outcome) => {
                 self.by_job.remove(&event.job);
@@ -386,6 +393,9 @@ impl<K: AgentKey> Lifecycle<K> {
             }
             JobOutcome::Failed(failure) => {
                 let reason = failure.fallback_reason();
+                if matches!(failure, JobFailure::Expired) {
+                    metrics.record_shed();
+                }
                 if reason == FallbackReason::NoModel {
                     self.no_model = Some(failure.to_string());
                 }
@@ -448,6 +458,8 @@ impl<K: AgentKey> Lifecycle<K> {
         let planner = Arc::clone(&self.planner);
         let filter = Arc::clone(&self.filter);
         let copies = Arc::clone(&self.copies);
+        let templates = Arc::clone(&self.templates);
+        let seed = self.config.sampling.seed ^ id.0.rotate_left(17);
         let idle = self.registry.idle_step();
         let Some(r) = self.requests.get_mut(&id) else {
             return;
@@ -462,7 +474,16 @@ impl<K: AgentKey> Lifecycle<K> {
         let first_after = r.first_at.unwrap_or(at).since(r.submitted);
         let delivered = r.delivered;
         if r.plan.is_some() {
-            let say = r.plan_line(&*filter, &copies);
+            let say = if r.line_skipped {
+                // The model's time went to waiting work: a short acknowledgement in its place.
+                Some(filtered(
+                    &*filter,
+                    bridge_line(&templates, &r.persona, seed),
+                ))
+                .filter(|line| !line.is_empty())
+            } else {
+                r.plan_line(&*filter, &copies)
+            };
             let Some(plan) = r.plan.as_mut() else { return };
             let mut steps = std::mem::take(&mut plan.steps);
             if reason.is_some() {

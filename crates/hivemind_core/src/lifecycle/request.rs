@@ -221,6 +221,8 @@ pub(super) struct Request<K> {
     pub(super) bridge: Option<String>,
     /// The copy check stopped some of the model's text.
     pub(super) copied: bool,
+    /// The worker skipped the plan's line for waiting work: a template says it instead.
+    pub(super) line_skipped: bool,
     /// What the model's line must not copy besides the prompt: what the player said, and the
     /// options a guided prompt showed; built once, checked on every piece of text.
     pub(super) shown: CopyCheck,
@@ -299,7 +301,7 @@ impl<K> Request<K> {
     /// The line a plan's answer says, after the filter and the copy check: `None` if it wrote
     /// none or they rejected it.
     pub(super) fn plan_line(&self, filter: &dyn LineFilter, copies: &CopyCheck) -> Option<String> {
-        if self.gate == Gate::Rejected {
+        if self.gate == Gate::Rejected || self.line_skipped {
             return None;
         }
         let mut line = self.text.trim().to_owned();

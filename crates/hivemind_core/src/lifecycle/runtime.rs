@@ -654,6 +654,7 @@ impl<K: AgentKey> Lifecycle<K> {
             plan,
             bridge: None,
             copied: false,
+            line_skipped: false,
             shown: shown_check(&self.copies, player_said.as_deref(), &options),
         };
         let Some(pool) = self.pool.as_mut().filter(|_| !self.force_fallback) else {
@@ -903,6 +904,7 @@ impl<K: AgentKey> Lifecycle<K> {
                 plan: None,
                 bridge: None,
                 copied: false,
+                line_skipped: false,
                 shown: CopyCheck::new(self.copies.min_run()),
             }),
         );

@@ -855,3 +855,79 @@ fn a_bridged_reply_finishing_past_its_budget_keeps_only_the_words_in_time() {
     assert_eq!(done[0].text, "Hm. Who ");
     assert_eq!(done[0].fallback, Some(FallbackReason::Deadline));
 }
+
+#[test]
+fn a_plan_whose_line_was_skipped_says_a_template_and_is_counted() {
+    let mut config = free_config();
+    config.model.plan_format = PlanFormat::Guided;
+    let mut hm = lifecycle_with(config, true);
+    hm.set_templates(
+        TemplateBook::from_ron(
+            r#"(situations: {"idle": ["Quiet."], "bridge": ["On it."]})"#,
+            "test",
+        )
+        .unwrap(),
+    );
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    worker(&mut hm, id, ms(100), WorkerEventKind::Intent { intent: 1 });
+    // Words already written are dropped with the line.
+    worker(&mut hm, id, ms(110), words("Reloading "));
+    let job = hm.job(id).unwrap();
+    for kind in [
+        WorkerEventKind::LineSkipped,
+        WorkerEventKind::Finished(completed()),
+    ] {
+        let agent = AgentId(AGENT);
+        hm.handle(
+            WorkerEvent {
+                job,
+                agent,
+                at: ms(120),
+                kind,
+            },
+            &mut metrics,
+        );
+    }
+    let first = out(&mut hm);
+    let done = plan_done(&first);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].source, llm(false), "the plan is still the model's");
+    assert_eq!(done[0].fallback, None);
+    assert_eq!(done[0].say.as_deref(), Some("On it."));
+    assert_eq!(metrics.lines_skipped(), 1);
+
+    // The cache keeps the intent, not the template.
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    let second = out(&mut hm);
+    let done = plan_done(&second);
+    assert_eq!(done[0].source, PlanSource::Cache, "{:?}", hm.phase(id));
+    assert_eq!(done[0].say, None);
+}
+
+#[test]
+fn a_job_the_backend_sheds_as_late_gets_its_fallback_at_once_and_is_counted() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    // What the pool makes of a backend's `BackendError::Late`.
+    let kind = WorkerEventKind::Finished(JobOutcome::Failed(JobFailure::Expired));
+    let (job, agent) = (hm.job(id).unwrap(), AgentId(AGENT));
+    hm.handle(
+        WorkerEvent {
+            job,
+            agent,
+            at: ms(20),
+            kind,
+        },
+        &mut metrics,
+    );
+    let out = out(&mut hm);
+    let done = plan_done(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].source, PlanSource::Goap);
+    assert_eq!(done[0].fallback, Some(FallbackReason::Deadline));
+    assert_eq!(metrics.shed(), 1);
+}

@@ -127,7 +127,9 @@ impl fmt::Display for Metrics {
 
         writeln!(f, "{:<12} {}", "repairs", self.repairs)?;
         writeln!(f, "{:<12} {}", "bridges", self.bridges)?;
-        writeln!(f, "{:<12} {}", "copies", self.copies)
+        writeln!(f, "{:<12} {}", "copies", self.copies)?;
+        writeln!(f, "{:<12} {}", "line skips", self.lines_skipped)?;
+        writeln!(f, "{:<12} {}", "shed", self.shed)
     }
 }
 

@@ -524,7 +524,7 @@ impl Shape {
             }
             Sink::IntentName if self.text.len() < MAX_INTENT_NAME_BYTES => {
                 self.text.push(byte);
-                Ok(())
+                self.intent_name_so_far(out)
             }
             Sink::IntentName => Err(Fault::BadValue {
                 key: "intent",
@@ -551,18 +551,17 @@ impl Shape {
             }
             Sink::IntentName => {
                 let name = String::from_utf8_lossy(&self.text);
-                let labels = self
-                    .intent_labels
-                    .as_ref()
-                    .and_then(|all| match self.agent {
-                        Some(agent) => all.get(&agent),
-                        None if all.len() == 1 => all.values().next(),
-                        None => None,
-                    });
-                let index = labels.and_then(|l| l.iter().position(|label| *label == name));
-                match index.and_then(|i| u32::try_from(i + 1).ok()) {
-                    Some(intent) => self.emit(Held::Intent(intent), out),
-                    None => Err(Fault::BadValue {
+                let index = self
+                    .agent_labels()
+                    .and_then(|l| l.iter().position(|label| *label == name));
+                match (
+                    index.and_then(|i| u32::try_from(i + 1).ok()),
+                    self.intent_early,
+                ) {
+                    // Reported from its first letters; it must have ended as that label.
+                    (Some(intent), Some(early)) if intent == early => Ok(()),
+                    (Some(intent), None) => self.emit(Held::Intent(intent), out),
+                    _ => Err(Fault::BadValue {
                         key: "intent",
                         expected: INTENT_NAME_EXPECTED,
                     }),
@@ -570,6 +569,42 @@ impl Shape {
             }
             Sink::Say | Sink::Discard | Sink::Key => Ok(()),
         }
+    }
+
+    /// The option labels of the agent answering now.
+    fn agent_labels(&self) -> Option<&Vec<String>> {
+        self.intent_labels
+            .as_ref()
+            .and_then(|all| match self.agent {
+                Some(agent) => all.get(&agent),
+                None if all.len() == 1 => all.values().next(),
+                None => None,
+            })
+    }
+
+    /// An intent's name grew by a byte: once exactly one of the agent's labels begins with what
+    /// is written, that is the intent, reported now. The grammar binds the name to the labels,
+    /// so the rest of it decides nothing, and a first step need not wait for the model to spell
+    /// it out; the name must still end as that label.
+    fn intent_name_so_far(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), Fault> {
+        if self.intent_early.is_some() || self.skip > 0 {
+            return Ok(());
+        }
+        let Some(labels) = self.agent_labels() else {
+            return Ok(());
+        };
+        let mut matching = labels
+            .iter()
+            .enumerate()
+            .filter(|(_, label)| label.as_bytes().starts_with(&self.text));
+        let (Some((index, _)), None) = (matching.next(), matching.next()) else {
+            return Ok(());
+        };
+        let Ok(intent) = u32::try_from(index + 1) else {
+            return Ok(());
+        };
+        self.intent_early = Some(intent);
+        self.emit(Held::Intent(intent), out)
     }
 
     /// A number grew by a digit; `so_far` is its value if it is a whole number that more digits

@@ -1353,3 +1353,62 @@ fn a_bounded_intent_is_reported_on_its_last_possible_digit() {
         Err(StreamError::BadValue { .. })
     ));
 }
+
+/// Feeds `text` byte by byte to a guided parser that knows agent 3's labels; returns the
+/// events and how many bytes had been fed when the intent came.
+fn guided_by_name(
+    labels: &[&str],
+    text: &str,
+) -> (Vec<StreamEvent>, Option<usize>, Result<(), StreamError>) {
+    let labels = std::collections::HashMap::from([(
+        AgentId(3),
+        labels.iter().map(|l| (*l).to_owned()).collect(),
+    )]);
+    let mut parser = StreamParser::new(OutputFormat::Guided).with_intent_labels(labels);
+    let mut events = Vec::new();
+    let mut intent_at = None;
+    for (i, byte) in text.as_bytes().iter().enumerate() {
+        if let Err(e) = parser.feed(&[*byte], &mut events) {
+            return (events, intent_at, Err(e));
+        }
+        if intent_at.is_none()
+            && events
+                .iter()
+                .any(|e| matches!(e, StreamEvent::Intent { .. }))
+        {
+            intent_at = Some(i + 1);
+        }
+    }
+    let result = parser.finish(&mut events);
+    (events, intent_at, result)
+}
+
+#[test]
+fn an_intent_named_is_reported_once_its_first_letters_match_one_label() {
+    let labels = ["heal", "hold here", "attack enemy 9"];
+    let text = r#"{"agent":3,"intent":"attack enemy 9","say":"Go."}"#;
+    let (events, at, result) = guided_by_name(&labels, text);
+    assert!(result.is_ok(), "{result:?}");
+    // `a` alone names one label: the intent comes with it, not with the closing quote.
+    assert_eq!(at, Some(text.find("attack").unwrap() + 1));
+    assert_eq!(events[0], intent(3, 3));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::Intent { .. }))
+            .count(),
+        1
+    );
+
+    // "h" could be either of two labels; "he" is one.
+    let text = r#"{"agent":3,"intent":"heal","say":"Ok."}"#;
+    let (events, at, _) = guided_by_name(&labels, text);
+    assert_eq!(at, Some(text.find("heal").unwrap() + 2));
+    assert_eq!(events[0], intent(3, 1));
+
+    // A name that starts as one label and ends as none is still an error.
+    let text = r#"{"agent":3,"intent":"attack the base","say":"Go."}"#;
+    let (events, _, result) = guided_by_name(&labels, text);
+    assert_eq!(events[0], intent(3, 3));
+    assert!(result.is_err());
+}

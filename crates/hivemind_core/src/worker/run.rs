@@ -512,7 +512,11 @@ impl BatchSink for Sink<'_, '_> {
             _ => self.run.clock.now(),
         };
         self.reap_cancelled(stream, at);
-        self.fail_stream(stream, &JobFailure::Backend(error), at);
+        let failure = match error {
+            BackendError::Late(_) => JobFailure::Expired,
+            error => JobFailure::Backend(error),
+        };
+        self.fail_stream(stream, &failure, at);
     }
 
     fn hand_off(&mut self, stream: usize, handoff: &Handoff) {
@@ -535,6 +539,29 @@ impl BatchSink for Sink<'_, '_> {
                 self.run.emit(slot, at, WorkerEventKind::Routed { backend });
             }
         }
+    }
+
+    fn skip_line(&mut self, stream: usize, usage: TokenUsage) -> bool {
+        // A virtual clock's run must not depend on what else was queued when it ran.
+        if self.run.clock.is_virtual() || self.run.shared.waiting.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let Some((_, slots)) = self.streams.get(stream) else {
+            return false;
+        };
+        let slots = slots.clone();
+        let live: Vec<usize> = slots.into_iter().filter(|&s| self.is_live(s)).collect();
+        // Only an answer that is there already can do without its line.
+        if live.is_empty() || live.iter().any(|&s| !self.run.slots[s].produced) {
+            return false;
+        }
+        let at = self.stamp(stream, usage);
+        for slot in live {
+            self.run.slots[slot].usage = usage;
+            self.run.emit(slot, at, WorkerEventKind::LineSkipped);
+            self.run.finish(slot, at, JobOutcome::Completed { usage });
+        }
+        true
     }
 
     fn is_cancelled(&self, stream: usize) -> bool {

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::action::tests::{arena_registry, flanking_guard};
 use crate::backend::{
-    BatchAgent, FnFactory, InferenceBackend, Latency, Recorder, ReplayBackend, Script,
-    ScriptedBackend, Transcript,
+    Batch, BatchAgent, BatchSink, FnFactory, InferenceBackend, Latency, Recorder, ReplayBackend,
+    Script, ScriptedBackend, Transcript,
 };
 use crate::config::{HivemindConfig, PromptLayout, Throughput};
 use crate::plan::OutputFormat;
@@ -636,5 +636,96 @@ proptest! {
             }
         }
         prop_assert_eq!(finished, jobs);
+    }
+}
+
+/// Writes one step, waits for `go`, then asks to skip the rest as a line (recording the
+/// answer); a stream the sink keeps writing finishes its plan.
+struct SkipAfterOneStep {
+    go: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<bool>>>,
+}
+
+impl InferenceBackend for SkipAfterOneStep {
+    fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
+        for (stream, a) in batch.agents.iter().enumerate() {
+            let head = format!("{{\"agent\":{},\"steps\":[{{\"act\":\"Reload\"}}", a.agent);
+            let usage = TokenUsage {
+                prompt_tokens: 10,
+                generated_tokens: 8,
+            };
+            sink.text(stream, &head, usage);
+            for _ in 0..2_000 {
+                if self.go.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let skipped = sink.skip_line(stream, usage);
+            self.answers.lock().unwrap().push(skipped);
+            if !skipped {
+                sink.text(stream, "]}", usage);
+                sink.done(stream, usage);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_line_is_skipped_only_for_waiting_work_on_a_real_clock_after_the_answer() {
+    for (clock, waiting_work, skipped) in [
+        (Clock::real_time(), true, true),
+        (Clock::real_time(), false, false),
+        (Clock::manual(), true, false),
+    ] {
+        let go = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let (g, a) = (Arc::clone(&go), Arc::clone(&answers));
+        let factory = FnFactory::new("skipper", move || {
+            Ok(Box::new(SkipAfterOneStep {
+                go: Arc::clone(&g),
+                answers: Arc::clone(&a),
+            }) as Box<dyn InferenceBackend>)
+        });
+        let mut pool = WorkerPool::new(
+            batching(1, 1, 64),
+            factory,
+            context(PromptLayout::ParallelSequences),
+            clock.clone(),
+        );
+        let deadline = Deadline::after(clock.now(), Duration::from_secs(3600));
+        let first = pool.submit(plan_request(1, deadline), 0);
+        pool.dispatch();
+        let mut jobs = BTreeSet::from([first]);
+        let mut events = Vec::new();
+        // Wait until the first batch runs, so the second can only wait behind it.
+        while !events
+            .iter()
+            .any(|e: &WorkerEvent| matches!(e.kind, WorkerEventKind::Step { .. }))
+        {
+            events.extend(pool.recv_timeout(Duration::from_millis(50)));
+        }
+        if waiting_work {
+            jobs.insert(pool.submit(plan_request(2, deadline), 1));
+            pool.dispatch();
+        }
+        go.store(true, Ordering::Release);
+        events.extend(drain(&mut pool, &jobs));
+        assert_eq!(
+            answers.lock().unwrap()[0],
+            skipped,
+            "virtual {} waiting {waiting_work}",
+            clock.is_virtual()
+        );
+        assert!(matches!(
+            outcome(&events, first),
+            JobOutcome::Completed { .. }
+        ));
+        let skip_events = events
+            .iter()
+            .filter(|e| e.job == first && e.kind == WorkerEventKind::LineSkipped)
+            .count();
+        assert_eq!(skip_events, usize::from(skipped));
     }
 }
