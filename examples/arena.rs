@@ -62,7 +62,7 @@ use hivemind::bevy::prelude::*;
 use hivemind::bevy::{FallbackOnly, Hivemind, HivemindMetrics, RequestId};
 use hivemind::core::backend::{BackendError, BackendFactory, FnFactory, Latency, ReplayFactory};
 use hivemind::core::config::{ClockMode, HivemindConfig};
-use hivemind::core::metrics::{HumanDuration, LatencyStage};
+use hivemind::core::metrics::{HumanDuration, LatencyStage, SourceLabel};
 use hivemind::core::plan::{BackendId, RequestKind};
 use hivemind::core::router::RouterFactory;
 use hivemind_arena::{ArenaAssets, ArenaConfig, Team};
@@ -458,6 +458,16 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
     if let Some(why) = hm.fallback_only() {
         let _ = writeln!(out, "fallback only: {}", fallback_text(&why));
     }
+    if let (Some(main), Some(all)) = (cpu_seconds("thread-self"), cpu_seconds("self")) {
+        let wall = took.as_secs_f64().max(f64::EPSILON);
+        let _ = writeln!(
+            out,
+            "cpu: {:.2} cores in all, the game's main thread {:.2} ({:.0} % of the process)",
+            all / wall,
+            main / wall,
+            100.0 * main / all.max(f64::EPSILON)
+        );
+    }
     for team in Team::ALL {
         let _ = writeln!(
             out,
@@ -502,6 +512,16 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
         }
     }
     let _ = writeln!(out, "answered by: {}", by_source.join(", "));
+    let plans = metrics.total_answers(RequestKind::Plan);
+    let cached = metrics.answers(RequestKind::Plan, SourceLabel::Cache);
+    let written = metrics.answers(RequestKind::Plan, SourceLabel::Llm)
+        + metrics.answers(RequestKind::Plan, SourceLabel::LlmRepaired);
+    let _ = writeln!(
+        out,
+        "plans from the model: {} of {plans} ({:.0} %): {written} written, {cached} from the cache",
+        written + cached,
+        100.0 * (written + cached) as f64 / plans.max(1) as f64
+    );
     if let Some(log) = world.get_resource::<BanterLog>() {
         let _ = writeln!(
             out,
@@ -515,6 +535,18 @@ fn summary(world: &mut World, args: &Args, took: Duration) -> String {
     let _ = writeln!(out);
     let _ = write!(out, "{metrics}");
     out
+}
+
+/// CPU seconds (user and system) of `/proc/<which>/stat`: `self` for the process, `thread-self`
+/// for the calling thread; `None` where there is no such file.
+fn cpu_seconds(which: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{which}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the name and state,
+    // in ticks of 1/100 s on Linux.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn fallback_text(why: &FallbackOnly) -> String {
