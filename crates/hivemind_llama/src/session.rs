@@ -559,11 +559,6 @@ impl LlamaSession {
             self.stats.prompt_tokens += take as u64;
             slot.phase = Phase::Prefill { fed: fed + take };
             budget -= take;
-            // One prompt completes per step, so the earliest deadline's first token is chosen
-            // after its own prompt, not after every prompt of the run.
-            if fed + take == slot.prompt.len() {
-                break;
-            }
         }
         Ok(room - budget)
     }
