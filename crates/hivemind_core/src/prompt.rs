@@ -114,6 +114,11 @@ pub struct PromptRules {
     /// Worked examples per format; each is shown only in its own format's root.
     #[serde(default)]
     pub examples: Vec<(OutputFormat, WorkedExample)>,
+    /// The facts a guided block shows on the agent's own line, by key; `None` shows them all.
+    /// The options already say what they weigh (a reload option says the magazine is empty),
+    /// and each fact costs every request a few prompt tokens.
+    #[serde(default)]
+    pub guided_facts: Option<Vec<String>>,
 }
 
 /// The root of the prompt tree and the personas under it, as one RON file (the workspace's
@@ -338,6 +343,8 @@ pub struct PrefixTree {
     format: OutputFormat,
     intents: IntentStyle,
     root: Arc<PromptLevel>,
+    /// See [`PromptRules::guided_facts`].
+    guided_facts: Option<Vec<String>>,
     ensemble: Arc<PromptLevel>,
     /// Each persona and its level; the shared layout's ensemble lists their voices.
     personas: Vec<(Persona, Arc<PromptLevel>)>,
@@ -375,6 +382,7 @@ impl PrefixTree {
             format,
             intents,
             root,
+            guided_facts: rules.guided_facts.clone(),
             ensemble,
             personas: Vec::new(),
             unknown_persona,
@@ -436,7 +444,7 @@ impl PrefixTree {
         let persona = Arc::clone(self.persona(request.persona));
         // The persona level already opened the user turn.
         let mut text = String::new();
-        write_request(&mut text, request, false, self.intents);
+        write_request(&mut text, request, false, self);
         text.push_str(&self.template.user_close);
         text.push_str(&self.template.assistant_open);
         SequencePrompt {
@@ -451,7 +459,7 @@ impl PrefixTree {
     pub fn shared(&self, requests: &[AgentRequest<'_>]) -> SharedPrompt {
         let mut text = String::new();
         for request in requests {
-            write_request(&mut text, request, true, self.intents);
+            write_request(&mut text, request, true, self);
             text.push('\n');
         }
         let order: Vec<AgentId> = requests.iter().map(|r| r.agent).collect();
@@ -564,7 +572,8 @@ fn root_text(
 
 /// Writes one agent's request. In a shared prompt each agent is introduced with its persona,
 /// since no persona level stands before it.
-fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool, intents: IntentStyle) {
+fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool, tree: &PrefixTree) {
+    let intents = tree.intents;
     if shared {
         let _ = writeln!(
             out,
@@ -575,7 +584,9 @@ fn write_request(out: &mut String, request: &AgentRequest<'_>, shared: bool, int
     }
     // A guided answer picks an option, and the options carry their places and targets.
     out.push_str(&if matches!(request.task, AgentTask::Guided { .. }) {
-        request.snapshot.render_self()
+        request
+            .snapshot
+            .render_self_with(tree.guided_facts.as_deref())
     } else {
         request.snapshot.render()
     });
@@ -685,6 +696,7 @@ mod tests {
                     answer: r#"{"agent":1,"steps":[{"act":"Reload"}]}"#.into(),
                 },
             )],
+            guided_facts: None,
         }
     }
 
@@ -893,6 +905,36 @@ mod tests {
         assert!(text.starts_with(&snapshot.render_self()), "{text}");
         assert!(!text.contains("at=("), "{text}");
         assert!(!text.contains("enemy:"), "{text}");
+
+        // Facts the rules leave out are not shown; the others are, in the snapshot's order.
+        let more = snapshot
+            .clone()
+            .with_fact("medkits", 1)
+            .with_fact("in_cover", false);
+        let request = AgentRequest {
+            snapshot: &more,
+            ..request
+        };
+        let all = tree.sequence(&request).agent.text;
+        assert!(
+            all.starts_with("self hp=40% ammo=2 in_cover=no medkits=1\n"),
+            "{all}"
+        );
+        let brief = PrefixTree::new(
+            ChatTemplate::chatml(),
+            OutputFormat::Guided,
+            &PromptRules {
+                guided_facts: Some(vec!["medkits".into(), "ammo".into()]),
+                ..rules()
+            },
+            &arena_registry(),
+        );
+        let text = brief.sequence(&request).agent.text;
+        assert!(
+            text.starts_with("self hp=40% ammo=2 medkits=1\nOptions:"),
+            "{text}"
+        );
+        assert_eq!(brief.root().text, tree.root().text);
     }
 
     #[test]

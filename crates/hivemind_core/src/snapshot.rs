@@ -403,10 +403,27 @@ impl WorldSnapshot {
     /// was offered, so the other entities, which every prompt token has to be paid for, would
     /// only repeat what the options say.
     pub fn render_self(&self) -> String {
+        self.render_self_with(None)
+    }
+
+    /// [`WorldSnapshot::render_self`] with only the facts whose keys are in `facts` (all of
+    /// them for `None`), in the snapshot's order.
+    pub fn render_self_with(&self, facts: Option<&[String]>) -> String {
         let mut out = String::with_capacity(64);
         out.push_str("self ");
         write_health(&mut out, self.health);
-        write_facts(&mut out, &self.facts);
+        match facts {
+            None => write_facts(&mut out, &self.facts),
+            Some(keys) => {
+                let shown: BTreeMap<String, Fact> = self
+                    .facts
+                    .iter()
+                    .filter(|(key, _)| keys.iter().any(|k| k == *key))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
+                write_facts(&mut out, &shown);
+            }
+        }
         out
     }
 
