@@ -298,6 +298,12 @@ fn tab_completes_commands_subcommands_and_values_and_history_recalls() {
     console.set_input("hm force");
     console.complete_input(&commands_ptr);
     assert_eq!(console.input(), "hm force-fallback ");
+    // Spaces of more than one byte: a no-break space and an ideographic one.
+    for space in ['\u{a0}', '\u{3000}'] {
+        console.set_input(format!("hm{space}stat"));
+        console.complete_input(&commands_ptr);
+        assert_eq!(console.input(), format!("hm{space}status "));
+    }
 
     console.submit("hm status");
     console.submit("hm perf");

@@ -160,7 +160,13 @@ impl Console {
                 .map_or(common.len().min(c.len()), |((i, _), _)| i);
             &common[..same]
         });
-        let kept = self.input.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        // After the last space, whatever its width (a no-break or ideographic space is more
+        // than one byte).
+        let kept = self
+            .input
+            .char_indices()
+            .rfind(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let mut input = format!("{}{common}", &self.input[..kept]);
         if candidates.len() == 1 {
             input.push(' ');

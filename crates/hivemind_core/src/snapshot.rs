@@ -70,9 +70,11 @@ impl Point {
 
     /// The squared Euclidean distance, exact in integers.
     pub fn distance_squared(self, other: Point) -> i64 {
-        let dx = i64::from(self.x) - i64::from(other.x);
-        let dy = i64::from(self.y) - i64::from(other.y);
-        dx * dx + dy * dy
+        let dx = i128::from(self.x) - i128::from(other.x);
+        let dy = i128::from(self.y) - i128::from(other.y);
+        // Points at opposite ends of the `i32` range are further apart than an `i64` counts:
+        // they compare as the farthest there is, never wrapped round to near.
+        i64::try_from(dx * dx + dy * dy).unwrap_or(i64::MAX)
     }
 
     /// The Manhattan distance.
@@ -670,6 +672,20 @@ pub fn estimate_tokens(text: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distances_across_the_whole_coordinate_range_keep_their_order() {
+        let origin = Point::new(i32::MIN, i32::MIN);
+        let near = Point::new(i32::MIN + 3, i32::MIN);
+        let far = Point::new(i32::MAX, i32::MAX);
+        let edge = Point::new(i32::MAX, i32::MIN);
+        assert_eq!(origin.distance_squared(near), 9);
+        // Squared, these are past what an `i64` holds: the farthest, not wrapped round.
+        assert_eq!(origin.distance_squared(far), i64::MAX);
+        assert_eq!(origin.distance_squared(edge), i64::MAX);
+        assert!(origin.distance_squared(near) < origin.distance_squared(far));
+        assert_eq!(far.distance_squared(origin), origin.distance_squared(far));
+    }
 
     fn guard() -> WorldSnapshot {
         WorldSnapshot::new(AgentId(3), Point::new(4, 5))

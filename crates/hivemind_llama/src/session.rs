@@ -482,7 +482,9 @@ impl LlamaSession {
         let mut ahead = 0usize;
         waiting.retain(|w| {
             let tokens = w.prompt.len() + w.forced.len();
-            let first = started.elapsed() + Duration::from_secs_f64((ahead + tokens) as f64 / rate);
+            let reading = Duration::try_from_secs_f64((ahead + tokens) as f64 / rate)
+                .unwrap_or(Duration::MAX);
+            let first = started.elapsed().saturating_add(reading);
             match specs[w.stream].time_left {
                 Some(left) if first > left => {
                     sink.error(
