@@ -414,18 +414,8 @@ impl WorldSnapshot {
         let mut out = String::with_capacity(64);
         out.push_str("self ");
         write_health(&mut out, self.health);
-        match facts {
-            None => write_facts(&mut out, &self.facts),
-            Some(keys) => {
-                let shown: BTreeMap<String, Fact> = self
-                    .facts
-                    .iter()
-                    .filter(|(key, _)| keys.iter().any(|k| k == *key))
-                    .map(|(key, value)| (key.clone(), value.clone()))
-                    .collect();
-                write_facts(&mut out, &shown);
-            }
-        }
+        let shown = |key: &String| facts.is_none_or(|keys| keys.contains(key));
+        write_facts(&mut out, self.facts.iter().filter(|(key, _)| shown(key)));
         out
     }
 
@@ -559,7 +549,7 @@ fn write_health(out: &mut String, h: Health) {
     let _ = write!(out, "hp={percent}%");
 }
 
-fn write_facts(out: &mut String, facts: &BTreeMap<String, Fact>) {
+fn write_facts<'a>(out: &mut String, facts: impl IntoIterator<Item = (&'a String, &'a Fact)>) {
     for (key, value) in facts {
         let _ = write!(out, " {}=", sanitize_key(key));
         match value {

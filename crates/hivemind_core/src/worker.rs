@@ -211,6 +211,13 @@ pub(crate) struct Shared {
     pub(crate) events: Sender<WorkerEvent>,
 }
 
+impl Shared {
+    /// Whether jobs are waiting behind the batches already taken.
+    pub(crate) fn congested(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+}
+
 pub(crate) struct WorkItem {
     pub(crate) batch_id: u64,
     pub(crate) tick: u64,

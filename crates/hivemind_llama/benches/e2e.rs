@@ -428,6 +428,28 @@ fn default_task(assets: &ArenaAssets, snapshot: &WorldSnapshot) -> AgentTask {
     }
 }
 
+/// The `i`-th agent's plan request in the default configuration, personas alternating.
+fn default_request(
+    assets: &ArenaAssets,
+    i: usize,
+    snapshot: &WorldSnapshot,
+    deadline: Deadline,
+) -> JobRequest {
+    JobRequest {
+        agent: snapshot.agent,
+        persona: if i.is_multiple_of(2) {
+            "veteran"
+        } else {
+            "rookie"
+        }
+        .into(),
+        task: default_task(assets, snapshot),
+        snapshot: Arc::new(snapshot.clone()),
+        deadline,
+        spotlight: false,
+    }
+}
+
 /// llama.cpp's own `llama-batched-bench` at `agents` sequences of `block` prompt tokens and 40
 /// generated, with a unified cache and as many threads as the backend: the engine's limit at
 /// the parallel layout's shapes. Its prefill starts from an empty cache, where the layout's
@@ -494,20 +516,16 @@ fn default_config(
     let wall = Instant::now();
     let mut tasks = BTreeMap::new();
     for (i, s) in snapshots.iter().enumerate() {
-        let task = default_task(assets, s);
-        let job = pool.submit(
-            JobRequest {
-                agent: s.agent,
-                persona: if i % 2 == 0 { "veteran" } else { "rookie" }.into(),
-                task: task.clone(),
-                snapshot: Arc::new(s.clone()),
-                // Room for every plan: the rows measure how long they take, and a batch past
-                // the default 500 ms would shed what it cannot start in time.
-                deadline: Deadline::after(start, Duration::from_secs(60)),
-                spotlight: false,
-            },
-            0,
+        // Room for every plan: the rows measure how long they take, and a batch past the
+        // default 500 ms would shed what it cannot start in time.
+        let request = default_request(
+            assets,
+            i,
+            s,
+            Deadline::after(start, Duration::from_secs(60)),
         );
+        let task = request.task.clone();
+        let job = pool.submit(request, 0);
         tasks.insert(job.0, (s, task));
     }
     pool.dispatch();
@@ -582,14 +600,7 @@ fn breakdown(
     let requests: Vec<JobRequest> = snapshots
         .iter()
         .enumerate()
-        .map(|(i, s)| JobRequest {
-            agent: s.agent,
-            persona: if i % 2 == 0 { "veteran" } else { "rookie" }.into(),
-            task: default_task(assets, s),
-            snapshot: Arc::new(s.clone()),
-            deadline: Deadline::default(),
-            spotlight: false,
-        })
+        .map(|(i, s)| default_request(assets, i, s, Deadline::default()))
         .collect();
     let jobs: Vec<(JobId, &JobRequest)> = requests
         .iter()

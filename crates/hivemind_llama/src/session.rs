@@ -319,8 +319,9 @@ impl LlamaSession {
             let forced = self.engine.tokenize(&spec.forced, false);
             let start = restored.branch(spec.branch.key).map_or(0, |(_, end)| end);
             // Forced answer text joins the prompt: reserve its cells too.
-            let cells = (prompt.len() + forced.len()) as u32 + spec.max_tokens;
-            self.trace.streams[i].prompt_tokens = (prompt.len() + forced.len()) as u32;
+            let prompt_tokens = (prompt.len() + forced.len()) as u32;
+            let cells = prompt_tokens + spec.max_tokens;
+            self.trace.streams[i].prompt_tokens = prompt_tokens;
             if prompt.is_empty() || cells > free_cells || start + cells > shape.n_ctx {
                 sink.error(
                     i,

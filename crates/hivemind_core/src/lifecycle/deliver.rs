@@ -459,7 +459,7 @@ impl<K: AgentKey> Lifecycle<K> {
         let filter = Arc::clone(&self.filter);
         let copies = Arc::clone(&self.copies);
         let templates = Arc::clone(&self.templates);
-        let seed = self.config.sampling.seed ^ id.0.rotate_left(17);
+        let seed = self.bridge_seed(id);
         let idle = self.registry.idle_step();
         let Some(r) = self.requests.get_mut(&id) else {
             return;
@@ -748,6 +748,11 @@ impl<K: AgentKey> Lifecycle<K> {
             })
     }
 
+    /// The seed a request's bridge template is drawn with.
+    fn bridge_seed(&self, id: RequestId) -> u64 {
+        self.config.sampling.seed ^ id.0.rotate_left(17)
+    }
+
     /// **Bridge.** A reply to the player whose model words have not begun by the dialogue
     /// deadline begins with a short acknowledgement from the persona's templates (situation
     /// [`BRIDGE_SITUATION`](super::BRIDGE_SITUATION)), spoken now; the request moves to [`Phase::Bridged`] and its
@@ -756,7 +761,7 @@ impl<K: AgentKey> Lifecycle<K> {
     /// model said, or with the template after the bridge if it said nothing.
     fn bridge(&mut self, id: RequestId, now: Timestamp, metrics: &mut Metrics) {
         let reply = Duration::from_millis(self.config.deadlines.reply_ms);
-        let seed = self.config.sampling.seed ^ id.0.rotate_left(17);
+        let seed = self.bridge_seed(id);
         let templates = Arc::clone(&self.templates);
         let filter = Arc::clone(&self.filter);
         let Some(r) = self.requests.get_mut(&id) else {

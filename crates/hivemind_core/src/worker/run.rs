@@ -172,7 +172,7 @@ impl<'s> Run<'s> {
         } else {
             self.clock.now()
         };
-        let congested = self.shared.waiting.load(Ordering::Acquire) > 0;
+        let congested = self.shared.congested();
         // Claim every job; those cancelled or shed while they waited end here.
         for i in 0..self.slots.len() {
             let state = &self.slots[i].state;
@@ -543,14 +543,13 @@ impl BatchSink for Sink<'_, '_> {
 
     fn skip_line(&mut self, stream: usize, usage: TokenUsage) -> bool {
         // A virtual clock's run must not depend on what else was queued when it ran.
-        if self.run.clock.is_virtual() || self.run.shared.waiting.load(Ordering::Acquire) == 0 {
+        if self.run.clock.is_virtual() || !self.run.shared.congested() {
             return false;
         }
         let Some((_, slots)) = self.streams.get(stream) else {
             return false;
         };
-        let slots = slots.clone();
-        let live: Vec<usize> = slots.into_iter().filter(|&s| self.is_live(s)).collect();
+        let live: Vec<usize> = slots.iter().copied().filter(|&s| self.is_live(s)).collect();
         // Only an answer that is there already can do without its line.
         if live.is_empty() || live.iter().any(|&s| !self.run.slots[s].produced) {
             return false;
