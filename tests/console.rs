@@ -16,7 +16,7 @@ use hivemind::bevy::console::{
 };
 use hivemind::bevy::prelude::*;
 use hivemind::bevy::{Hivemind, HivemindMetrics};
-use hivemind::core::backend::Latency;
+use hivemind::core::backend::{Latency, Transcript};
 use hivemind::core::config::{ClockMode, HivemindConfig, PromptLayout};
 use hivemind::core::plan::BackendId;
 use hivemind_arena::{ArenaAssets, ArenaConfig};
@@ -225,6 +225,18 @@ fn backend_layout_stream_and_force_fallback_switch_the_runtime() {
     assert!(!app.world().resource::<Hivemind>().is_forcing_fallback());
 }
 
+/// Runs frames until the console's log has a line containing `needle`; returns whether it came
+/// within a few frames.
+fn eventually(app: &mut App, needle: &str) -> bool {
+    (0..50).any(|_| {
+        app.update();
+        app.world()
+            .resource::<Console>()
+            .log()
+            .any(|l| l.contains(needle))
+    })
+}
+
 #[test]
 fn replay_records_a_transcript_and_plays_it_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,18 +251,59 @@ fn replay_records_a_transcript_and_plays_it_back() {
     let saved = std::fs::read_to_string(&file).unwrap();
     assert!(saved.lines().count() > 0, "an empty transcript");
 
+    // The transcript is read off the main thread; the backend switches when it is in.
     let out = run(&mut app, &format!("hm replay play {path}"));
-    assert!(has(&out, "backend: replay"), "{out:?}");
+    assert!(has(&out, "loading"), "{out:?}");
+    assert!(eventually(&mut app, "backend: replay"));
     assert_eq!(
         app.world().resource::<Hivemind>().backend(),
         Some(BackendId::new(BackendId::REPLAY))
     );
-    let out = run(&mut app, "hm replay play /no/such/file.jsonl");
-    assert!(
-        has(&out, "error: transcript /no/such/file.jsonl"),
-        "{out:?}"
-    );
+    run(&mut app, "hm replay play /no/such/file.jsonl");
+    assert!(eventually(
+        &mut app,
+        "error: transcript /no/such/file.jsonl"
+    ));
     assert!(has(&run(&mut app, "hm replay stop"), "not recording"));
+}
+
+/// What once lost a recording or hung the game: a bad path noticed only at the end, a backend
+/// switch that dropped it, an exit that never saved it, and a device read on the main thread.
+#[test]
+fn recordings_are_checked_at_the_start_and_saved_on_a_switch_and_on_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = app();
+
+    let bad = dir.path().join("no-such-dir").join("run.jsonl");
+    let out = run(&mut app, &format!("hm replay record {}", bad.display()));
+    assert!(has(&out, "error: transcript"), "{out:?}");
+    assert!(app.world().resource::<Hivemind>().recording().is_none());
+
+    let switched = dir.path().join("switched.jsonl");
+    run(
+        &mut app,
+        &format!("hm replay record {}", switched.display()),
+    );
+    frames(&mut app, 30);
+    let out = run(&mut app, "hm backend scripted");
+    assert!(has(&out, "saved"), "{out:?}");
+    assert!(has(&out, "backend: scripted"), "{out:?}");
+    assert!(Transcript::load(&switched).unwrap().streams().len() > 0);
+
+    let exited = dir.path().join("exited.jsonl");
+    run(&mut app, &format!("hm replay record {}", exited.display()));
+    frames(&mut app, 30);
+    app.world_mut().write_message(AppExit::Success);
+    app.update();
+    assert!(Transcript::load(&exited).unwrap().streams().len() > 0);
+
+    let mut app = self::app();
+    run(&mut app, "hm replay play /dev/zero");
+    assert!(eventually(&mut app, "refused, it is not a regular file"));
+    assert_ne!(
+        app.world().resource::<Hivemind>().backend(),
+        Some(BackendId::new(BackendId::REPLAY))
+    );
 }
 
 #[test]

@@ -352,9 +352,25 @@ impl HivemindPlugin {
         self
     }
 
-    fn runtime(&self) -> Hivemind {
+    /// `config`, or the defaults (with an error naming the field) if a value is out of its
+    /// range: a game built from a bad settings file starts, on sane settings.
+    fn checked_config(&self) -> HivemindConfig {
+        match self.config.validate() {
+            Ok(()) => self.config.clone(),
+            Err(message) => {
+                error!("hivemind: the plugin's config is refused, defaults used: {message}");
+                HivemindConfig::default()
+            }
+        }
+    }
+
+    fn runtime(&self, config: HivemindConfig) -> Hivemind {
+        let clock = self
+            .clock
+            .clone()
+            .unwrap_or_else(|| Clock::from_config(&config.clock));
         let lifecycle = Lifecycle::new(LifecycleParts {
-            config: self.config.clone(),
+            config,
             registry: self.registry.clone(),
             templates: self.templates.clone(),
             prompt: self.prompt.clone(),
@@ -364,10 +380,7 @@ impl HivemindPlugin {
             executor: Arc::new(TaskPoolExecutor),
             backends: self.backends.clone(),
             backend: self.backend.clone(),
-            clock: self
-                .clock
-                .clone()
-                .unwrap_or_else(|| Clock::from_config(&self.config.clock)),
+            clock,
         });
         match lifecycle {
             Ok(lifecycle) => Hivemind(lifecycle),
@@ -379,6 +392,7 @@ impl HivemindPlugin {
 
 impl Plugin for HivemindPlugin {
     fn build(&self, app: &mut App) {
+        let config = self.checked_config();
         app.add_message::<RequestPlan>()
             .add_message::<RequestLine>()
             .add_message::<CancelRequest>()
@@ -402,8 +416,8 @@ impl Plugin for HivemindPlugin {
             .register_type::<LineDelta>()
             .register_type::<PlanReady>()
             .register_type::<LineReady>()
-            .insert_resource(HivemindSettings(self.config.clone()))
-            .insert_resource(self.runtime())
+            .insert_resource(HivemindSettings(config.clone()))
+            .insert_resource(self.runtime(config))
             .init_resource::<HivemindMetrics>()
             .init_resource::<FrameCost>()
             .init_resource::<VerbHandlers>()

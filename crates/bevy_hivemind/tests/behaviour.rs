@@ -726,6 +726,39 @@ fn config_and_personas_reload_through_the_asset_server_and_bad_files_lose_nothin
     );
     run(&mut app, 3);
     assert_eq!(plan_ms(&app), 400, "a bad file changes nothing");
+
+    // A value out of its range is refused, from a file and from an edit alike: an infinite drain
+    // budget once reached the runtime and every frame's drain.
+    write(
+        "hivemind.ron",
+        "(deadlines: (plan_ms: 450), budgets: (drain_ms: inf))",
+    );
+    server.reload("hivemind.ron");
+    assert!(
+        load_fails(&mut app, |h| h.config.as_ref().unwrap().id().untyped()),
+        "an out-of-range file is reported as a failed load"
+    );
+    run(&mut app, 3);
+    assert_eq!(plan_ms(&app), 400, "an out-of-range file changes nothing");
+
+    let mut edit = app.world().resource::<HivemindSettings>().0.clone();
+    edit.deadlines.plan_ms = 450;
+    edit.budgets.drain_ms = f32::INFINITY;
+    app.world_mut().resource_mut::<HivemindSettings>().0 = edit;
+    app.update();
+    let hm = app.world().resource::<Hivemind>();
+    assert_eq!(
+        hm.config().budgets.drain_ms,
+        0.25,
+        "the edit is not applied"
+    );
+    assert_eq!(hm.config().deadlines.plan_ms, 400);
+    let settings = app.world().resource::<HivemindSettings>();
+    assert_eq!(
+        settings.0,
+        *hm.config(),
+        "the settings go back to those in effect"
+    );
 }
 
 #[test]

@@ -26,14 +26,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use replay::{
-    RecordedStream, Recorder, RecordingFactory, ReplayBackend, ReplayFactory, Transcript,
-    TranscriptError,
+    MAX_LINE_BYTES, RecordedStream, Recorder, RecordingFactory, ReplayBackend, ReplayFactory,
+    Transcript, TranscriptError, TranscriptWriter,
 };
 pub use scripted::{Latency, Script, ScriptedBackend};
 
 use crate::action::ActionRegistry;
 use crate::clock::{Clock, Deadline, Timestamp};
-use crate::config::{HivemindConfig, PromptLayout, Sampling, Throughput};
+use crate::config::{Budgets, HivemindConfig, PromptLayout, Sampling, Throughput};
 use crate::plan::{BackendId, OutputFormat, RequestKind};
 use crate::prompt::{AgentTask, SequencePrompt, SharedPrompt};
 use crate::snapshot::{AgentId, WorldSnapshot};
@@ -117,6 +117,9 @@ pub struct Batch {
     /// The verbs plans may use, for a backend that describes the answer's shape itself (a JSON
     /// schema for a server that takes no grammar).
     pub registry: Arc<ActionRegistry>,
+    /// The size limits the batch's grammars were built with: an answer's token budget is
+    /// [`Budgets::answer_tokens`] of these, never of older settings.
+    pub budgets: Budgets,
     /// The pool's clock, which the agents' deadlines are on.
     pub clock: Clock,
     /// When the batch started on `clock`. On a virtual clock a stream's time is this plus what

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{OutputFormat, RequestKind};
 
+pub mod ranges;
+
 /// The environment variable that overrides [`ModelConfig::path`].
 pub const MODEL_ENV: &str = "HIVEMIND_MODEL";
 
@@ -133,73 +135,6 @@ impl HivemindConfig {
     /// Reads, parses and checks a config file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         load_with(path, Self::from_ron)
-    }
-
-    /// Checks the values that parse but make no sense, such as a batch of zero agents.
-    pub fn validate(&self) -> Result<(), String> {
-        let b = &self.batching;
-        if b.max_batch == 0 {
-            return Err("batching.max_batch must be at least 1".into());
-        }
-        if b.queue_capacity == 0 {
-            return Err("batching.queue_capacity must be at least 1".into());
-        }
-        if b.workers == 0 {
-            return Err("batching.workers must be at least 1".into());
-        }
-        if self.cache.position_quantum == 0 {
-            return Err("cache.position_quantum must be at least 1".into());
-        }
-        if !(0.0..=1.0).contains(&self.cache.hp_low) || !(0.0..=1.0).contains(&self.cache.hp_high) {
-            return Err("cache.hp_low and cache.hp_high must lie in 0.0..=1.0".into());
-        }
-        if self.cache.hp_low > self.cache.hp_high {
-            return Err("cache.hp_low must not exceed cache.hp_high".into());
-        }
-        if self.budgets.max_plan_steps == 0 {
-            return Err("budgets.max_plan_steps must be at least 1".into());
-        }
-        let t = &self.clock.throughput;
-        if !(t.prompt_tokens_per_sec > 0.0 && t.generated_tokens_per_sec > 0.0) {
-            return Err("clock.throughput rates must be positive".into());
-        }
-        for (id, remote) in &self.remotes {
-            remote
-                .validate()
-                .map_err(|message| format!("remotes.{id}.{message}"))?;
-        }
-        self.router
-            .validate()
-            .map_err(|message| format!("router.{message}"))?;
-        for (kind, s) in [
-            ("banter", &self.sampling.banter),
-            ("dialogue", &self.sampling.dialogue),
-            ("plan", &self.sampling.plan),
-            ("say", &self.sampling.say),
-        ] {
-            // Written so that NaN fails too.
-            let sane = |t: f32, p: f32| t > 0.0 && p > 0.0 && p <= 1.0;
-            if let Sampling::Random {
-                temperature,
-                top_p,
-                min_p,
-                repeat_penalty,
-                ..
-            } = s
-            {
-                if !sane(*temperature, *top_p) {
-                    return Err(format!(
-                        "sampling.{kind}: temperature must be positive and top_p in (0, 1]"
-                    ));
-                }
-                if !((0.0..1.0).contains(min_p) && (1.0..=10.0).contains(repeat_penalty)) {
-                    return Err(format!(
-                        "sampling.{kind}: min_p must be in [0, 1) and repeat_penalty in [1, 10]"
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -654,26 +589,6 @@ impl RemoteConfig {
             ..RemoteConfig::default()
         }
     }
-
-    fn validate(&self) -> Result<(), String> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!(
-                "url must start with http:// or https://, not {:?}",
-                self.url
-            ));
-        }
-        if self.max_concurrent == 0 {
-            return Err("max_concurrent must be at least 1".into());
-        }
-        if self.connect_timeout_ms == 0 || self.read_timeout_ms == 0 {
-            return Err("connect_timeout_ms and read_timeout_ms must be at least 1".into());
-        }
-        let t = &self.throughput;
-        if !(t.prompt_tokens_per_sec > 0.0 && t.generated_tokens_per_sec > 0.0) {
-            return Err("throughput rates must be positive".into());
-        }
-        Ok(())
-    }
 }
 
 /// Which backends the `router` backend tries, and when it stops trying one.
@@ -698,18 +613,6 @@ impl Default for RouterConfig {
             probe_ms: 5000,
             window: 20,
         }
-    }
-}
-
-impl RouterConfig {
-    fn validate(&self) -> Result<(), String> {
-        if self.window == 0 {
-            return Err("window must be at least 1".into());
-        }
-        if let Some(i) = self.routes.iter().position(|r| r.chain.is_empty()) {
-            return Err(format!("routes[{i}].chain must name at least one backend"));
-        }
-        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 
 use crate::action::{ActionRegistry, ArgDomain, VerbSpec};
 use crate::config::IntentStyle;
+use crate::config::ranges::{MAX_PLAN_STEPS, MAX_SAY_CHARS};
 use crate::plan::OutputFormat;
 use crate::prompt::IntentOption;
 use crate::snapshot::{AgentId, WorldSnapshot};
@@ -97,9 +98,13 @@ pub enum GrammarError {
     /// A guided answer needs at least one option to choose from.
     #[error("agent {0} has no options to choose from")]
     NoOptions(AgentId),
-    /// Limits that allow nothing.
-    #[error("max_steps and max_say_chars must be at least 1")]
-    ZeroLimit,
+    /// Limits that allow nothing, or so much that the grammar would not fit in memory.
+    #[error(
+        "max_steps must lie in 1..={max_steps} and max_say_chars in 1..={max_say_chars}",
+        max_steps = MAX_PLAN_STEPS,
+        max_say_chars = MAX_SAY_CHARS
+    )]
+    LimitsOutOfRange,
 }
 
 /// The text every answer of `format` for `agent` starts with: its grammar leaves no choice
@@ -138,8 +143,10 @@ impl Grammar {
         if agents.is_empty() {
             return Err(GrammarError::EmptyBatch);
         }
-        if limits.max_steps == 0 || limits.max_say_chars == 0 {
-            return Err(GrammarError::ZeroLimit);
+        if !(1..=MAX_PLAN_STEPS).contains(&limits.max_steps)
+            || !(1..=MAX_SAY_CHARS).contains(&limits.max_say_chars)
+        {
+            return Err(GrammarError::LimitsOutOfRange);
         }
         let mut order = Vec::with_capacity(agents.len());
         for a in agents {
@@ -432,6 +439,25 @@ mod tests {
         )
         .unwrap();
         golden("line.gbnf", &g.text);
+    }
+
+    /// Limits in the millions once built grammars of gigabytes; out of range, they are refused
+    /// before any rule is written.
+    #[test]
+    fn limits_out_of_range_are_refused_before_building() {
+        let a = flanking_guard();
+        for (max_steps, max_say_chars) in [(0, 80), (3, 0), (5_000_000, 80), (3, 50_000_000)] {
+            let limits = GrammarLimits {
+                max_steps,
+                max_say_chars,
+                ..GrammarLimits::default()
+            };
+            for format in [OutputFormat::FreePlan, OutputFormat::Line] {
+                let built =
+                    Grammar::build(format, &arena_registry(), &[GrammarAgent::new(&a)], limits);
+                assert_eq!(built, Err(GrammarError::LimitsOutOfRange));
+            }
+        }
     }
 
     #[test]

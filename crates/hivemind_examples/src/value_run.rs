@@ -295,7 +295,8 @@ pub fn run_value_suite(
         let mut hm = app.world_mut().resource_mut::<Hivemind>();
         let mut config = hm.config().clone();
         config.deadlines.plan_ms = plan_ms;
-        hm.apply_config(config);
+        hm.apply_config(config)
+            .unwrap_or_else(|e| panic!("the suite's deadline does not fit: {e}"));
     }
     let mut replies = Vec::new();
     for case in &reply_cases {

@@ -609,7 +609,7 @@ fn breakdown(
         .collect();
     let (batch, _) = context.build_batch(0, 0, RequestKind::Plan, &jobs);
     let mut session = factory.session()?;
-    let mut specs = stream_specs(&batch, session.options());
+    let mut specs = stream_specs(&batch);
     for spec in &mut specs {
         // Every stream runs, whatever the deadline would say.
         spec.time_left = None;

@@ -60,7 +60,7 @@ use hivemind_core::backend::{
 use hivemind_core::clock::Deadline;
 use hivemind_core::config::{HivemindConfig, Sampling};
 use hivemind_core::grammar::answer_prefix;
-use hivemind_core::plan::{BackendId, OutputFormat, RequestKind};
+use hivemind_core::plan::{BackendId, RequestKind};
 use hivemind_core::prompt::Fnv64;
 use llama_cpp_2::model::LlamaModel;
 
@@ -149,19 +149,15 @@ pub struct LlamaOptions {
     /// Prompt tokens added to a step while other streams are writing. Smaller keeps their
     /// tokens coming steadily; larger fills the batch faster.
     pub prefill_chunk: u32,
-    /// The most tokens one agent's answer may take, per output format.
-    pub plan_tokens: u32,
-    /// The same for guided answers and lines.
-    pub line_tokens: u32,
     /// Where decoded prefix states are saved; `None` keeps them in memory only.
     pub state_dir: Option<PathBuf>,
 }
 
 impl LlamaOptions {
     /// Options from the game's configuration: the model path (with `HIVEMIND_MODEL`
-    /// honoured), context and batch sizes, threads, one stream per batch slot, and answer
-    /// lengths from the plan and line budgets. Prefix states are saved in a `prefix-state`
-    /// directory beside the model.
+    /// honoured), context and batch sizes, threads, and one stream per batch slot. Prefix
+    /// states are saved in a `prefix-state` directory beside the model. Answer lengths are not
+    /// options: each batch carries the budgets its grammars were built with.
     pub fn from_config(config: &HivemindConfig) -> Self {
         let model = config.model.resolved_path();
         let state_dir = model.parent().map(|d| d.join("prefix-state"));
@@ -171,18 +167,8 @@ impl LlamaOptions {
             threads: config.model.threads,
             max_sequences: config.batching.max_batch.clamp(1, 64) as u32,
             prefill_chunk: config.model.batch_tokens,
-            plan_tokens: config.budgets.answer_tokens(OutputFormat::FreePlan),
-            line_tokens: config.budgets.answer_tokens(OutputFormat::Line),
             state_dir,
             model,
-        }
-    }
-
-    /// The most tokens an answer in `format` may take.
-    pub fn max_tokens(&self, format: OutputFormat) -> u32 {
-        match format {
-            OutputFormat::FreePlan => self.plan_tokens,
-            OutputFormat::Guided | OutputFormat::Line => self.line_tokens,
         }
     }
 }
@@ -286,14 +272,14 @@ impl LlamaBackend {
 
 impl InferenceBackend for LlamaBackend {
     fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
-        let specs = stream_specs(batch, self.session.options());
+        let specs = stream_specs(batch);
         self.session.run(&specs, sink).map_err(BackendError::from)
     }
 }
 
 /// The streams of `batch`: one per agent, or one for the shared prompt.
-pub fn stream_specs(batch: &Batch, options: &LlamaOptions) -> Vec<StreamSpec> {
-    let per_agent = options.max_tokens(batch.format);
+pub fn stream_specs(batch: &Batch) -> Vec<StreamSpec> {
+    let per_agent = batch.budgets.answer_tokens(batch.format);
     let seed = |stream: usize| {
         let mut h = Fnv64::new();
         h.write(&batch.seed.to_le_bytes());

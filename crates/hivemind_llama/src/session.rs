@@ -195,10 +195,7 @@ impl LlamaSession {
         model: Arc<LlamaModel>,
         options: LlamaOptions,
     ) -> Result<Self, LlamaError> {
-        let threads = options.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
-            |t| t.max(1) as i32,
-        );
+        let threads = inference_threads(options.threads);
         let per_batch = options.max_sequences.max(1);
         let shape = EngineShape {
             n_ctx: options.context_tokens,
@@ -658,5 +655,38 @@ impl LlamaSession {
         free_seqs.push(slot.seq.raw() as u32);
         // Lowest ids first, so admission is the same whatever order streams ended in.
         free_seqs.sort_unstable_by(|a, b| b.cmp(a));
+    }
+}
+
+/// The threads to infer on: `asked`, or every core for `None`. More than the machine has are
+/// clamped to its cores with a warning: a config written on the author's machine runs on a
+/// player's, and oversubscribed threads only wait on each other.
+fn inference_threads(asked: Option<u32>) -> i32 {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let cores = i32::try_from(cores).unwrap_or(i32::MAX);
+    match asked.map(|t| i32::try_from(t.max(1)).unwrap_or(i32::MAX)) {
+        None => cores,
+        Some(t) if t > cores => {
+            tracing::warn!(
+                "model.threads is {t} but this machine has {cores} cores: using {cores}"
+            );
+            cores
+        }
+        Some(t) => t,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_beyond_the_cores_are_clamped_to_them() {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as i32;
+        assert_eq!(inference_threads(None), cores);
+        assert_eq!(inference_threads(Some(100_000)), cores);
+        assert_eq!(inference_threads(Some(u32::MAX)), cores);
+        assert_eq!(inference_threads(Some(1)), 1);
+        assert_eq!(inference_threads(Some(0)), 1);
     }
 }

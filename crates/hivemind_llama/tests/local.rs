@@ -197,10 +197,34 @@ impl BatchSink for Collect {
 }
 
 fn run(session: &mut LlamaSession, batch: &Batch) -> Collect {
-    let specs = stream_specs(batch, session.options());
+    let specs = stream_specs(batch);
     let mut sink = Collect::new(specs.len());
     session.run(&specs, &mut sink).unwrap();
     sink
+}
+
+/// A reload that changes the plan and line limits changes the grammar and, with the batch, the
+/// answer's token budget: an older budget than the grammar's cut long answers short.
+#[test]
+fn a_batch_carries_the_answer_budget_its_grammar_was_built_with() {
+    let arena = arena();
+    let mut config = HivemindConfig::default();
+    config.budgets.max_say_chars = 400;
+    config.budgets.max_plan_steps = 8;
+    let context = arena.assets.prompt_context(&config);
+    for format in [
+        OutputFormat::FreePlan,
+        OutputFormat::Guided,
+        OutputFormat::Line,
+    ] {
+        let mut requests = requests(&arena, format, 2, 7);
+        let specs = stream_specs(&batch(&context, &mut requests));
+        let budget = config.budgets.answer_tokens(format);
+        assert!(budget > HivemindConfig::default().budgets.answer_tokens(format));
+        for spec in &specs {
+            assert_eq!(spec.max_tokens, budget, "{format:?}");
+        }
+    }
 }
 
 #[test]
@@ -429,7 +453,7 @@ fn cancelling_one_agent_leaves_the_others_intact() {
     let mut session = factory.session().unwrap();
     let whole = run(&mut session, &plans);
 
-    let specs = stream_specs(&plans, session.options());
+    let specs = stream_specs(&plans);
     let mut sink = Collect::new(specs.len());
     sink.cancel_after_first_text = Some(1);
     session.run(&specs, &mut sink).unwrap();
@@ -496,7 +520,7 @@ fn work_that_does_not_fit_is_split_or_refused_never_aborted() {
         &context,
         &mut requests(&arena, OutputFormat::FreePlan, 5, 5),
     );
-    let mut specs = stream_specs(&plans, session.options());
+    let mut specs = stream_specs(&plans);
     // One agent's block is far larger than the context.
     specs[2].block = "word ".repeat(4000);
     let mut sink = Collect::new(specs.len());
@@ -521,7 +545,7 @@ fn work_that_does_not_fit_is_split_or_refused_never_aborted() {
     tiny.context_tokens = 256;
     tiny.batch_tokens = 64;
     let mut session = LlamaFactory::new(tiny).unwrap().session().unwrap();
-    let specs = stream_specs(&plans, session.options());
+    let specs = stream_specs(&plans);
     let mut sink = Collect::new(specs.len());
     assert!(matches!(
         session.run(&specs, &mut sink),
@@ -654,7 +678,7 @@ fn plan_lines_wait_for_every_answer_are_skipped_on_request_and_late_streams_are_
     assert!(trace.streams.iter().all(|s| !s.line_skipped));
 
     // A sink that wants the time back ends every stream at its line, with its intent written.
-    let specs = stream_specs(&plans, session.options());
+    let specs = stream_specs(&plans);
     let mut sink = Collect::new(specs.len());
     sink.skip_lines = true;
     session.run(&specs, &mut sink).unwrap();
@@ -665,7 +689,7 @@ fn plan_lines_wait_for_every_answer_are_skipped_on_request_and_late_streams_are_
     }
 
     // A stream with no time left is not started; the others are untouched.
-    let mut specs = stream_specs(&plans, session.options());
+    let mut specs = stream_specs(&plans);
     specs[3].time_left = Some(Duration::ZERO);
     let mut sink = Collect::new(specs.len());
     session.run(&specs, &mut sink).unwrap();

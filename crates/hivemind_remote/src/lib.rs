@@ -56,8 +56,8 @@ use crossbeam_channel::RecvTimeoutError;
 use hivemind_core::backend::{
     BackendError, BackendFactory, BackendInfo, Batch, BatchSink, InferenceBackend,
 };
+use hivemind_core::config::{Budgets, HivemindConfig, IntentStyle, Throughput};
 pub use hivemind_core::config::{Dialect, RemoteConfig};
-use hivemind_core::config::{HivemindConfig, IntentStyle, Throughput};
 use hivemind_core::plan::{BackendId, OutputFormat};
 use hivemind_core::prompt::ChatTemplate;
 
@@ -65,41 +65,33 @@ pub use client::RemoteError;
 use client::{Call, Report, exchange};
 use dialect::{RequestShape, request, takes_shared_prompt};
 
-/// What a remote backend uses now: its server's settings and the answer sizes.
+/// What a remote backend uses now: its server's settings.
 #[derive(Clone, Debug, PartialEq)]
 struct Settings {
     remote: RemoteConfig,
-    /// The most tokens one agent's answer may take: free plans, then guided answers and lines.
-    max_tokens: [u32; 2],
     intents: IntentStyle,
 }
 
 impl Settings {
     fn new(remote: RemoteConfig, config: &HivemindConfig) -> Self {
-        // The local backend decodes an answer's fixed start (`{"agent":7,"intent":`) with the
-        // prompt, and samples its line apart (`sampling.say`); a server writes the start itself,
-        // and greedily, so a line may run a character a token up to the grammar's limit.
-        let say = u32::try_from(config.budgets.max_say_chars).unwrap_or(u32::MAX);
-        let tokens = |format| {
-            config
-                .budgets
-                .answer_tokens(format)
-                .saturating_add(say)
-                .saturating_add(24)
-        };
         Settings {
             remote,
-            max_tokens: [tokens(OutputFormat::FreePlan), tokens(OutputFormat::Line)],
             intents: config.model.intents,
         }
     }
+}
 
-    fn max_tokens(&self, format: OutputFormat) -> u32 {
-        match format {
-            OutputFormat::FreePlan => self.max_tokens[0],
-            OutputFormat::Guided | OutputFormat::Line => self.max_tokens[1],
-        }
-    }
+/// The most tokens one agent's answer in `format` may take from a server, under the budgets
+/// its batch was built with.
+fn answer_tokens(budgets: &Budgets, format: OutputFormat) -> u32 {
+    // The local backend decodes an answer's fixed start (`{"agent":7,"intent":`) with the
+    // prompt, and samples its line apart (`sampling.say`); a server writes the start itself,
+    // and greedily, so a line may run a character a token up to the grammar's limit.
+    let say = u32::try_from(budgets.max_say_chars).unwrap_or(u32::MAX);
+    budgets
+        .answer_tokens(format)
+        .saturating_add(say)
+        .saturating_add(24)
 }
 
 /// The factory of a remote backend. See the [crate docs](crate).
@@ -276,7 +268,7 @@ impl InferenceBackend for RemoteBackend {
         let agent = self.agent(remote);
         let shape = RequestShape {
             remote,
-            max_tokens: settings.max_tokens(batch.format),
+            max_tokens: answer_tokens(&batch.budgets, batch.format),
             intents: settings.intents,
             chat: &self.chat,
             slots: self.slots,

@@ -1,11 +1,13 @@
 //! The `hm` command: hivemind's status, performance, agents, cache and switches.
 
 use std::path::PathBuf;
-use std::sync::PoisonError;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, TryRecvError};
+
 use bevy::prelude::*;
-use hivemind_core::backend::{ReplayFactory, Transcript};
+use hivemind_core::backend::{ReplayFactory, Transcript, TranscriptError, TranscriptWriter};
 use hivemind_core::config::PromptLayout;
 use hivemind_core::metrics::HumanDuration;
 use hivemind_core::plan::{BackendId, FallbackReason, OutputFormat, PlanSource};
@@ -16,6 +18,7 @@ use super::{Console, ConsoleAppExt, ConsoleReply};
 use crate::components::{ActivePlan, AgentSnapshot, NpcAgent, PlanStatus, Thinking};
 use crate::messages::{PlanReady, RequestPlan};
 use crate::runtime::Hivemind;
+use crate::systems::shut_down_on_exit;
 use crate::{HivemindMetrics, HivemindSettings, HivemindSystems};
 use hivemind_core::lifecycle::FallbackOnly;
 
@@ -132,13 +135,25 @@ pub struct Probe {
     sent_at_tick: u64,
 }
 
-/// Where `hm replay record` writes when it stops.
+/// Where `hm replay record` saves, opened when the recording started.
 #[derive(Resource)]
-struct RecordingTo(PathBuf);
+struct RecordingTo(TranscriptWriter);
+
+/// A transcript `hm replay play` is reading on a thread of its own: a big file must not stall
+/// a frame.
+#[derive(Resource)]
+struct LoadingReplay {
+    file: PathBuf,
+    loaded: Receiver<Result<Arc<ReplayFactory>, TranscriptError>>,
+}
 
 pub(super) fn build(app: &mut App) {
     app.add_console_command(run)
-        .add_systems(Update, report_probes.after(HivemindSystems::Apply));
+        .add_systems(
+            Update,
+            (report_probes, start_loaded_replay).after(HivemindSystems::Apply),
+        )
+        .add_systems(Last, save_recording_on_exit.before(shut_down_on_exit));
 }
 
 fn run(hm_args: Hm, world: &mut World, reply: &mut ConsoleReply) {
@@ -155,7 +170,11 @@ fn run(hm_args: Hm, world: &mut World, reply: &mut ConsoleReply) {
         HmCommand::Agents => agents(world, reply),
         HmCommand::Cache { action } => cache(world, action.is_some(), reply),
         HmCommand::Persona { id } => persona(world, &id, reply),
-        HmCommand::Backend { id } => backend(world, &id, reply),
+        HmCommand::Backend { id } => {
+            // Switching ends a recording: it is saved first, not dropped.
+            stop_recording(world, reply);
+            backend(world, &id, reply);
+        }
         HmCommand::Layout { layout } => {
             let layout = match layout {
                 LayoutArg::Parallel => PromptLayout::ParallelSequences,
@@ -475,12 +494,17 @@ fn replay(world: &mut World, action: ReplayAction, reply: &mut ConsoleReply) {
     match action {
         ReplayAction::Record { file } => {
             stop_recording(world, reply);
-            world.resource_mut::<Hivemind>().start_recording();
-            reply.line(format!(
-                "recording to {}; `hm replay stop` saves it",
-                file.display()
-            ));
-            world.insert_resource(RecordingTo(file));
+            match TranscriptWriter::create(&file) {
+                Ok(writer) => {
+                    world.resource_mut::<Hivemind>().start_recording();
+                    reply.line(format!(
+                        "recording to {}; `hm replay stop` saves it",
+                        file.display()
+                    ));
+                    world.insert_resource(RecordingTo(writer));
+                }
+                Err(e) => reply.line(format!("error: {e}")),
+            }
         }
         ReplayAction::Stop => {
             if !stop_recording(world, reply) {
@@ -489,17 +513,51 @@ fn replay(world: &mut World, action: ReplayAction, reply: &mut ConsoleReply) {
         }
         ReplayAction::Play { file } => {
             stop_recording(world, reply);
-            match ReplayFactory::load(&file) {
-                Ok(factory) => {
-                    let mut hm = world.resource_mut::<Hivemind>();
-                    hm.replace_backend(factory);
-                    if hm.set_backend(&BackendId::new(BackendId::REPLAY)).is_ok() {
-                        reply.line(format!("backend: replay of {}", file.display()));
-                    }
+            let (send, loaded) = crossbeam_channel::bounded(1);
+            let path = file.clone();
+            let spawned = std::thread::Builder::new()
+                .name("hivemind-replay-load".into())
+                .spawn(move || {
+                    let _ = send.send(ReplayFactory::load(&path));
+                });
+            match spawned {
+                Ok(_) => {
+                    reply.line(format!("loading {}", file.display()));
+                    world.insert_resource(LoadingReplay { file, loaded });
                 }
-                Err(e) => reply.line(format!("error: {e}")),
+                Err(e) => reply.line(format!("error: cannot start loading: {e}")),
             }
         }
+    }
+}
+
+/// Switches to the replay backend once `hm replay play` has read its transcript.
+fn start_loaded_replay(
+    mut commands: Commands,
+    loading: Option<Res<LoadingReplay>>,
+    hm: Option<ResMut<Hivemind>>,
+    console: Option<ResMut<Console>>,
+) {
+    let (Some(loading), Some(mut hm)) = (loading, hm) else {
+        return;
+    };
+    let message = match loading.loaded.try_recv() {
+        Err(TryRecvError::Empty) => return,
+        Err(TryRecvError::Disconnected) => {
+            format!("error: loading {} failed", loading.file.display())
+        }
+        Ok(Err(e)) => format!("error: {e}"),
+        Ok(Ok(factory)) => {
+            hm.replace_backend(factory);
+            match hm.set_backend(&BackendId::new(BackendId::REPLAY)) {
+                Ok(()) => format!("backend: replay of {}", loading.file.display()),
+                Err(e) => format!("error: {e}"),
+            }
+        }
+    };
+    commands.remove_resource::<LoadingReplay>();
+    if let Some(mut console) = console {
+        console.print(message);
     }
 }
 
@@ -508,22 +566,44 @@ fn stop_recording(world: &mut World, reply: &mut ConsoleReply) -> bool {
     let Some(transcript) = world.resource_mut::<Hivemind>().stop_recording() else {
         return false;
     };
-    let Some(RecordingTo(path)) = world.remove_resource::<RecordingTo>() else {
+    let Some(RecordingTo(writer)) = world.remove_resource::<RecordingTo>() else {
         return true;
     };
-    let transcript: Transcript = transcript
+    reply.line(save(writer, &transcript));
+    true
+}
+
+/// Saves `transcript` through `writer`, and says how that went.
+fn save(writer: TranscriptWriter, transcript: &Mutex<Transcript>) -> String {
+    let transcript = transcript
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    match transcript.save(&path) {
-        Ok(()) => reply.line(format!(
-            "saved {} streams to {}",
-            transcript.streams().len(),
-            path.display()
-        )),
-        Err(e) => reply.line(format!("error: {e}")),
+    let path = writer.path().display().to_string();
+    match writer.finish(&transcript) {
+        Ok(()) => format!("saved {} streams to {path}", transcript.streams().len()),
+        Err(e) => format!("error: {e}"),
     }
-    true
+}
+
+/// Saves a running recording when the app exits.
+fn save_recording_on_exit(
+    mut exits: MessageReader<AppExit>,
+    mut commands: Commands,
+    recording: Option<Res<RecordingTo>>,
+    hm: Option<ResMut<Hivemind>>,
+) {
+    if exits.read().next().is_none() || recording.is_none() {
+        return;
+    }
+    let Some(transcript) = hm.and_then(|mut hm| hm.stop_recording()) else {
+        return;
+    };
+    commands.queue(move |world: &mut World| {
+        if let Some(RecordingTo(writer)) = world.remove_resource::<RecordingTo>() {
+            info!("hivemind: {}", save(writer, &transcript));
+        }
+    });
 }
 
 fn probe(world: &mut World, reply: &mut ConsoleReply) {

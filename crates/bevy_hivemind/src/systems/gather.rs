@@ -16,17 +16,23 @@ use crate::messages::{CancelRequest, RequestLine, RequestPlan, StepFinished};
 use crate::metrics::{FrameCost, HivemindMetrics};
 use crate::runtime::Hivemind;
 
-/// Gather, first: applies edited settings and moves the clock on.
+/// Gather, first: applies edited settings and moves the clock on. An edit with a value out of
+/// its range is refused with an error naming the field, and the settings go back to those in
+/// effect, so a console or inspector edit is held to the same ranges as a file.
 pub(crate) fn begin_frame(
     mut hm: ResMut<Hivemind>,
-    settings: Res<HivemindSettings>,
+    mut settings: ResMut<HivemindSettings>,
     time: Res<Time>,
     virtual_time: Option<Res<Time<Virtual>>>,
     mut cost: ResMut<FrameCost>,
 ) {
     cost.start = Some(Instant::now());
-    if settings.is_changed() && settings.0 != *hm.config() {
-        hm.apply_config(settings.0.clone());
+    if settings.is_changed()
+        && settings.0 != *hm.config()
+        && let Err(message) = hm.apply_config(settings.0.clone())
+    {
+        error!("hivemind: settings edit refused: {message}");
+        settings.0 = hm.config().clone();
     }
     let paused = virtual_time.is_some_and(|t| t.is_paused());
     hm.begin_frame(time.delta(), paused);

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use crate::cache::CachedAnswer;
 use crate::clock::{ClockKind, Deadline, Timestamp};
-use crate::hooks::LineVerdict;
+use crate::hooks::{CopyCheck, LineFilter, LineVerdict};
 use crate::metrics::Metrics;
-use crate::plan::{BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
+use crate::plan::{ArgValue, BackendId, FallbackReason, PlanSource, PlanStep, RequestKind};
 use crate::prompt::IntentOption;
 use crate::worker::{JobFailure, JobOutcome, WorkerEvent, WorkerEventKind, WorkerPool};
 
 use super::request::{
-    Answer, DEFAULT_BRIDGE, Gate, Phase, bridge_line, complete_after, cut_at, filtered, is_speech,
+    Answer, DEFAULT_BRIDGE, Gate, Phase, Request, bridge_line, complete_after, cut_at, filtered,
+    is_speech,
 };
 use super::{AgentKey, Lifecycle, LineDone, Outgoing, PlanDone, RequestId, StepReady, WordsReady};
 
@@ -160,12 +161,20 @@ impl<K: AgentKey> Lifecycle<K> {
     /// it after the steps before it; the first step that fails is replaced, with everything
     /// after it, by the planner's completion from the state the steps before it reach, and the
     /// model's later steps are ignored.
+    ///
+    /// Text a step carries (a `Say` line) is a line a player hears: it goes through the line
+    /// filter and the copy check like any line, and a step whose text they reject becomes the
+    /// idle step.
     fn on_step(&mut self, id: RequestId, at: Timestamp, step: PlanStep, metrics: &mut Metrics) {
         let repair = self.config.model.repair;
         let planner = Arc::clone(&self.planner);
         let idle = self.registry.idle_step();
         let Some(r) = self.requests.get_mut(&id) else {
             return;
+        };
+        let step = match checked_step(r, &*self.filter, &self.copies, step) {
+            Some(step) => step,
+            None => idle.clone(),
         };
         let delivered = r.delivered;
         let snapshot = Arc::clone(&r.snapshot);
@@ -784,4 +793,20 @@ impl<K: AgentKey> Lifecycle<K> {
             text,
         }));
     }
+}
+
+/// `step` with each text argument through the request's line checks ([`Request::checked_line`]),
+/// or `None` if they reject one.
+fn checked_step<K>(
+    r: &Request<K>,
+    filter: &dyn LineFilter,
+    copies: &CopyCheck,
+    mut step: PlanStep,
+) -> Option<PlanStep> {
+    for (_, value) in &mut step.args {
+        if let ArgValue::Text(text) = value {
+            *text = r.checked_line(filter, copies, text)?;
+        }
+    }
+    Some(step)
 }

@@ -304,7 +304,18 @@ impl<K> Request<K> {
         if self.gate == Gate::Rejected || self.line_skipped {
             return None;
         }
-        let mut line = self.text.trim().to_owned();
+        self.checked_line(filter, copies, &self.text)
+    }
+
+    /// `text`, a line of this request's that a player will hear, after the filter and the copy
+    /// check: `None` if they rejected it or it says nothing.
+    pub(super) fn checked_line(
+        &self,
+        filter: &dyn LineFilter,
+        copies: &CopyCheck,
+        text: &str,
+    ) -> Option<String> {
+        let mut line = text.trim().to_owned();
         match self.check(filter, copies, &line).verdict {
             LineVerdict::Pass => {}
             LineVerdict::Cut(n) => cut_at(&mut line, n),

@@ -342,7 +342,11 @@ impl<K: AgentKey> Lifecycle<K> {
     /// Applies a new configuration: deadlines, budgets and sampling at once, the prompt layout
     /// and sizes from the next batch, the cache's bucketing by starting a fresh cache. Pool
     /// size, queue and clock stay as the pool was made.
-    pub fn apply_config(&mut self, config: HivemindConfig) {
+    ///
+    /// A config with a value out of its range ([`HivemindConfig::validate`]) is refused whole:
+    /// the error names the field and the config in effect stays.
+    pub fn apply_config(&mut self, config: HivemindConfig) -> Result<(), String> {
+        config.validate()?;
         if config.cache != self.config.cache {
             self.cache = AnswerCache::new(&config.cache);
         }
@@ -361,6 +365,7 @@ impl<K: AgentKey> Lifecycle<K> {
         if prompt_changed {
             self.rebuild_context();
         }
+        Ok(())
     }
 
     /// Replaces the prompt's rules and personas. Only the changed personas' prefix levels are

@@ -25,6 +25,7 @@ const REGISTRY: &str = r#"(
         (name: "Attack", args: [(name: "target", kind: Entity(set: "enemy"))]),
         (name: "Reload"),
         (name: "Wait"),
+        (name: "Say", args: [(name: "text", kind: Text(max_chars: 80))]),
     ],
 )"#;
 
@@ -260,6 +261,38 @@ fn a_first_step_in_time_is_acted_on_and_the_rest_streams() {
     assert_eq!(done[0].steps.len(), 2);
     assert_eq!(done[0].first_after, Duration::from_millis(200));
     assert_eq!(hm.phase(id), None, "the request is over");
+}
+
+/// A free plan's `Say` line is heard like any line: it once skipped the line filter that every
+/// other line of the model's goes through.
+#[test]
+fn a_free_plans_say_text_goes_through_the_line_filter() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    let say = |text: &str| PlanStep::new("Say").with_arg("text", ArgValue::Text(text.into()));
+    for (index, text) in ["Move, darn it!", "  Cover me!  "].into_iter().enumerate() {
+        let step = say(text);
+        worker(&mut hm, id, ms(100), WorkerEventKind::Step { index, step });
+    }
+    finished(&mut hm, id, ms(200), completed());
+    let out = out(&mut hm);
+    assert_eq!(
+        verbs(&out),
+        ["Wait", "Say"],
+        "the banned line became the idle step"
+    );
+    let done = plan_done(&out);
+    assert_eq!(done[0].steps[1], say("Cover me!"));
+    assert!(
+        done[0]
+            .steps
+            .iter()
+            .all(|s| !format!("{s:?}").contains("darn")),
+        "{:?}",
+        done[0].steps
+    );
 }
 
 #[test]
@@ -747,7 +780,7 @@ fn a_reply_cut_at_its_budget_keeps_the_words_said_and_a_bridge_is_off_when_it_ca
     // answers at the deadline, as it does for a failed model.
     let mut config = free_config();
     config.deadlines.reply_ms = config.deadlines.dialogue_ms;
-    hm.apply_config(config);
+    hm.apply_config(config).unwrap();
     let id = ask_reply(&mut hm, &mut metrics);
     started(&mut hm, id);
     hm.clock().advance(Duration::from_millis(101));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::action::ActionRegistry;
 use crate::backend::{Batch, BatchAgent, SharedStream};
 use crate::clock::{Clock, Timestamp};
-use crate::config::{HivemindConfig, PromptLayout, SamplingConfig};
+use crate::config::{Budgets, HivemindConfig, PromptLayout, SamplingConfig};
 use crate::grammar::{Grammar, GrammarAgent, GrammarError, GrammarLimits};
 use crate::plan::{OutputFormat, RequestKind};
 use crate::prompt::{AgentRequest, AgentTask, ChatTemplate, Persona, PrefixTree, PromptRules};
@@ -26,8 +26,10 @@ pub struct PromptContext {
     pub limits: GrammarLimits,
     /// How tokens are chosen per kind, and the seed.
     pub sampling: SamplingConfig,
-    /// The most tokens an agent's snapshot may take.
-    pub snapshot_tokens: usize,
+    /// Size limits: of an agent's snapshot in its prompt, and of its answer, which every batch
+    /// carries to the backend (a reload that changes the grammar changes the token budget with
+    /// it).
+    pub budgets: Budgets,
     trees: Vec<PrefixTree>,
 }
 
@@ -69,7 +71,7 @@ impl PromptContext {
                 intents: config.model.intents,
             },
             sampling: config.sampling,
-            snapshot_tokens: config.budgets.snapshot_tokens,
+            budgets: config.budgets,
             trees,
         }
     }
@@ -104,7 +106,7 @@ impl PromptContext {
         let mut failed = Vec::new();
         let mut agents = Vec::with_capacity(jobs.len());
         for (i, &(job_id, job)) in jobs.iter().enumerate() {
-            let snapshot = Arc::new(job.snapshot.fit_to_budget(self.snapshot_tokens));
+            let snapshot = Arc::new(job.snapshot.fit_to_budget(self.budgets.snapshot_tokens));
             let grammar = match self.grammar(format, &[(&snapshot, &job.task)]) {
                 Ok(g) => g.text,
                 Err(e) => {
@@ -173,6 +175,7 @@ impl PromptContext {
             agents,
             shared,
             registry: Arc::clone(&self.registry),
+            budgets: self.budgets,
             clock: Clock::manual(),
             start: Timestamp::ZERO,
         };
