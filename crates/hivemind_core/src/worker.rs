@@ -22,7 +22,9 @@
 //! full queue is never dropped silently: under [`OverflowPolicy::RejectNew`] it ends at once with
 //! [`JobFailure::Overflow`]; under [`OverflowPolicy::ShedLatestDeadline`] the waiting job with the
 //! latest deadline ends that way instead, if the new job's deadline is earlier. Either way the
-//! game answers the overflowing job with its prepared fallback.
+//! game answers the overflowing job with its prepared fallback. A job shed or cancelled while
+//! its batch waits for a worker leaves the queue at once, so the newcomer that shed it never
+//! makes the queue longer than its capacity.
 //!
 //! # Failure
 //!
@@ -216,6 +218,17 @@ impl Shared {
     pub(crate) fn congested(&self) -> bool {
         self.waiting.load(Ordering::Acquire) > 0
     }
+
+    /// Moves a dispatched job out of `QUEUED` into `to`, if it is still there, and out of the
+    /// queue's count with it. Whoever moves it (the worker that claims it, the game that
+    /// cancels or sheds it) counts it out, so each job leaves the count exactly once, and a job
+    /// shed or cancelled while it waits frees its place at once rather than when a worker gets
+    /// to its batch.
+    pub(crate) fn leave_queue(&self, state: &AtomicU8, to: u8) -> Result<(), u8> {
+        state.compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)?;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        Ok(())
+    }
 }
 
 pub(crate) struct WorkItem {
@@ -399,11 +412,10 @@ impl WorkerPool {
                 true
             }
             // A worker that takes it now sees SHED and ends it with `Overflow`.
-            None => self.in_flight.get(&id).is_some_and(|(_, state)| {
-                state
-                    .compare_exchange(QUEUED, SHED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            }),
+            None => self
+                .in_flight
+                .get(&id)
+                .is_some_and(|(_, state)| self.shared.leave_queue(state, SHED).is_ok()),
         }
     }
 
@@ -422,7 +434,7 @@ impl WorkerPool {
             return;
         }
         if let Some((_, state)) = self.in_flight.get(&job) {
-            let _ = state.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+            let _ = self.shared.leave_queue(state, CANCELLED);
             let _ = state.compare_exchange(RUNNING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
         }
     }
@@ -546,6 +558,7 @@ impl WorkerPool {
         // Batches no worker took.
         while let Ok(item) = self.work_rx.try_recv() {
             for j in item.jobs {
+                let _ = self.shared.leave_queue(&j.state, RUNNING);
                 self.emit(
                     j.id,
                     j.request.agent,

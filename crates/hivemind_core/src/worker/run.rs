@@ -8,8 +8,8 @@ use std::sync::{Arc, PoisonError};
 use crossbeam_channel::Receiver;
 
 use super::{
-    CANCELLED, JobFailure, JobOutcome, JobRequest, PendingJob, QUEUED, RUNNING, SHED, Shared,
-    WorkItem, WorkerEvent, WorkerEventKind,
+    CANCELLED, JobFailure, JobOutcome, JobRequest, PendingJob, RUNNING, SHED, Shared, WorkItem,
+    WorkerEvent, WorkerEventKind,
 };
 use crate::action::ActionRegistry;
 use crate::backend::{
@@ -29,9 +29,11 @@ struct Built {
 pub(super) fn worker_loop(shared: &Shared, work: &Receiver<WorkItem>) {
     let mut built: Option<Built> = None;
     while let Ok(item) = work.recv() {
-        shared.waiting.fetch_sub(item.jobs.len(), Ordering::AcqRel);
         let mut run = Run::new(shared, item);
         if shared.stopping.load(Ordering::Acquire) {
+            for slot in &run.slots {
+                let _ = shared.leave_queue(&slot.state, RUNNING);
+            }
             run.fail_unfinished(&JobFailure::Shutdown);
             continue;
         }
@@ -172,19 +174,21 @@ impl<'s> Run<'s> {
         } else {
             self.clock.now()
         };
-        let congested = self.shared.congested();
         // Claim every job; those cancelled or shed while they waited end here.
+        let mut claimed = Vec::with_capacity(self.slots.len());
         for i in 0..self.slots.len() {
-            let state = &self.slots[i].state;
-            match state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let late = !self.clock.is_virtual() && self.slots[i].deadline.has_passed(now);
-                    if late && congested {
-                        self.finish(i, now, JobOutcome::Failed(JobFailure::Expired));
-                    }
-                }
+            match self.shared.leave_queue(&self.slots[i].state, RUNNING) {
+                Ok(()) => claimed.push(i),
                 Err(SHED) => self.finish(i, now, JobOutcome::Failed(JobFailure::Overflow)),
                 Err(_) => self.finish(i, now, JobOutcome::Cancelled),
+            }
+        }
+        // Other work waiting, this batch's jobs counted out: a late job gives way to it.
+        if !self.clock.is_virtual() && self.shared.congested() {
+            for i in claimed {
+                if self.slots[i].deadline.has_passed(now) {
+                    self.finish(i, now, JobOutcome::Failed(JobFailure::Expired));
+                }
             }
         }
         let live: Vec<usize> = (0..self.slots.len())

@@ -254,6 +254,75 @@ fn shedding_ends_the_job_with_the_latest_deadline() {
     ));
 }
 
+/// Holds the worker in its first batch until `go`, then answers as the attacker does.
+struct HeldOpen {
+    go: Arc<AtomicBool>,
+}
+
+impl InferenceBackend for HeldOpen {
+    fn run(&mut self, batch: &Batch, sink: &mut dyn BatchSink) -> Result<(), BackendError> {
+        while !self.go.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        ScriptedBackend::new(attacker()).run(batch, sink)
+    }
+}
+
+/// A job shed while it waits for a worker leaves the queue at once: the queue once counted it
+/// until a worker took its batch, so each urgent newcomer that shed one made the queue a job
+/// longer than its capacity, up to twice it.
+#[test]
+fn shedding_a_job_that_waits_for_a_worker_keeps_the_queue_within_capacity() {
+    let go = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&go);
+    let factory = FnFactory::new(BackendId::SCRIPTED, move || {
+        Ok(Box::new(HeldOpen {
+            go: Arc::clone(&gate),
+        }) as Box<dyn InferenceBackend>)
+    });
+    let mut config = batching(1, 1, 2);
+    config.overflow = OverflowPolicy::ShedLatestDeadline;
+    let mut pool = WorkerPool::new(
+        config,
+        factory,
+        context(PromptLayout::ParallelSequences),
+        Clock::manual(),
+    );
+    let at = |ms| Deadline::after(Timestamp::ZERO, Duration::from_millis(ms));
+    // The worker takes the first job and is held in it.
+    let running = pool.submit(plan_request(1, at(5_000)), 0);
+    pool.dispatch();
+    while !matches!(
+        pool.recv_timeout(Duration::from_secs(5)).map(|e| e.kind),
+        Some(WorkerEventKind::Started { .. })
+    ) {}
+    // Two jobs wait for it, in two batches: the queue is full.
+    let mut jobs = BTreeSet::from([running]);
+    for (agent, ms) in [(2, 4_000), (3, 3_000)] {
+        jobs.insert(pool.submit(plan_request(agent, at(ms)), 1));
+    }
+    pool.dispatch();
+    let mut depths = vec![pool.queue_depth()];
+    // Urgent newcomers shed the waiting jobs one by one.
+    for (agent, ms) in [(4, 100), (5, 200)] {
+        jobs.insert(pool.submit(plan_request(agent, at(ms)), 2));
+        depths.push(pool.queue_depth());
+    }
+    pool.dispatch();
+    // Released before any assertion, so a failing one does not leave the worker held.
+    go.store(true, Ordering::Release);
+    assert_eq!(depths, [2, 2, 2], "the queue's depth after each submit");
+    let events = drain(&mut pool, &jobs);
+    let overflow = JobOutcome::Failed(JobFailure::Overflow);
+    let shed: Vec<u32> = events
+        .iter()
+        .filter(|e| e.kind == WorkerEventKind::Finished(overflow.clone()))
+        .map(|e| e.agent.0)
+        .collect();
+    assert_eq!(shed, [2, 3]);
+    assert_eq!(pool.queue_depth(), 0);
+}
+
 #[test]
 fn cancelling_ends_a_job_once_whether_pending_or_running() {
     let mut pool = WorkerPool::new(
