@@ -18,7 +18,7 @@ use clap::Parser;
 use hivemind::core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind::core::clock::Deadline;
 use hivemind::core::config::{HivemindConfig, Sampling};
-use hivemind::core::prompt::PromptLevel;
+use hivemind::core::prompt::{PromptLevel, PromptText};
 use hivemind::llama::{LlamaFactory, StreamSpec};
 
 /// Measures one sequence's prompt and generation rates.
@@ -80,15 +80,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let factory = LlamaFactory::from_config(&config)?;
     let mut session = factory.session()?;
-    let root = Arc::new(PromptLevel::new(None, ROOT.into()));
-    let branch = Arc::new(PromptLevel::new(Some(root.key), "You are veteran. ".into()));
+    let root = Arc::new(PromptLevel::new(None, PromptText::trusted(ROOT)));
+    let branch = Arc::new(PromptLevel::new(Some(root.key), "You are veteran. "));
     session.warm(&root, &[&branch])?;
     let (mut prompt_rates, mut gen_rates) = (Vec::new(), Vec::new());
     for _ in 0..args.runs.max(1) {
         let spec = StreamSpec {
             root: Arc::clone(&root),
             branch: Arc::clone(&branch),
-            block: BLOCK.into(),
+            block: PromptText::trusted(BLOCK),
             grammar: None,
             forced: String::new(),
             deadline: Deadline::default(),

@@ -295,7 +295,9 @@ fn recordings_are_checked_at_the_start_and_saved_on_a_switch_and_on_exit() {
     frames(&mut app, 30);
     app.world_mut().write_message(AppExit::Success);
     app.update();
-    assert!(Transcript::load(&exited).unwrap().streams().len() > 0);
+    let log: Vec<&str> = app.world().resource::<Console>().log().collect();
+    let saved = Transcript::load(&exited).unwrap_or_else(|e| panic!("{e}; console: {log:?}"));
+    assert!(saved.streams().len() > 0);
 
     let mut app = self::app();
     run(&mut app, "hm replay play /dev/zero");

@@ -364,3 +364,12 @@ pub fn stream_prompt(batch: &Batch, stream: usize) -> Option<String> {
         None => batch.agents.get(stream).map(|a| a.prompt.text()),
     }
 }
+
+/// [`stream_prompt`] with the ranges the chat template wrote: the only ones a backend may read
+/// special tokens in ([`PromptText`](crate::prompt::PromptText)).
+pub fn stream_prompt_text(batch: &Batch, stream: usize) -> Option<crate::prompt::PromptText> {
+    match &batch.shared {
+        Some(shared) => (stream == 0).then(|| shared.prompt.prompt_text()),
+        None => batch.agents.get(stream).map(|a| a.prompt.prompt_text()),
+    }
+}

@@ -42,7 +42,7 @@ use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::{Clock, Deadline};
 use hivemind_core::config::{HivemindConfig, PlanFormat, Sampling};
 use hivemind_core::plan::{OutputFormat, PlanStep, RequestKind};
-use hivemind_core::prompt::{AgentTask, PromptLevel};
+use hivemind_core::prompt::{AgentTask, PromptLevel, PromptText};
 use hivemind_core::snapshot::WorldSnapshot;
 use hivemind_core::stream::{StreamEvent, StreamParser};
 use hivemind_core::worker::{JobOutcome, JobRequest, WorkerEventKind, WorkerPool};
@@ -358,13 +358,17 @@ fn layout_on_naive_prompts(
     shared: bool,
 ) -> Result<Row, Box<dyn Error>> {
     let mut session = factory.session()?;
-    let root = Arc::new(PromptLevel::new(None, NAIVE_SYSTEM.into()));
-    let branch = Arc::new(PromptLevel::new(Some(root.key), NAIVE_USER.into()));
+    // The naive prompt is this program's own text, delimiters and all.
+    let root = Arc::new(PromptLevel::new(None, PromptText::trusted(NAIVE_SYSTEM)));
+    let branch = Arc::new(PromptLevel::new(
+        Some(root.key),
+        PromptText::trusted(NAIVE_USER),
+    ));
     session.warm(&root, &[&branch])?;
     let spec = |block: String, tokens: u32| StreamSpec {
         root: Arc::clone(&root),
         branch: Arc::clone(&branch),
-        block,
+        block: PromptText::trusted(block),
         grammar: None,
         forced: String::new(),
         deadline: Deadline::default(),

@@ -9,11 +9,15 @@
 //! - more sequence ids per token than the batch was made for: [`Engine::push`] adds exactly one
 //!   id per token to a batch made for one;
 //! - end of generation on an unfinished grammar: [`crate::sample`] never feeds one to a grammar;
-//! - a missing model path: [`crate::ModelFile::check`] runs before any load.
+//! - a missing model path, or a vocabulary llama.cpp would stop on: [`crate::ModelFile::check`]
+//!   runs before any load;
+//! - a recurrent or hybrid model, whose state cannot be copied as a prefix: [`Engine::new`]
+//!   refuses it.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use hivemind_core::prompt::PromptText;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -33,6 +37,83 @@ impl SeqId {
     pub(crate) fn raw(self) -> i32 {
         self.0
     }
+}
+
+/// Tokenizes a prompt, reading special tokens only where the chat template wrote them
+/// ([`PromptText`]); the model's start-of-text token is added when `first` is set.
+///
+/// llama.cpp, parsing special tokens, cuts the text at each one and tokenizes the pieces
+/// between as plain text. This does the same with the cuts limited to the template's ranges,
+/// so a prompt whose data holds no special token's name tokenizes exactly as before, and one
+/// whose data does gets no turn from it.
+///
+/// A tag of the template (`<|im_start|>` …) that is not one of the model's special tokens is
+/// an error: the model was trained on another chat format, and its turns would be text.
+pub fn tokenize_prompt(
+    model: &LlamaModel,
+    text: &PromptText,
+    first: bool,
+) -> Result<Vec<LlamaToken>, LlamaError> {
+    let vocab = model.vocab();
+    let mut out = Vec::new();
+    if first && vocab.should_add_bos() {
+        out.push(vocab.bos());
+    }
+    let mut plain = String::new();
+    let flush = |plain: &mut String, out: &mut Vec<LlamaToken>| {
+        if !plain.is_empty() {
+            out.extend(vocab.tokenize(plain.as_bytes(), false, false));
+            plain.clear();
+        }
+    };
+    for (piece, template) in text.pieces() {
+        if !template {
+            plain.push_str(piece);
+            continue;
+        }
+        let mut rest = piece;
+        for token in vocab.tokenize(piece.as_bytes(), false, true) {
+            if !vocab.is_control(token) {
+                continue;
+            }
+            let Some(name) = vocab.text(token).and_then(|n| n.to_str().ok()) else {
+                continue;
+            };
+            let Some(at) = rest.find(name).filter(|_| !name.is_empty()) else {
+                continue;
+            };
+            unknown_tag(&rest[..at])?;
+            plain.push_str(&rest[..at]);
+            flush(&mut plain, &mut out);
+            out.push(token);
+            rest = &rest[at + name.len()..];
+        }
+        unknown_tag(rest)?;
+        plain.push_str(rest);
+    }
+    flush(&mut plain, &mut out);
+    Ok(out)
+}
+
+/// An error if `template_text` (template text left once its special tokens are taken out)
+/// still holds a tag: `<`, up to 40 characters without spaces, `>`.
+fn unknown_tag(template_text: &str) -> Result<(), LlamaError> {
+    let mut rest = template_text;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        if let Some(close) = after.find('>')
+            && close > 0
+            && close <= 40
+            && !after[..close].contains(char::is_whitespace)
+        {
+            return Err(LlamaError::ChatTemplate(format!(
+                "the chat template's {} is not one of the model's special tokens",
+                &rest[open..open + close + 2]
+            )));
+        }
+        rest = after;
+    }
+    Ok(())
 }
 
 /// Sizes of an engine's context.
@@ -69,6 +150,13 @@ impl Engine {
                 "batch size {} must be between 1 and the context size {}",
                 shape.n_batch, shape.n_ctx
             )));
+        }
+        if model.is_recurrent() || model.is_hybrid() {
+            // A recurrent state is one summary per sequence, not cells by position: a prefix
+            // cannot be copied to a branch and continued there.
+            return Err(LlamaError::Context(
+                "the model keeps a recurrent state, which prefix copies do not support".into(),
+            ));
         }
         if shape.n_seq_max == 0 || shape.n_seq_max > MAX_SEQUENCES {
             return Err(LlamaError::Context(format!(
@@ -131,10 +219,18 @@ impl Engine {
         }
     }
 
-    /// Tokenizes `text`, reading chat-template markers as the special tokens they are; the
-    /// model's start-of-text token is added when `first` is set.
-    pub(crate) fn tokenize(&self, text: &str, first: bool) -> Vec<LlamaToken> {
-        self.model.vocab().tokenize(text.as_bytes(), first, true)
+    /// Tokenizes plain text: a special token's name in it is only characters.
+    pub(crate) fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), false, false)
+    }
+
+    /// Tokenizes a prompt: see [`tokenize_prompt`].
+    pub(crate) fn tokenize_prompt(
+        &self,
+        text: &PromptText,
+        first: bool,
+    ) -> Result<Vec<LlamaToken>, LlamaError> {
+        tokenize_prompt(&self.model, text, first)
     }
 
     /// The bytes a generated token stands for.
@@ -266,6 +362,15 @@ impl Engine {
             .map_err(|e| LlamaError::State(e.to_string()))
     }
 
+    /// The first and last positions `seq` holds in the cache; `None` if it holds none.
+    pub(crate) fn seq_positions(&self, seq: SeqId) -> Option<(i32, i32)> {
+        let (min, max) = (
+            self.ctx.kv_cache_seq_pos_min(seq.0),
+            self.ctx.kv_cache_seq_pos_max(seq.0),
+        );
+        (min >= 0 && max >= min).then_some((min, max))
+    }
+
     /// Loads a state file written by [`Engine::save_seq_file`] into `seq`; returns its tokens.
     pub(crate) fn load_seq_file(
         &mut self,
@@ -329,13 +434,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tags_left_in_template_text_are_named() {
+        assert!(unknown_tag("system\n").is_ok());
+        assert!(unknown_tag("a < b > c").is_ok());
+        let err = unknown_tag("x<start_of_turn>user\n").unwrap_err();
+        assert!(err.to_string().contains("<start_of_turn>"), "{err}");
+        assert!(unknown_tag("<|eot_id|>").is_err());
+    }
+
+    #[test]
     fn a_batch_never_takes_more_than_n_batch_tokens() {
         let Some(model) = model("a_batch_never_takes_more_than_n_batch_tokens") else {
             return;
         };
         let mut engine = engine(&model, 8, 2);
         let seq = engine.seq(0).unwrap();
-        let tokens = engine.tokenize("one two three four five six seven eight nine ten", true);
+        let tokens = engine.tokenize("one two three four five six seven eight nine ten");
         assert!(tokens.len() > 8);
         for (i, &t) in tokens.iter().take(8).enumerate() {
             engine.push(t, i as i32, seq, false).unwrap();

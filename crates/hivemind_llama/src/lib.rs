@@ -64,6 +64,7 @@ use hivemind_core::plan::{BackendId, RequestKind};
 use hivemind_core::prompt::Fnv64;
 use llama_cpp_2::model::LlamaModel;
 
+pub use engine::tokenize_prompt;
 pub use model::{ModelFile, Quantization, llama_backend, quantize};
 pub use prefix::{PrefixStats, WarmLevels};
 pub use sample::GrammarStats;
@@ -96,6 +97,19 @@ pub enum LlamaError {
         /// What llama.cpp said.
         reason: String,
     },
+    /// The file's vocabulary is one llama.cpp would stop the process on (two tokens with the
+    /// same text, no tokenizer, no end-of-text token …).
+    #[error("the model {path} has a broken vocabulary: {reason}")]
+    BadVocabulary {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model's vocabulary does not have the chat template's delimiters as special tokens:
+    /// it was trained on another chat format.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
     /// llama.cpp's backend did not start.
     #[error("llama.cpp did not start: {0}")]
     Backend(String),
@@ -126,6 +140,8 @@ impl From<LlamaError> for BackendError {
         match e {
             LlamaError::ModelMissing { .. }
             | LlamaError::NotGguf { .. }
+            | LlamaError::BadVocabulary { .. }
+            | LlamaError::ChatTemplate(_)
             | LlamaError::LoadFailed { .. } => BackendError::NoModel(e.to_string()),
             LlamaError::TooLarge(_) => BackendError::TooLarge(e.to_string()),
             _ => BackendError::Failed(e.to_string()),
@@ -297,7 +313,7 @@ pub fn stream_specs(batch: &Batch) -> Vec<StreamSpec> {
         Some(shared) => vec![StreamSpec {
             root: Arc::clone(&shared.prompt.root),
             branch: Arc::clone(&shared.prompt.ensemble),
-            block: shared.prompt.batch.text.clone(),
+            block: shared.prompt.batch.prompt_text(),
             grammar: Some(shared.grammar.clone()),
             forced: shared
                 .prompt
@@ -332,7 +348,7 @@ pub fn stream_specs(batch: &Batch) -> Vec<StreamSpec> {
             .map(|(i, a)| StreamSpec {
                 root: Arc::clone(&a.prompt.root),
                 branch: Arc::clone(&a.prompt.persona),
-                block: a.prompt.agent.text.clone(),
+                block: a.prompt.agent.prompt_text(),
                 grammar: Some(a.grammar.clone()),
                 forced: answer_prefix(batch.format, a.agent),
                 deadline: a.deadline,

@@ -1,15 +1,23 @@
 //! Loading a GGUF file safely, the process-wide llama.cpp backend, and requantization.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::SystemTime;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 
 use crate::LlamaError;
+
+mod gguf;
+
+/// The llama.cpp these bindings build (the workspace pins `llama-cpp-sys-2` to it). Saved
+/// key/value states are only read back by the build that wrote them.
+pub(crate) const LLAMA_CPP_BUILD: &str = "llama-cpp-sys-2 0.1.161";
 
 /// The first bytes of every GGUF file.
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -76,6 +84,15 @@ impl ModelFile {
         if !head.starts_with(GGUF_MAGIC) {
             return Err(not_gguf("it does not start with the GGUF magic".into()));
         }
+        // llama.cpp stops the process on a broken vocabulary rather than returning an error.
+        let metadata = std::fs::File::open(path).map_err(|e| not_gguf(e.to_string()))?;
+        gguf::check_vocabulary(metadata, meta.len()).map_err(|problem| match problem {
+            gguf::Problem::Malformed(reason) => not_gguf(reason),
+            gguf::Problem::Vocabulary(reason) => LlamaError::BadVocabulary {
+                path: path.to_owned(),
+                reason,
+            },
+        })?;
         let mut hash = hivemind_core::prompt::Fnv64::new();
         hash.write(&meta.len().to_le_bytes());
         hash.write(&head);
@@ -97,9 +114,37 @@ impl ModelFile {
     }
 
     /// A hash of its size and first 64 KiB (the header and metadata, which name the weights'
-    /// quantization and shape). Saved prefix states are keyed by it.
+    /// quantization and shape): cheap, and enough to tell files apart in a report. Two files
+    /// with the same header and different weights share it; saved states are keyed by
+    /// [`ModelFile::content_hash`].
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
+    }
+
+    /// A hash of the whole file, read once per process for each size and modification time the
+    /// file has (a requantized or fine-tuned model of the same size gets its own).
+    pub fn content_hash(&self) -> Result<u64, LlamaError> {
+        static HASHES: Mutex<Option<HashMap<(PathBuf, u64, SystemTime), u64>>> = Mutex::new(None);
+        let state =
+            |e: std::io::Error| LlamaError::State(format!("reading {}: {e}", self.path.display()));
+        let meta = std::fs::metadata(&self.path).map_err(state)?;
+        let modified = meta.modified().map_err(state)?;
+        let key = (self.path.clone(), meta.len(), modified);
+        if let Some(&hash) = HASHES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_default()
+            .get(&key)
+        {
+            return Ok(hash);
+        }
+        let hash = hash_file(std::fs::File::open(&self.path).map_err(state)?).map_err(state)?;
+        HASHES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_default()
+            .insert(key, hash);
+        Ok(hash)
     }
 
     /// The quantization the file's name is tagged with, if any ([`Quantization::of_file`]).
@@ -116,6 +161,53 @@ impl ModelFile {
             reason: e.to_string(),
         })?;
         Ok(Arc::new(model))
+    }
+}
+
+/// What llama.cpp says of the CPU features it was built with and uses.
+pub(crate) fn system_info() -> &'static str {
+    // llama.cpp rebuilds the string in one static buffer on every call: read it once.
+    static INFO: OnceLock<String> = OnceLock::new();
+    INFO.get_or_init(|| {
+        // SAFETY: llama.cpp returns a pointer to a NUL-terminated string in a static buffer,
+        // valid until the next call, and this is the process's only call.
+        let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+        info.to_string_lossy().into_owned()
+    })
+}
+
+/// Hashes everything `file` holds, eight bytes at a step: each step is a bijection of the
+/// running hash, so a file differing from another in one word always hashes differently.
+fn hash_file(mut file: impl Read) -> std::io::Result<u64> {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let step = |h: u64, word: u64| (h ^ word).wrapping_mul(PRIME).rotate_left(29);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut len: u64 = 0;
+    loop {
+        // Fill the whole buffer (short reads happen), so words never straddle two reads.
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut words = buf[..filled].chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0; 8];
+            word.copy_from_slice(w);
+            h = step(h, u64::from_le_bytes(word));
+        }
+        for &b in words.remainder() {
+            h = step(h, u64::from(b));
+        }
+        len += filled as u64;
+        if filled < buf.len() {
+            return Ok(h ^ len);
+        }
     }
 }
 
@@ -244,6 +336,42 @@ pub fn quantize(source: &Path, format: Quantization) -> Result<PathBuf, LlamaErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Saved states are filed under this name: it must change when the pin does.
+    #[test]
+    fn the_build_name_is_the_pinned_bindings() {
+        let manifest = include_str!("../../../Cargo.toml");
+        let pin = manifest
+            .lines()
+            .find(|l| l.starts_with("llama-cpp-sys-2 "))
+            .unwrap();
+        let version = LLAMA_CPP_BUILD.strip_prefix("llama-cpp-sys-2 ").unwrap();
+        assert!(pin.contains(&format!("\"={version}\"")), "{pin}");
+    }
+
+    #[test]
+    fn the_content_hash_sees_every_word_and_the_length() {
+        let base = vec![7u8; (1 << 20) + 13];
+        let hash = |bytes: &[u8]| hash_file(bytes).unwrap();
+        let h = hash(&base);
+        for at in [0, 8, 1 << 19, (1 << 20) - 1, 1 << 20, base.len() - 1] {
+            let mut other = base.clone();
+            other[at] ^= 1;
+            assert_ne!(hash(&other), h, "a change at {at}");
+        }
+        assert_ne!(hash(&base[..base.len() - 1]), h);
+        // Short reads do not change it.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        assert_eq!(hash_file(Trickle(&base)).unwrap(), h);
+    }
 
     #[test]
     fn requantized_copies_sit_beside_the_source_with_their_tag() {

@@ -13,17 +13,39 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use hivemind_core::prompt::{Fnv64, PromptLevel};
 use llama_cpp_2::context::session::SeqState;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::LlamaError;
-use crate::engine::{Engine, SeqId};
+use crate::engine::{Engine, EngineShape, SeqId};
+use crate::{LlamaError, ModelFile};
 
 /// Nodes kept in memory before the least recently used are dropped (they stay on disk).
 const MAX_NODES: usize = 64;
+
+/// Saved states unused this long are deleted when a store opens their directory.
+const STALE_STATE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// A temporary file this old is a writer's that never finished.
+const STALE_TEMPORARY: Duration = Duration::from_secs(60 * 60);
+
+/// The key saved states are filed under: the whole model file, the llama.cpp build and the
+/// CPU features it runs with, and the context's shape. States written under any other key are
+/// never read.
+pub(crate) fn state_key(file: &ModelFile, shape: EngineShape) -> Result<u64, LlamaError> {
+    let mut h = Fnv64::new();
+    h.write(&file.content_hash()?.to_le_bytes());
+    h.write(crate::model::LLAMA_CPP_BUILD.as_bytes());
+    h.write(crate::model::system_info().as_bytes());
+    for n in [shape.n_ctx, shape.n_batch, shape.n_seq_max] {
+        h.write(&n.to_le_bytes());
+    }
+    Ok(h.finish())
+}
 
 /// How the store has served levels, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,8 +159,13 @@ impl Restored {
 }
 
 impl PrefixStore {
-    /// A store for the model with `fingerprint`, saving states under `dir` if given.
+    /// A store saving states under `dir` if given, filed under `model` ([`state_key`]). Opening
+    /// a directory prunes it: other keys' states unused for [`STALE_STATE`] and temporaries a
+    /// writer left behind.
     pub(crate) fn new(model: u64, dir: Option<PathBuf>) -> Self {
+        if let Some(dir) = &dir {
+            prune(dir, model, SystemTime::now());
+        }
         PrefixStore {
             nodes: HashMap::new(),
             dir,
@@ -197,7 +224,7 @@ impl PrefixStore {
             Some(p) => self.nodes.get(&p).map_or(0, |n| n.end),
             None => 0,
         };
-        let tokens = engine.tokenize(&level.text, parent.is_none());
+        let tokens = engine.tokenize_prompt(&level.prompt_text(), parent.is_none())?;
         let end = start + tokens.len() as u32;
         let shape = engine.shape();
         if end + shape.n_batch > shape.n_ctx {
@@ -208,7 +235,7 @@ impl PrefixStore {
         }
         // Loading or decoding a level empties the cache.
         self.resident = None;
-        let state = match self.load(engine, level.key, &tokens)? {
+        let state = match self.load(engine, level.key, &tokens, start)? {
             Some(state) => {
                 self.stats.loaded_levels += 1;
                 state
@@ -350,12 +377,25 @@ impl PrefixStore {
         let result = (|| -> Result<(), LlamaError> {
             let dir = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(|e| LlamaError::State(e.to_string()))?;
-            let partial = path.with_extension("kv.part");
-            engine.save_seq_file(&partial, seq, tokens)?;
-            let bytes = std::fs::read(&partial).map_err(|e| LlamaError::State(e.to_string()))?;
-            std::fs::write(checksum_path(&path), format!("{:016x}\n", checksum(&bytes)))
-                .map_err(|e| LlamaError::State(e.to_string()))?;
-            std::fs::rename(&partial, &path).map_err(|e| LlamaError::State(e.to_string()))
+            // Unique names: two games sharing the directory never write into one file.
+            let partial = temporary(&path);
+            let sum = temporary(&checksum_path(&path));
+            let written = (|| {
+                engine.save_seq_file(&partial, seq, tokens)?;
+                let bytes =
+                    std::fs::read(&partial).map_err(|e| LlamaError::State(e.to_string()))?;
+                std::fs::write(&sum, format!("{:016x}\n", checksum(&bytes)))
+                    .map_err(|e| LlamaError::State(e.to_string()))?;
+                // The checksum first: a state without its sum is ignored, never trusted.
+                std::fs::rename(&sum, checksum_path(&path))
+                    .and_then(|()| std::fs::rename(&partial, &path))
+                    .map_err(|e| LlamaError::State(e.to_string()))
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&partial);
+                let _ = std::fs::remove_file(&sum);
+            }
+            written
         })();
         if let Err(e) = result {
             tracing::warn!("could not save prefix state to {}: {e}", path.display());
@@ -369,6 +409,7 @@ impl PrefixStore {
         engine: &mut Engine,
         key: u64,
         tokens: &[LlamaToken],
+        start: u32,
     ) -> Result<Option<SeqState>, LlamaError> {
         let Some(path) = self.file(key) else {
             return Ok(None);
@@ -387,12 +428,68 @@ impl PrefixStore {
         let seq = engine.seq(0)?;
         engine.clear_cache();
         match engine.load_seq_file(&path, seq, tokens.len()) {
-            Ok(saved) if saved == tokens => engine.save_seq(seq).map(Some),
+            Ok(saved) if saved == tokens => {
+                // The cells must sit where this level's tokens go, after its parent.
+                let end = start as i32 + tokens.len() as i32 - 1;
+                if engine.seq_positions(seq) != Some((start as i32, end)) {
+                    tracing::warn!(
+                        "ignoring prefix state {}: its cells are not at positions {start}..={end}",
+                        path.display()
+                    );
+                    engine.clear_cache();
+                    return Ok(None);
+                }
+                // Used: pruning goes by modification time.
+                if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+                    let _ = file.set_modified(SystemTime::now());
+                }
+                engine.save_seq(seq).map(Some)
+            }
             Ok(_) => Ok(None),
             Err(e) => {
                 tracing::warn!("ignoring prefix state {}: {e}", path.display());
                 Ok(None)
             }
+        }
+    }
+}
+
+/// A fresh temporary name next to `path`, hidden and unique to this process and call.
+fn temporary(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    path.with_file_name(format!(
+        ".{name}.{}-{}.part",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Deletes from `dir` the states of keys other than `model` unused for [`STALE_STATE`], and
+/// temporaries older than [`STALE_TEMPORARY`]. Only files this store names are touched.
+fn prune(dir: &Path, model: u64, now: SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let ours = format!("{model:016x}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        let state = name.ends_with(".kv") || name.ends_with(".kv.sum");
+        let stale = if name.starts_with('.') && name.ends_with(".part") {
+            age > STALE_TEMPORARY
+        } else {
+            state && !name.starts_with(&ours) && age > STALE_STATE
+        };
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hivemind_core::backend::{BackendError, BatchSink, TokenUsage};
 use hivemind_core::clock::Deadline;
 use hivemind_core::config::Sampling;
-use hivemind_core::prompt::PromptLevel;
+use hivemind_core::prompt::{PromptLevel, PromptText};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
@@ -24,7 +24,7 @@ pub struct StreamSpec {
     /// The branch under the root this stream continues (a persona, or the ensemble).
     pub branch: Arc<PromptLevel>,
     /// The stream's own prompt text, after the branch.
-    pub block: String,
+    pub block: PromptText,
     /// The GBNF grammar the output must match (start rule `root`); `None` writes freely.
     pub grammar: Option<String>,
     /// Text the grammar forces at the start of the answer
@@ -205,9 +205,19 @@ impl LlamaSession {
             threads,
         };
         let engine = Engine::new(model, shape)?;
-        let dir = options.state_dir.clone();
+        // Saved states are filed under the whole model file's hash, read only if they are kept.
+        let (key, dir) = match options.state_dir.clone() {
+            Some(dir) => match crate::prefix::state_key(file, shape) {
+                Ok(key) => (key, Some(dir)),
+                Err(e) => {
+                    tracing::warn!("prefix states are not saved: {e}");
+                    (0, None)
+                }
+            },
+            None => (0, None),
+        };
         Ok(LlamaSession {
-            prefix: PrefixStore::new(file.fingerprint(), dir),
+            prefix: PrefixStore::new(key, dir),
             engine,
             options,
             stats: SessionStats::default(),
@@ -262,8 +272,8 @@ impl LlamaSession {
     }
 
     /// How many tokens `text` is, as a block after a prefix.
-    pub fn count_tokens(&self, text: &str) -> usize {
-        self.engine.tokenize(text, false).len()
+    pub fn count_tokens(&self, text: &PromptText) -> Result<usize, LlamaError> {
+        self.engine.tokenize_prompt(text, false).map(|t| t.len())
     }
 
     /// Writes every stream of `specs`, reporting to `sink` by index in `specs`. Streams share
@@ -312,8 +322,15 @@ impl LlamaSession {
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
         for i in order {
             let spec = &specs[i];
-            let prompt = self.engine.tokenize(&spec.block, false);
-            let forced = self.engine.tokenize(&spec.forced, false);
+            let prompt = match self.engine.tokenize_prompt(&spec.block, false) {
+                Ok(prompt) => prompt,
+                Err(e) => {
+                    sink.error(i, e.into());
+                    continue;
+                }
+            };
+            // The forced start names an agent: plain text, as any data.
+            let forced = self.engine.tokenize(&spec.forced);
             let start = restored.branch(spec.branch.key).map_or(0, |(_, end)| end);
             // Forced answer text joins the prompt: reserve its cells too.
             let prompt_tokens = (prompt.len() + forced.len()) as u32;

@@ -12,10 +12,10 @@
 //! the registry's validation, exactly as the local model's does.
 
 use hivemind_core::action::{ActionRegistry, ArgKind};
-use hivemind_core::backend::{Batch, BatchAgent, stream_prompt};
+use hivemind_core::backend::{Batch, BatchAgent, stream_prompt_text};
 use hivemind_core::config::{Dialect, IntentStyle, RemoteConfig, Sampling};
 use hivemind_core::plan::OutputFormat;
-use hivemind_core::prompt::ChatTemplate;
+use hivemind_core::prompt::{ChatTemplate, PromptText};
 use hivemind_core::snapshot::estimate_tokens;
 use serde_json::{Value, json};
 
@@ -57,7 +57,7 @@ pub fn takes_shared_prompt(dialect: Dialect) -> bool {
 
 /// The request for `stream` of `batch`, or `None` for a stream the batch does not have.
 pub fn request(shape: &RequestShape<'_>, batch: &Batch, stream: usize) -> Option<RemoteRequest> {
-    let prompt = stream_prompt(batch, stream)?;
+    let prompt = defuse(&stream_prompt_text(batch, stream)?, shape.chat);
     let (grammar, agents, persona): (&str, usize, &str) = match &batch.shared {
         Some(shared) => (&shared.grammar, batch.agents.len(), "ensemble"),
         None => {
@@ -164,6 +164,56 @@ fn fnv(bytes: &[u8]) -> u64 {
     let mut h = hivemind_core::prompt::Fnv64::new();
     h.write(bytes);
     h.finish()
+}
+
+/// The prompt as the text a server reads, special tokens and all. A server parses special
+/// tokens anywhere in a text prompt, so a delimiter of `chat` written outside the template's
+/// ranges (a modder's rule, say) is broken with a look-alike `‹` for its `<`: it stays
+/// readable, and can neither end a turn nor split the chat messages.
+pub fn defuse(prompt: &PromptText, chat: &ChatTemplate) -> String {
+    let delimiters = chat_tags(chat);
+    let mut out = String::with_capacity(prompt.as_str().len());
+    for (piece, template) in prompt.pieces() {
+        if template {
+            out.push_str(piece);
+            continue;
+        }
+        let mut piece = piece.to_owned();
+        for tag in &delimiters {
+            if piece.contains(tag.as_str()) {
+                piece = piece.replace(tag.as_str(), &tag.replacen('<', "‹", 1));
+            }
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// The tags in `chat`'s delimiters (`<|im_start|>`, `<end_of_turn>` …): each `<` to the `>`
+/// after it.
+fn chat_tags(chat: &ChatTemplate) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    let delimiters = [
+        &chat.system_open,
+        &chat.system_close,
+        &chat.user_open,
+        &chat.user_close,
+        &chat.assistant_open,
+    ];
+    for delimiter in delimiters {
+        let mut rest = delimiter.as_str();
+        while let Some(open) = rest.find('<') {
+            let Some(len) = rest[open..].find('>') else {
+                break;
+            };
+            let tag = &rest[open..=open + len];
+            if !tags.iter().any(|t| t == tag) {
+                tags.push(tag.to_owned());
+            }
+            rest = &rest[open + len + 1..];
+        }
+    }
+    tags
 }
 
 /// A prompt written in `chat`'s format, as chat messages: each system, user and assistant turn

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
+use bevy::ecs::message::MessageCursor;
 use bevy::prelude::*;
 use hivemind_core::backend::{ReplayFactory, Transcript, TranscriptError, TranscriptWriter};
 use hivemind_core::config::PromptLayout;
@@ -586,24 +587,27 @@ fn save(writer: TranscriptWriter, transcript: &Mutex<Transcript>) -> String {
     }
 }
 
-/// Saves a running recording when the app exits.
-fn save_recording_on_exit(
-    mut exits: MessageReader<AppExit>,
-    mut commands: Commands,
-    recording: Option<Res<RecordingTo>>,
-    hm: Option<ResMut<Hivemind>>,
-) {
-    if exits.read().next().is_none() || recording.is_none() {
+/// Saves a running recording when the app exits, before the runtime shuts down.
+fn save_recording_on_exit(world: &mut World, mut exits: Local<MessageCursor<AppExit>>) {
+    let exiting = world
+        .get_resource::<Messages<AppExit>>()
+        .is_some_and(|messages| exits.read(messages).count() > 0);
+    if !exiting || !world.contains_resource::<RecordingTo>() {
         return;
     }
-    let Some(transcript) = hm.and_then(|mut hm| hm.stop_recording()) else {
+    let Some(transcript) = world
+        .get_resource_mut::<Hivemind>()
+        .and_then(|mut hm| hm.stop_recording())
+    else {
         return;
     };
-    commands.queue(move |world: &mut World| {
-        if let Some(RecordingTo(writer)) = world.remove_resource::<RecordingTo>() {
-            info!("hivemind: {}", save(writer, &transcript));
+    if let Some(RecordingTo(writer)) = world.remove_resource::<RecordingTo>() {
+        let said = save(writer, &transcript);
+        info!("hivemind: {said}");
+        if let Some(mut console) = world.get_resource_mut::<Console>() {
+            console.print(said);
         }
-    });
+    }
 }
 
 fn probe(world: &mut World, reply: &mut ConsoleReply) {
