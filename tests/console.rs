@@ -288,7 +288,7 @@ fn recordings_are_checked_at_the_start_and_saved_on_a_switch_and_on_exit() {
     let out = run(&mut app, "hm backend scripted");
     assert!(has(&out, "saved"), "{out:?}");
     assert!(has(&out, "backend: scripted"), "{out:?}");
-    assert!(Transcript::load(&switched).unwrap().streams().len() > 0);
+    assert!(!Transcript::load(&switched).unwrap().streams().is_empty());
 
     let exited = dir.path().join("exited.jsonl");
     run(&mut app, &format!("hm replay record {}", exited.display()));
@@ -297,7 +297,7 @@ fn recordings_are_checked_at_the_start_and_saved_on_a_switch_and_on_exit() {
     app.update();
     let log: Vec<&str> = app.world().resource::<Console>().log().collect();
     let saved = Transcript::load(&exited).unwrap_or_else(|e| panic!("{e}; console: {log:?}"));
-    assert!(saved.streams().len() > 0);
+    assert!(!saved.streams().is_empty());
 
     let mut app = self::app();
     run(&mut app, "hm replay play /dev/zero");

@@ -172,13 +172,9 @@ impl PromptText {
     /// Text that is all template: every special token in it is read as one. For prompts a
     /// program writes itself (a benchmark's fixed prompt), never for text from assets or play.
     pub fn trusted(text: impl Into<String>) -> Self {
-        let text = text.into();
-        let template = if text.is_empty() {
-            Vec::new()
-        } else {
-            vec![0..text.len()]
-        };
-        PromptText { text, template }
+        let mut trusted = PromptText::new();
+        trusted.push_template(&text.into());
+        trusted
     }
 
     /// Appends plain text.
@@ -1077,7 +1073,10 @@ mod tests {
                 .map(|(piece, _)| piece.to_owned())
                 .collect()
         };
-        assert_eq!(template_of(&prompt.root), [chat.system_open.clone()]);
+        assert_eq!(
+            template_of(&prompt.root),
+            std::slice::from_ref(&chat.system_open)
+        );
         assert_eq!(
             template_of(&prompt.persona),
             [format!("{}{}", chat.system_close, chat.user_open)]
@@ -1111,7 +1110,10 @@ mod tests {
         assert_eq!(copy.as_str(), "x<a><b>data 7<c>");
         assert_eq!(copy.template_ranges(), [1..7, 13..16]);
         assert_eq!(PromptText::trusted("").pieces().count(), 0);
-        assert_eq!(PromptText::trusted("<d>").template_ranges(), [0..3]);
+        assert_eq!(
+            PromptText::trusted("<d>").pieces().collect::<Vec<_>>(),
+            [("<d>", true)]
+        );
     }
 
     #[test]

@@ -124,7 +124,9 @@ impl ModelFile {
     /// A hash of the whole file, read once per process for each size and modification time the
     /// file has (a requantized or fine-tuned model of the same size gets its own).
     pub fn content_hash(&self) -> Result<u64, LlamaError> {
-        static HASHES: Mutex<Option<HashMap<(PathBuf, u64, SystemTime), u64>>> = Mutex::new(None);
+        /// A file as its path, size and modification time.
+        type Version = (PathBuf, u64, SystemTime);
+        static HASHES: Mutex<Option<HashMap<Version, u64>>> = Mutex::new(None);
         let state =
             |e: std::io::Error| LlamaError::State(format!("reading {}: {e}", self.path.display()));
         let meta = std::fs::metadata(&self.path).map_err(state)?;

@@ -166,8 +166,9 @@ fn fnv(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// The prompt as the text a server reads, special tokens and all. A server parses special
-/// tokens anywhere in a text prompt, so a delimiter of `chat` written outside the template's
+/// The prompt as the text a server reads, special tokens and all.
+///
+/// A server parses special tokens anywhere in a text prompt, so a delimiter of `chat` written outside the template's
 /// ranges (a modder's rule, say) is broken with a look-alike `‹` for its `<`: it stays
 /// readable, and can neither end a turn nor split the chat messages.
 pub fn defuse(prompt: &PromptText, chat: &ChatTemplate) -> String {
