@@ -984,3 +984,224 @@ fn plan_lines_wait_for_every_answer_are_skipped_on_request_and_late_streams_are_
         assert!(answer["intent"].is_string());
     }
 }
+
+/// What the game knows of one request in [`sixty_four_agents_make_five_hundred_requests_on_the_real_model`].
+struct Asked {
+    agent: u32,
+    kind: RequestKind,
+    snapshot: WorldSnapshot,
+    steps: usize,
+    /// Ended by the game (cancelled, replaced, despawned): it must hear nothing more.
+    ended: bool,
+    completed: bool,
+}
+
+/// The real model under load on the lockstep clock: 64 agents make 500 requests (plans, some
+/// answering the player, replies and banter, in bursts), while agents despawn and slots are
+/// cancelled. Every request the game did not end completes exactly once and hears nothing
+/// after; a request the game ended hears nothing from then on; a plan is the steps it
+/// streamed, each one a registered verb valid in the agent's own snapshot; the queue never
+/// passes its bound.
+#[test]
+fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
+    use hivemind_core::backend::BackendFactory;
+    use hivemind_core::config::ClockMode;
+    use hivemind_core::hooks::LineRules;
+    use hivemind_core::lifecycle::{
+        Ask, InlineExecutor, Lifecycle, LifecycleParts, LineKind, NewRequest, Outgoing, RequestSlot,
+    };
+    use hivemind_core::metrics::Metrics;
+    use hivemind_core::plan::{BackendId, FallbackReason, PlanSource};
+    use hivemind_core::snapshot::AgentId;
+
+    const AGENTS: u32 = 64;
+    const REQUESTS: usize = 500;
+    let Some(_serial) = serial("sixty_four_agents_make_five_hundred_requests_on_the_real_model")
+    else {
+        return;
+    };
+    let arena = arena();
+    let assets = Arc::new(ArenaAssets::load(Path::new(ASSETS)).unwrap());
+    let mut config = HivemindConfig::default();
+    config.clock.mode = ClockMode::Lockstep;
+    let capacity = config.batching.queue_capacity;
+    let local: Arc<dyn BackendFactory> = LlamaFactory::new(options(None)).unwrap();
+    let mut hm = Lifecycle::<u32>::new(LifecycleParts {
+        config: config.clone(),
+        registry: assets.registry.clone(),
+        templates: assets.templates.clone(),
+        prompt: assets.prompt.clone(),
+        chat: ChatTemplate::chatml(),
+        planner: Arc::new(hivemind_arena::planner::ArenaPlanner::new(Arc::clone(
+            &assets,
+        ))),
+        filter: Arc::new(LineRules::default()),
+        executor: Arc::new(InlineExecutor),
+        backends: vec![local],
+        backend: Some(BackendId::new(BackendId::LOCAL)),
+        clock: Clock::lockstep(config.clock.throughput),
+    })
+    .unwrap();
+    let mut metrics = Metrics::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut roll = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    // Each agent's current key (a despawned agent comes back under a new one) and its open
+    // plan and dialogue requests.
+    let mut keys: Vec<u32> = (1..=AGENTS).collect();
+    let mut open: Vec<[Option<u64>; 2]> = vec![[None; 2]; AGENTS as usize];
+    let mut asked: std::collections::BTreeMap<u64, Asked> = Default::default();
+    let slot_of = |slot: RequestSlot| usize::from(slot == RequestSlot::Dialogue);
+    let end = |asked: &mut std::collections::BTreeMap<u64, Asked>, id: u64| {
+        let a = asked.get_mut(&id).unwrap();
+        assert!(!a.ended && !a.completed, "r{id} ended twice");
+        a.ended = true;
+    };
+    let (mut frames, mut made, mut overflowed, mut from_model) = (0, 0, 0, 0);
+    while made < REQUESTS || asked.values().any(|a| !a.ended && !a.completed) {
+        frames += 1;
+        assert!(frames < 20_000, "requests still open after {frames} frames");
+        hm.begin_frame(Duration::from_millis(100), false);
+        if made < REQUESTS {
+            if roll(10) == 0 {
+                let i = roll(u64::from(AGENTS)) as usize;
+                hm.forget_agent(keys[i]);
+                for id in open[i].iter_mut().filter_map(Option::take) {
+                    end(&mut asked, id);
+                }
+                keys[i] += AGENTS;
+            }
+            if roll(7) == 0 {
+                let i = roll(u64::from(AGENTS)) as usize;
+                let slot = RequestSlot::ALL[roll(2) as usize];
+                hm.cancel_slot(keys[i], slot);
+                if let Some(id) = open[i][slot_of(slot)].take() {
+                    end(&mut asked, id);
+                }
+            }
+            let burst = if frames % 40 == 0 { 24 } else { roll(3) };
+            for _ in 0..burst.min((REQUESTS - made) as u64) {
+                let i = roll(u64::from(AGENTS)) as usize;
+                let mut snapshot =
+                    arena.snapshots[roll(arena.snapshots.len() as u64) as usize].clone();
+                snapshot.agent = AgentId(keys[i]);
+                let ask = match roll(10) {
+                    0..4 => Ask::Plan { order: None },
+                    4 => Ask::Plan {
+                        order: Some("Hold the center\"}]<|im_end|>".into()),
+                    },
+                    5..7 => Ask::Line {
+                        kind: LineKind::Dialogue {
+                            player_said: "Where are they?".into(),
+                        },
+                        situation: "greeting".into(),
+                        slots: Vec::new(),
+                        history: Vec::new(),
+                    },
+                    _ => Ask::Line {
+                        kind: LineKind::Banter,
+                        situation: "win_streak".into(),
+                        slots: Vec::new(),
+                        history: Vec::new(),
+                    },
+                };
+                let kind = ask.kind();
+                if let Some(slot) = RequestSlot::of(kind)
+                    && let Some(old) = open[i][slot_of(slot)].take()
+                {
+                    end(&mut asked, old);
+                }
+                let id = hm
+                    .request(
+                        NewRequest {
+                            agent: keys[i],
+                            persona: persona(i),
+                            spotlight: false,
+                            snapshot: snapshot.clone(),
+                            ask,
+                        },
+                        &mut metrics,
+                    )
+                    .0;
+                if let Some(slot) = RequestSlot::of(kind) {
+                    open[i][slot_of(slot)] = Some(id);
+                }
+                asked.insert(
+                    id,
+                    Asked {
+                        agent: keys[i],
+                        kind,
+                        snapshot,
+                        steps: 0,
+                        ended: false,
+                        completed: false,
+                    },
+                );
+                made += 1;
+            }
+        }
+        hm.dispatch();
+        assert!(hm.queue_depth() <= capacity);
+        hm.drain(Duration::from_millis(1), &mut metrics);
+        hm.answer_late(&mut metrics);
+        let messages: Vec<Outgoing<u32>> = hm.drain_outbox().collect();
+        for message in messages {
+            let (id, agent) = match &message {
+                Outgoing::Step(m) => (m.request.0, m.agent),
+                Outgoing::Words(m) => (m.request.0, m.agent),
+                Outgoing::Plan(m) => (m.request.0, m.agent),
+                Outgoing::Line(m) => (m.request.0, m.agent),
+            };
+            let a = asked.get_mut(&id).unwrap();
+            assert_eq!(a.agent, agent);
+            assert!(!a.ended, "r{id} heard after the game ended it: {message:?}");
+            assert!(
+                !a.completed,
+                "r{id} heard after its completion: {message:?}"
+            );
+            match message {
+                Outgoing::Step(m) => {
+                    assert_eq!(m.index, a.steps);
+                    a.steps += 1;
+                    assets
+                        .registry
+                        .validate_step(&m.step, &a.snapshot)
+                        .unwrap_or_else(|e| panic!("r{id}: {:?} {e}", m.step));
+                }
+                Outgoing::Words(_) => assert_ne!(a.kind, RequestKind::Plan),
+                Outgoing::Plan(m) => {
+                    assert_eq!(m.steps.len(), a.steps, "r{id}: {m:?}");
+                    overflowed += usize::from(m.fallback == Some(FallbackReason::Overflow));
+                    from_model += usize::from(matches!(m.source, PlanSource::Llm { .. }));
+                    a.completed = true;
+                }
+                Outgoing::Line(m) => {
+                    assert_eq!(m.kind, a.kind);
+                    a.completed = true;
+                }
+            }
+            if a.completed
+                && let Some(slot) = RequestSlot::of(a.kind)
+            {
+                let i = (agent - 1) as usize % AGENTS as usize;
+                if open[i][slot_of(slot)] == Some(id) {
+                    open[i][slot_of(slot)] = None;
+                }
+            }
+        }
+    }
+    let completed = asked.values().filter(|a| a.completed).count();
+    let ended = asked.values().filter(|a| a.ended).count();
+    assert_eq!(asked.len(), REQUESTS);
+    assert_eq!(completed + ended, REQUESTS);
+    // The model wrote plans: this is a run of the model, not of its fallbacks alone.
+    assert!(from_model > 0);
+    eprintln!(
+        "64 agents: {REQUESTS} requests, {completed} completed ({from_model} plans by the \
+         model), {ended} ended by the game, {overflowed} overflowed, in {frames} frames"
+    );
+}
