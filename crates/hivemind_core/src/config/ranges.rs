@@ -38,7 +38,12 @@ pub const MAX_DRAIN_MS: f32 = 1000.0;
 pub const MAX_TOKENS_PER_SEC: f64 = 1e9;
 
 /// `Ok` if `lo <= value <= hi`; NaN lies in no range.
-fn within<T: PartialOrd + Display + Copy>(field: &str, value: T, lo: T, hi: T) -> Result<(), String> {
+fn within<T: PartialOrd + Display + Copy>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), String> {
     if lo <= value && value <= hi {
         Ok(())
     } else {
@@ -47,7 +52,12 @@ fn within<T: PartialOrd + Display + Copy>(field: &str, value: T, lo: T, hi: T) -
 }
 
 /// `Ok` if `lo < value <= hi`; NaN lies in no range.
-fn above<T: PartialOrd + Display + Copy>(field: &str, value: T, lo: T, hi: T) -> Result<(), String> {
+fn above<T: PartialOrd + Display + Copy>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), String> {
     if lo < value && value <= hi {
         Ok(())
     } else {
