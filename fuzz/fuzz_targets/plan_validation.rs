@@ -81,12 +81,22 @@ struct Input {
 
 fn snapshot(input: &Input) -> WorldSnapshot {
     let at = |x: i8, y: i8| Point::new(i32::from(x), i32::from(y));
-    let mut snapshot = WorldSnapshot::new(AgentId(u32::from(input.agent)), at(input.position.0, input.position.1));
+    let mut snapshot = WorldSnapshot::new(
+        AgentId(u32::from(input.agent)),
+        at(input.position.0, input.position.1),
+    );
     if let Some((x0, y0, x1, y1)) = input.bounds {
-        snapshot = snapshot.with_bounds(Bounds { min: at(x0, y0), max: at(x1, y1) });
+        snapshot = snapshot.with_bounds(Bounds {
+            min: at(x0, y0),
+            max: at(x1, y1),
+        });
     }
     for (id, set, x, y) in &input.entities {
-        snapshot = snapshot.with_entity(EntityInfo::new(EntityId(u32::from(*id)), set.pick(&SETS), at(*x, *y)));
+        snapshot = snapshot.with_entity(EntityInfo::new(
+            EntityId(u32::from(*id)),
+            set.pick(&SETS),
+            at(*x, *y),
+        ));
     }
     for (set, x, y) in &input.points {
         snapshot = snapshot.with_point(set.pick(&SETS), at(*x, *y));
@@ -145,14 +155,23 @@ fn check_validation(steps: &[PlanStep], snapshot: &WorldSnapshot) -> Vec<PlanSte
             panic!("a step of unknown verb {} validated", step.verb);
         };
         for spec in &verb.args {
-            let value = step.arg(&spec.name).unwrap_or_else(|| panic!("{step} validated without {}", spec.name));
+            let value = step
+                .arg(&spec.name)
+                .unwrap_or_else(|| panic!("{step} validated without {}", spec.name));
             let allowed = spec.kind.domain(snapshot);
-            assert!(allows(&allowed, value), "{step}: {value:?} validated but lies outside {allowed:?}");
+            assert!(
+                allows(&allowed, value),
+                "{step}: {value:?} validated but lies outside {allowed:?}"
+            );
             if matches!(spec.kind, ArgKind::Cell) {
                 assert!(snapshot.bounds.is_some_and(|b| !b.is_empty()));
             }
         }
-        assert!(verb.is_available(snapshot), "{step} validated but {} is unavailable", verb.name);
+        assert!(
+            verb.is_available(snapshot),
+            "{step} validated but {} is unavailable",
+            verb.name
+        );
         valid.push(step.clone());
     }
     valid
@@ -173,12 +192,18 @@ fn check_round_trip(agent: AgentId, steps: &[PlanStep]) {
     json.push_str("]}");
     let mut parser = StreamParser::new(OutputFormat::FreePlan);
     let mut events = Vec::new();
-    let result = parser.feed(json.as_bytes(), &mut events).and_then(|()| parser.finish(&mut events));
+    let result = parser
+        .feed(json.as_bytes(), &mut events)
+        .and_then(|()| parser.finish(&mut events));
     assert_eq!(result, Ok(()), "valid steps did not parse: {json}");
     let mut expected: Vec<StreamEvent> = steps
         .iter()
         .enumerate()
-        .map(|(index, step)| StreamEvent::Step { agent, index, step: step.clone() })
+        .map(|(index, step)| StreamEvent::Step {
+            agent,
+            index,
+            step: step.clone(),
+        })
         .collect();
     expected.push(StreamEvent::Done { agent });
     assert_eq!(events, expected, "{json}");
@@ -187,21 +212,30 @@ fn check_round_trip(agent: AgentId, steps: &[PlanStep]) {
 fn check_goap(domain: &Domain, start: &State, names: &[&str], goal: u8) {
     match goap::verify_names(domain, start, names) {
         Ok(end) => {
-            let ids: Vec<_> = names.iter().map(|n| domain.action(n).unwrap_or_else(|| panic!("{n} verified"))).collect();
+            let ids: Vec<_> = names
+                .iter()
+                .map(|n| domain.action(n).unwrap_or_else(|| panic!("{n} verified")))
+                .collect();
             assert_eq!(goap::verify(domain, start, &ids), Ok(end));
         }
         Err(error) => {
             let index = error.index();
             assert!(index < names.len());
-            assert!(goap::verify_names(domain, start, &names[..index]).is_ok(), "{error:?} is not the first failure");
+            assert!(
+                goap::verify_names(domain, start, &names[..index]).is_ok(),
+                "{error:?} is not the first failure"
+            );
             match &error {
                 VerifyError::UnknownAction { action, .. } => {
                     assert_eq!(action, names[index]);
                     assert!(domain.action(action).is_none());
                 }
                 VerifyError::Unmet { .. } => {
-                    let state = goap::verify_names(domain, start, &names[..index]).unwrap_or_else(|e| panic!("{e:?}"));
-                    let id = domain.action(names[index]).unwrap_or_else(|| panic!("{} unmet but unknown", names[index]));
+                    let state = goap::verify_names(domain, start, &names[..index])
+                        .unwrap_or_else(|e| panic!("{e:?}"));
+                    let id = domain
+                        .action(names[index])
+                        .unwrap_or_else(|| panic!("{} unmet but unknown", names[index]));
                     assert!(!domain.is_applicable(&state, id));
                     assert!(!error.unmet().is_empty());
                 }
@@ -217,7 +251,8 @@ fn check_goap(domain: &Domain, start: &State, names: &[&str], goal: u8) {
     let depth = planner.limits().max_depth;
     if let Ok(plan) = planner.plan(domain, start, goal) {
         assert!(plan.actions.len() <= depth);
-        let end = goap::verify(domain, start, &plan.actions).unwrap_or_else(|e| panic!("a found plan fails: {e:?}"));
+        let end = goap::verify(domain, start, &plan.actions)
+            .unwrap_or_else(|e| panic!("a found plan fails: {e:?}"));
         assert!(goal.is_met(&end), "a found plan misses its goal");
     }
     if let Ok(repair) = planner.repair_names(domain, start, names, goal) {
@@ -226,7 +261,8 @@ fn check_goap(domain: &Domain, start: &State, names: &[&str], goal: u8) {
         for (id, name) in repair.actions.iter().zip(&names[..repair.kept]) {
             assert_eq!(domain.action_name(*id), Some(*name), "a kept step changed");
         }
-        let end = goap::verify(domain, start, &repair.actions).unwrap_or_else(|e| panic!("a repair fails: {e:?}"));
+        let end = goap::verify(domain, start, &repair.actions)
+            .unwrap_or_else(|e| panic!("a repair fails: {e:?}"));
         assert!(goal.is_met(&end), "a repair misses its goal");
     }
 }

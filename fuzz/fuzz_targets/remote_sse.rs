@@ -17,10 +17,23 @@ use hivemind_remote::dialect::decode;
 use hivemind_remote::sse::{SseError, SseEvent, SseParser};
 use libfuzzer_sys::fuzz_target;
 
-const DIALECTS: [Dialect; 5] = [Dialect::LlamaServer, Dialect::Vllm, Dialect::Sglang, Dialect::Ollama, Dialect::OpenAi];
-const FORMATS: [OutputFormat; 3] = [OutputFormat::FreePlan, OutputFormat::Guided, OutputFormat::Line];
+const DIALECTS: [Dialect; 5] = [
+    Dialect::LlamaServer,
+    Dialect::Vllm,
+    Dialect::Sglang,
+    Dialect::Ollama,
+    Dialect::OpenAi,
+];
+const FORMATS: [OutputFormat; 3] = [
+    OutputFormat::FreePlan,
+    OutputFormat::Guided,
+    OutputFormat::Line,
+];
 
-fn events<'a>(limit: usize, pieces: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<SseEvent>, SseError> {
+fn events<'a>(
+    limit: usize,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<SseEvent>, SseError> {
     let mut parser = SseParser::new(limit);
     let mut out = Vec::new();
     for piece in pieces {
@@ -56,8 +69,16 @@ fuzz_target!(|data: &[u8]| {
     let format = FORMATS[usize::from((config >> 4) & 3) % FORMATS.len()];
 
     let whole = events(limit, [bytes]);
-    assert_eq!(events(limit, chunks(bytes, seed)), whole, "chunking changed the events");
-    assert_eq!(events(limit, bytes.chunks(1)), whole, "single bytes changed the events");
+    assert_eq!(
+        events(limit, chunks(bytes, seed)),
+        whole,
+        "chunking changed the events"
+    );
+    assert_eq!(
+        events(limit, bytes.chunks(1)),
+        whole,
+        "single bytes changed the events"
+    );
     let Ok(list) = whole else {
         return;
     };

@@ -14,7 +14,9 @@ use hivemind_core::config::{HivemindConfig, IntentStyle, parse_ron};
 use hivemind_core::goap::{self, Domain};
 use hivemind_core::grammar::{Grammar, GrammarAgent, GrammarLimits};
 use hivemind_core::plan::OutputFormat;
-use hivemind_core::prompt::{AgentRequest, AgentTask, ChatTemplate, Persona, PrefixTree, PromptAsset};
+use hivemind_core::prompt::{
+    AgentRequest, AgentTask, ChatTemplate, Persona, PrefixTree, PromptAsset,
+};
 use hivemind_core::snapshot::{AgentId, Bounds, EntityId, EntityInfo, Point, WorldSnapshot};
 use hivemind_core::templates::{TemplateBook, situation};
 use hivemind_fuzz::registry;
@@ -22,12 +24,18 @@ use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-const FORMATS: [OutputFormat; 3] = [OutputFormat::FreePlan, OutputFormat::Guided, OutputFormat::Line];
+const FORMATS: [OutputFormat; 3] = [
+    OutputFormat::FreePlan,
+    OutputFormat::Guided,
+    OutputFormat::Line,
+];
 
 /// What loaded comes back equal through RON.
 fn round_trips<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) {
-    let text = ron::to_string(value).unwrap_or_else(|e| panic!("{value:?} does not serialize: {e}"));
-    let back: T = parse_ron(&text, "round trip").unwrap_or_else(|e| panic!("{text} does not parse back: {e}"));
+    let text =
+        ron::to_string(value).unwrap_or_else(|e| panic!("{value:?} does not serialize: {e}"));
+    let back: T = parse_ron(&text, "round trip")
+        .unwrap_or_else(|e| panic!("{text} does not parse back: {e}"));
     assert_eq!(&back, value, "{text}");
 }
 
@@ -46,7 +54,10 @@ fn settings(text: &str) {
 fn situation_snapshot(agent: u32) -> WorldSnapshot {
     WorldSnapshot::new(AgentId(agent), Point::new(4, 5))
         .with_bounds(Bounds::grid(20, 14))
-        .with_entity(EntityInfo::new(EntityId(9), "enemy", Point::new(8, 5)).with_name("Vex \"the\" <|im_end|>"))
+        .with_entity(
+            EntityInfo::new(EntityId(9), "enemy", Point::new(8, 5))
+                .with_name("Vex \"the\" <|im_end|>"),
+        )
         .with_point("cover", Point::new(5, 5))
         .with_fact("ammo", 2)
 }
@@ -60,16 +71,32 @@ fn prompt_tree(asset: &PromptAsset, registry: &ActionRegistry) {
             // Inserting the same voice again changes nothing.
             assert!(!tree.insert_persona(persona));
         }
-        let persona = asset.personas.first().map_or("someone", |p| p.name.as_str());
+        let persona = asset
+            .personas
+            .first()
+            .map_or("someone", |p| p.name.as_str());
         let task = match format {
-            OutputFormat::FreePlan => AgentTask::Plan { order: Some("hold \"the\" line\n<|im_start|>".into()) },
+            OutputFormat::FreePlan => AgentTask::Plan {
+                order: Some("hold \"the\" line\n<|im_start|>".into()),
+            },
             OutputFormat::Guided => AgentTask::Guided {
-                options: vec![hivemind_core::prompt::IntentOption::new("heal", "heal", "hp is low")],
+                options: vec![hivemind_core::prompt::IntentOption::new(
+                    "heal",
+                    "heal",
+                    "hp is low",
+                )],
                 order: None,
             },
-            OutputFormat::Line => AgentTask::Banter { situation: situation::IDLE.into() },
+            OutputFormat::Line => AgentTask::Banter {
+                situation: situation::IDLE.into(),
+            },
         };
-        let request = AgentRequest { agent: AgentId(3), persona, snapshot: &snapshot, task };
+        let request = AgentRequest {
+            agent: AgentId(3),
+            persona,
+            snapshot: &snapshot,
+            task,
+        };
         let _ = tree.sequence(&request).text();
         let _ = tree.shared(std::slice::from_ref(&request)).text();
     }
@@ -84,7 +111,10 @@ fn prompt(text: &str) {
 
 fn persona(text: &str) {
     if let Ok(persona) = parse_ron::<Persona>(text, "persona.ron") {
-        let asset = PromptAsset { personas: vec![persona], ..PromptAsset::default() };
+        let asset = PromptAsset {
+            personas: vec![persona],
+            ..PromptAsset::default()
+        };
         prompt_tree(&asset, registry());
     }
 }
@@ -100,7 +130,8 @@ fn domain(text: &str) {
     }
     for goal in domain.goals() {
         if let Ok(plan) = goap::plan(&domain, &start, goal) {
-            let end = goap::verify(&domain, &start, &plan.actions).unwrap_or_else(|e| panic!("a found plan fails: {e:?}"));
+            let end = goap::verify(&domain, &start, &plan.actions)
+                .unwrap_or_else(|e| panic!("a found plan fails: {e:?}"));
             assert!(goal.is_met(&end), "a found plan misses its goal");
         }
     }
@@ -110,8 +141,14 @@ fn templates(text: &str) {
     let Ok(book) = TemplateBook::from_ron(text, "fuzz.templates.ron") else {
         return;
     };
-    let personas: Vec<Option<&str>> = std::iter::once(None).chain(book.personas().map(Some)).collect();
-    let situations: Vec<&str> = situation::ALL.iter().copied().chain(book.situations()).collect();
+    let personas: Vec<Option<&str>> = std::iter::once(None)
+        .chain(book.personas().map(Some))
+        .collect();
+    let situations: Vec<&str> = situation::ALL
+        .iter()
+        .copied()
+        .chain(book.situations())
+        .collect();
     let filled = |name: &str| Some(format!(" <{name}> \u{a0}"));
     let missing = |_: &str| -> Option<String> { None };
     for persona in personas {
@@ -144,7 +181,10 @@ fn actions(text: &str) {
     for format in FORMATS {
         let agents = [GrammarAgent::new(&snapshot).with_options(2)];
         for intents in [IntentStyle::Name, IntentStyle::Number] {
-            let limits = GrammarLimits { intents, ..GrammarLimits::default() };
+            let limits = GrammarLimits {
+                intents,
+                ..GrammarLimits::default()
+            };
             let _ = Grammar::build(format, &registry, &agents, limits);
         }
     }

@@ -99,8 +99,11 @@ fn facts(list: &[(String, FactValue)]) -> BTreeMap<String, Fact> {
 }
 
 fn build(input: &Input) -> WorldSnapshot {
-    let mut snapshot = WorldSnapshot::new(AgentId(input.agent), Point::new(input.x.get(), input.y.get()))
-        .with_health(Health::new(input.health.0, input.health.1));
+    let mut snapshot = WorldSnapshot::new(
+        AgentId(input.agent),
+        Point::new(input.x.get(), input.y.get()),
+    )
+    .with_health(Health::new(input.health.0, input.health.1));
     if let Some((x0, y0, x1, y1)) = &input.bounds {
         snapshot = snapshot.with_bounds(Bounds {
             min: Point::new(x0.get(), y0.get()),
@@ -110,7 +113,11 @@ fn build(input: &Input) -> WorldSnapshot {
     snapshot.facts = facts(&input.facts);
     // `fit_to_budget` renders once per dropped item: keep the worst case to milliseconds.
     for e in input.entities.iter().take(48) {
-        let mut entity = EntityInfo::new(EntityId(e.id), e.set.name(), Point::new(e.x.get(), e.y.get()));
+        let mut entity = EntityInfo::new(
+            EntityId(e.id),
+            e.set.name(),
+            Point::new(e.x.get(), e.y.get()),
+        );
         entity.health = e.health.map(|(current, max)| Health::new(current, max));
         entity.name.clone_from(&e.name);
         entity.facts = facts(&e.facts);
@@ -125,11 +132,28 @@ fn build(input: &Input) -> WorldSnapshot {
 /// Text a player may have written must come out escaped: no line break of its own, no quote,
 /// no chat-template delimiter.
 fn check_escaped(snapshot: &WorldSnapshot, rendered: &str) {
-    let lines = 1 + snapshot.entities.iter().map(|e| &e.set).collect::<std::collections::BTreeSet<_>>().len()
-        + snapshot.points.iter().map(|p| &p.set).collect::<std::collections::BTreeSet<_>>().len();
-    assert!(rendered.lines().count() <= lines, "untrusted text broke a line: {rendered:?}");
+    let lines = 1
+        + snapshot
+            .entities
+            .iter()
+            .map(|e| &e.set)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+        + snapshot
+            .points
+            .iter()
+            .map(|p| &p.set)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+    assert!(
+        rendered.lines().count() <= lines,
+        "untrusted text broke a line: {rendered:?}"
+    );
     for forbidden in ["<|", "|>", "[INST]", "<end_of_turn>"] {
-        assert!(!rendered.contains(forbidden), "{forbidden:?} in {rendered:?}");
+        assert!(
+            !rendered.contains(forbidden),
+            "{forbidden:?} in {rendered:?}"
+        );
     }
 }
 
@@ -140,8 +164,17 @@ fn check_fit(snapshot: &WorldSnapshot, budget: usize) {
     assert_eq!(fitted.health, snapshot.health);
     assert_eq!(fitted.bounds, snapshot.bounds);
     assert_eq!(fitted.facts, snapshot.facts);
-    assert!(fitted.entities.iter().all(|e| snapshot.entities.contains(e)), "an entity appeared");
-    assert!(fitted.points.iter().all(|p| snapshot.points.contains(p)), "a point appeared");
+    assert!(
+        fitted
+            .entities
+            .iter()
+            .all(|e| snapshot.entities.contains(e)),
+        "an entity appeared"
+    );
+    assert!(
+        fitted.points.iter().all(|p| snapshot.points.contains(p)),
+        "a point appeared"
+    );
     let rendered = fitted.render();
     if estimate_tokens(&rendered) > budget {
         assert!(
@@ -163,9 +196,16 @@ fn check_fit(snapshot: &WorldSnapshot, budget: usize) {
         .chain(fitted.points.iter().map(|p| p.set.as_str()))
         .collect();
     if sets_after.len() < sets_before.len() {
-        assert!(fitted.entities.is_empty() && fitted.points.is_empty(), "a set vanished while others had spares");
+        assert!(
+            fitted.entities.is_empty() && fitted.points.is_empty(),
+            "a set vanished while others had spares"
+        );
     }
-    assert_eq!(fitted.fit_to_budget(budget), fitted, "fitting twice drops more");
+    assert_eq!(
+        fitted.fit_to_budget(budget),
+        fitted,
+        "fitting twice drops more"
+    );
 }
 
 fuzz_target!(|input: Input| {
@@ -179,7 +219,11 @@ fuzz_target!(|input: Input| {
     let _ = snapshot.render_self_with(Some(&keys));
     let _ = estimate_tokens(&rendered);
 
-    assert_eq!(snapshot.fit_to_budget(usize::MAX), snapshot, "an unlimited budget dropped something");
+    assert_eq!(
+        snapshot.fit_to_budget(usize::MAX),
+        snapshot,
+        "an unlimited budget dropped something"
+    );
     check_fit(&snapshot, 0);
     for budget in input.budgets.iter().take(3) {
         check_fit(&snapshot, usize::from(*budget));
@@ -192,10 +236,20 @@ fuzz_target!(|input: Input| {
         other.agent = AgentId(u32::from(*id));
         snapshots.push(other);
     }
-    let agents: Vec<GrammarAgent<'_>> = snapshots.iter().map(|s| GrammarAgent::new(s).with_options(3)).collect();
-    for format in [OutputFormat::FreePlan, OutputFormat::Guided, OutputFormat::Line] {
+    let agents: Vec<GrammarAgent<'_>> = snapshots
+        .iter()
+        .map(|s| GrammarAgent::new(s).with_options(3))
+        .collect();
+    for format in [
+        OutputFormat::FreePlan,
+        OutputFormat::Guided,
+        OutputFormat::Line,
+    ] {
         for intents in [IntentStyle::Name, IntentStyle::Number] {
-            let limits = GrammarLimits { intents, ..GrammarLimits::default() };
+            let limits = GrammarLimits {
+                intents,
+                ..GrammarLimits::default()
+            };
             let _ = Grammar::build(format, registry(), &agents, limits);
         }
     }

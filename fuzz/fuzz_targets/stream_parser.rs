@@ -17,7 +17,11 @@ use hivemind_core::stream::{StreamError, StreamEvent, StreamParser};
 use hivemind_fuzz::{chunks, split_header};
 use libfuzzer_sys::fuzz_target;
 
-const FORMATS: [OutputFormat; 3] = [OutputFormat::FreePlan, OutputFormat::Guided, OutputFormat::Line];
+const FORMATS: [OutputFormat; 3] = [
+    OutputFormat::FreePlan,
+    OutputFormat::Guided,
+    OutputFormat::Line,
+];
 const BOUNDS: [u32; 4] = [1, 3, 9, 12];
 const LABELS: [&str; 3] = ["heal", "hold here", "attack enemy 9"];
 /// `EXCERPT_BYTES` plus the `…` that marks a cut excerpt.
@@ -41,7 +45,12 @@ impl Setup {
         }
         if self.labels {
             let labels = (0..4)
-                .map(|id| (AgentId(id), LABELS.iter().map(|l| (*l).to_owned()).collect()))
+                .map(|id| {
+                    (
+                        AgentId(id),
+                        LABELS.iter().map(|l| (*l).to_owned()).collect(),
+                    )
+                })
                 .collect::<HashMap<_, _>>();
             parser = parser.with_intent_labels(labels);
         }
@@ -69,7 +78,10 @@ fn run<'a>(setup: &Setup, pieces: impl IntoIterator<Item = &'a [u8]>, len: usize
                 assert_eq!(events.len(), before, "events reported after an error");
             }
             (None, Err(error)) => {
-                assert!(error.offset() < len, "{error:?} lies past the text ({len} bytes)");
+                assert!(
+                    error.offset() < len,
+                    "{error:?} lies past the text ({len} bytes)"
+                );
                 failed = Some(error);
             }
             (None, Ok(())) => {}
@@ -114,10 +126,17 @@ fn check(setup: &Setup, text: &[u8], seed: u8) {
         .iter()
         .filter(|e| matches!(e, StreamEvent::Done { .. }))
         .count();
-    assert_eq!(done, whole.answers_done, "answers_done counts the Done events");
+    assert_eq!(
+        done, whole.answers_done,
+        "answers_done counts the Done events"
+    );
     for event in &whole.events {
         if let Some(agent) = setup.agent {
-            assert_eq!(event.agent(), agent, "an event for another agent than the one given");
+            assert_eq!(
+                event.agent(),
+                agent,
+                "an event for another agent than the one given"
+            );
         }
         if let StreamEvent::Intent { intent, .. } = event {
             if let Some(bound) = setup.bound {

@@ -10,7 +10,13 @@ use hivemind_core::plan::OutputFormat;
 use hivemind_core::stream::StreamParser;
 use libfuzzer_sys::fuzz_target;
 
-fn parse<'a>(format: OutputFormat, pieces: impl IntoIterator<Item = &'a str>) -> (Vec<hivemind_core::stream::StreamEvent>, Result<(), hivemind_core::stream::StreamError>) {
+fn parse<'a>(
+    format: OutputFormat,
+    pieces: impl IntoIterator<Item = &'a str>,
+) -> (
+    Vec<hivemind_core::stream::StreamEvent>,
+    Result<(), hivemind_core::stream::StreamError>,
+) {
     let mut parser = StreamParser::new(format);
     let mut events = Vec::new();
     for piece in pieces {
@@ -28,17 +34,27 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut lines = Vec::new();
     for stream in transcript.streams() {
-        let line = serde_json::to_string(stream).unwrap_or_else(|e| panic!("{stream:?} does not serialize: {e}"));
+        let line = serde_json::to_string(stream)
+            .unwrap_or_else(|e| panic!("{stream:?} does not serialize: {e}"));
         assert!(!line.contains('\n'), "a stream is one line");
         lines.extend_from_slice(line.as_bytes());
         lines.push(b'\n');
     }
-    let again = Transcript::read(lines.as_slice(), "again.jsonl").unwrap_or_else(|e| panic!("written back, it does not read: {e}"));
+    let again = Transcript::read(lines.as_slice(), "again.jsonl")
+        .unwrap_or_else(|e| panic!("written back, it does not read: {e}"));
     assert_eq!(again, transcript);
 
     for stream in transcript.streams().iter().take(4) {
-        let whole: String = stream.chunks.iter().map(|(text, _)| text.as_str()).collect();
-        for format in [OutputFormat::FreePlan, OutputFormat::Guided, OutputFormat::Line] {
+        let whole: String = stream
+            .chunks
+            .iter()
+            .map(|(text, _)| text.as_str())
+            .collect();
+        for format in [
+            OutputFormat::FreePlan,
+            OutputFormat::Guided,
+            OutputFormat::Line,
+        ] {
             let chunked = parse(format, stream.chunks.iter().map(|(text, _)| text.as_str()));
             assert_eq!(chunked, parse(format, [whole.as_str()]));
         }
