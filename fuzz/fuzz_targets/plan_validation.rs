@@ -2,9 +2,9 @@
 //! planning against the shipped domain, on arbitrary steps, names and situations.
 //!
 //! Checked: no panic; `validate_plan` fails exactly at the first step `validate_step` rejects;
-//! a step that validates has every argument inside the domain `ArgKind::domain` gives the
-//! grammar, so its verb counts as available; valid steps written as JSON parse back to the same
-//! steps; `verify_names` fails at the first unknown or inapplicable step and at no other;
+//! a step validates exactly when every argument lies inside the domain `ArgKind::domain` gives
+//! the grammar (so its verb counts as available); valid steps written as JSON parse back to the
+//! same steps; `verify_names` fails at the first unknown or inapplicable step and at no other;
 //! plans and repairs the planner returns verify and reach their goal.
 #![no_main]
 
@@ -148,7 +148,25 @@ fn check_validation(steps: &[PlanStep], snapshot: &WorldSnapshot) -> Vec<PlanSte
 
     let mut valid = Vec::new();
     for step in steps {
-        if registry.validate_step(step, snapshot).is_err() {
+        // What the grammar allows (every argument in its domain, nothing else) validates.
+        let in_domain = registry.verb(&step.verb).is_some_and(|verb| {
+            step.args
+                .iter()
+                .all(|(name, _)| verb.args.iter().any(|a| a.name == *name))
+                && verb.args.iter().all(|spec| {
+                    step.arg(&spec.name)
+                        .is_some_and(|value| allows(&spec.kind.domain(snapshot), value))
+                })
+        });
+        let validated = registry.validate_step(step, snapshot);
+        if in_domain {
+            assert_eq!(
+                validated,
+                Ok(()),
+                "{step} lies in its grammar's domain but is refused"
+            );
+        }
+        if validated.is_err() {
             continue;
         }
         let Some(verb) = registry.verb(&step.verb) else {

@@ -85,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut texts = Vec::new();
     for event in &list {
-        assert!(event.data.len() < limit, "an event longer than the limit");
+        assert!(event.data.len() <= limit, "an event longer than the limit");
         match decode(dialect, &event.data) {
             Ok(decoded) => {
                 if event.data.trim() == "[DONE]" {

@@ -152,7 +152,15 @@ fuzz_target!(|data: &[u8]| {
         let setup = Setup {
             format,
             agent: (config & 1 != 0).then(|| AgentId(u32::from((config >> 1) & 3))),
-            bound: (config & 8 != 0).then(|| BOUNDS[usize::from((config >> 4) & 3)]),
+            // The bound is the most options any agent has, so never fewer than the labels.
+            bound: (config & 8 != 0).then(|| {
+                let bound = BOUNDS[usize::from((config >> 4) & 3)];
+                if config & 0x40 != 0 {
+                    bound.max(LABELS.len() as u32)
+                } else {
+                    bound
+                }
+            }),
             labels: config & 0x40 != 0,
         };
         check(&setup, text, seed);
