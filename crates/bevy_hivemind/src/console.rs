@@ -33,6 +33,7 @@
 //! `bevy_egui`'s `EguiPlugin` is in the app.
 
 mod hm;
+mod text;
 mod ui;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -149,28 +150,10 @@ impl Console {
     /// are completed to their common start and listed in the log.
     pub fn complete_input(&mut self, commands: &ConsoleCommands) {
         let candidates = commands.complete(&self.input);
-        let Some(first) = candidates.first() else {
+        let Some(input) = text::complete_line(&self.input, &candidates) else {
             return;
         };
-        let common = candidates.iter().fold(first.as_str(), |common, c| {
-            let same = common
-                .char_indices()
-                .zip(c.chars())
-                .find(|((_, a), b)| a != b)
-                .map_or(common.len().min(c.len()), |((i, _), _)| i);
-            &common[..same]
-        });
-        // After the last space, whatever its width (a no-break or ideographic space is more
-        // than one byte).
-        let kept = self
-            .input
-            .char_indices()
-            .rfind(|(_, c)| c.is_whitespace())
-            .map_or(0, |(i, c)| i + c.len_utf8());
-        let mut input = format!("{}{common}", &self.input[..kept]);
-        if candidates.len() == 1 {
-            input.push(' ');
-        } else {
+        if candidates.len() > 1 {
             self.print(candidates.join("  "));
         }
         self.input = input;
@@ -253,12 +236,7 @@ impl ConsoleCommands {
     /// The words that could stand in place of the last, partly typed word of `input`: command
     /// names first, then subcommands and the values a positional argument takes.
     pub fn complete(&self, input: &str) -> Vec<String> {
-        let mut words: Vec<&str> = input.split_whitespace().collect();
-        let partial = if input.ends_with(char::is_whitespace) || words.is_empty() {
-            ""
-        } else {
-            words.pop().unwrap_or_default()
-        };
+        let (words, partial) = text::split_partial(input);
         let mut candidates: Vec<String> = match words.split_first() {
             None => self.names().map(str::to_owned).collect(),
             Some((name, rest)) => {
@@ -347,7 +325,7 @@ fn usage(mut command: clap::Command, words: &[String]) -> String {
 /// arguments and unbalanced quotes print an error and the usage; nothing panics.
 pub fn run_console_line(world: &mut World, line: &str) -> Vec<String> {
     let mut reply = ConsoleReply::default();
-    let Some(words) = shlex::split(line) else {
+    let Some(words) = text::split_line(line) else {
         reply.line("error: unbalanced quotes");
         return reply.lines;
     };

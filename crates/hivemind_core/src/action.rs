@@ -341,10 +341,11 @@ fn check_arg(
     };
     match (&spec.kind, value) {
         (ArgKind::Entity { set }, ArgValue::Int(n)) => {
+            // Looked up within the set, as `ArgKind::domain` lists the grammar's ids: an id that
+            // another set also uses (an ally listed first) must not hide the enemy.
             let known = value
                 .as_entity()
-                .and_then(|id| snapshot.entity(id))
-                .is_some_and(|e| e.set == *set);
+                .is_some_and(|id| snapshot.entities_in(set).any(|e| e.id == id));
             if known {
                 Ok(())
             } else {
@@ -602,6 +603,30 @@ pub(crate) mod tests {
         assert!(matches!(
             check(step("Say").with_arg("text", ArgValue::Text("x".repeat(500)))),
             StepError::TextTooLong { .. }
+        ));
+    }
+
+    #[test]
+    fn a_target_the_grammar_offers_validates_when_another_set_shares_its_id() {
+        // Ally 7 comes first in the snapshot; the grammar still offers enemy 7 to `Attack`, so
+        // validation must accept it rather than find the ally and call the target unknown.
+        let mut snapshot = flanking_guard();
+        snapshot
+            .entities
+            .insert(0, EntityInfo::new(EntityId(7), "ally", Point::new(5, 5)));
+        let registry = arena_registry();
+        let attack = step("Attack").with_arg("target", ArgValue::Int(7));
+        let target = &registry.verb("Attack").unwrap().args[0];
+        let ArgDomain::Entities(offered) = target.kind.domain(&snapshot) else {
+            panic!("an entity argument offers entities");
+        };
+        assert!(offered.contains(&EntityId(7)));
+        assert_eq!(registry.validate_step(&attack, &snapshot), Ok(()));
+        // The ally alone is still no target.
+        snapshot.entities.retain(|e| e.set != "enemy");
+        assert!(matches!(
+            registry.validate_step(&attack, &snapshot),
+            Err(StepError::UnknownTarget { id: 7, .. })
         ));
     }
 
