@@ -257,6 +257,25 @@ impl<K: Copy> Outgoing<K> {
             Outgoing::Line(m) => m.agent,
         }
     }
+
+    /// The request the message answers.
+    pub fn request(&self) -> RequestId {
+        match self {
+            Outgoing::Step(m) => m.request,
+            Outgoing::Words(m) => m.request,
+            Outgoing::Plan(m) => m.request,
+            Outgoing::Line(m) => m.request,
+        }
+    }
+
+    /// The slot of the request, if the message completes one that has a slot.
+    fn completes_slot(&self) -> Option<RequestSlot> {
+        match self {
+            Outgoing::Plan(_) => Some(RequestSlot::Plan),
+            Outgoing::Line(m) => RequestSlot::of(m.kind),
+            Outgoing::Step(_) | Outgoing::Words(_) => None,
+        }
+    }
 }
 
 /// Why every answer comes from fallbacks, if it does.

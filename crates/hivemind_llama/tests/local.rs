@@ -991,8 +991,9 @@ struct Asked {
     kind: RequestKind,
     snapshot: WorldSnapshot,
     steps: usize,
-    /// Ended by the game (cancelled, replaced, despawned): it must hear nothing more.
-    ended: bool,
+    /// Ended by the game (cancelled, replaced, despawned) in this frame: it must hear nothing
+    /// more.
+    ended: Option<(&'static str, u32)>,
     completed: bool,
 }
 
@@ -1024,6 +1025,12 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
     let assets = Arc::new(ArenaAssets::load(Path::new(ASSETS)).unwrap());
     let mut config = HivemindConfig::default();
     config.clock.mode = ClockMode::Lockstep;
+    // Short answers in wide batches: the run is about every request's fate, not the lines'
+    // length, and it must stay a minute or two on two cores.
+    config.budgets.max_say_chars = 24;
+    config.budgets.max_plan_steps = 2;
+    config.batching.max_batch = 32;
+    config.budgets.snapshot_tokens = 48;
     let capacity = config.batching.queue_capacity;
     let local: Arc<dyn BackendFactory> = LlamaFactory::new(options(None)).unwrap();
     let mut hm = Lifecycle::<u32>::new(LifecycleParts {
@@ -1056,13 +1063,13 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
     let mut open: Vec<[Option<u64>; 2]> = vec![[None; 2]; AGENTS as usize];
     let mut asked: std::collections::BTreeMap<u64, Asked> = Default::default();
     let slot_of = |slot: RequestSlot| usize::from(slot == RequestSlot::Dialogue);
-    let end = |asked: &mut std::collections::BTreeMap<u64, Asked>, id: u64| {
+    let end = |asked: &mut std::collections::BTreeMap<u64, Asked>, id: u64, how, frame| {
         let a = asked.get_mut(&id).unwrap();
-        assert!(!a.ended && !a.completed, "r{id} ended twice");
-        a.ended = true;
+        assert!(a.ended.is_none() && !a.completed, "r{id} ended twice");
+        a.ended = Some((how, frame));
     };
     let (mut frames, mut made, mut overflowed, mut from_model) = (0, 0, 0, 0);
-    while made < REQUESTS || asked.values().any(|a| !a.ended && !a.completed) {
+    while made < REQUESTS || asked.values().any(|a| a.ended.is_none() && !a.completed) {
         frames += 1;
         assert!(frames < 20_000, "requests still open after {frames} frames");
         hm.begin_frame(Duration::from_millis(100), false);
@@ -1071,7 +1078,7 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
                 let i = roll(u64::from(AGENTS)) as usize;
                 hm.forget_agent(keys[i]);
                 for id in open[i].iter_mut().filter_map(Option::take) {
-                    end(&mut asked, id);
+                    end(&mut asked, id, "despawned", frames);
                 }
                 keys[i] += AGENTS;
             }
@@ -1080,10 +1087,15 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
                 let slot = RequestSlot::ALL[roll(2) as usize];
                 hm.cancel_slot(keys[i], slot);
                 if let Some(id) = open[i][slot_of(slot)].take() {
-                    end(&mut asked, id);
+                    end(&mut asked, id, "cancelled", frames);
                 }
             }
-            let burst = if frames % 40 == 0 { 24 } else { roll(3) };
+            // Requests come in waves, as squads decide together, and now and then all at once.
+            let burst = match frames % 40 {
+                0 => 32,
+                f if f % 4 == 0 => roll(12),
+                _ => 0,
+            };
             for _ in 0..burst.min((REQUESTS - made) as u64) {
                 let i = roll(u64::from(AGENTS)) as usize;
                 let mut snapshot =
@@ -1094,7 +1106,7 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
                     4 => Ask::Plan {
                         order: Some("Hold the center\"}]<|im_end|>".into()),
                     },
-                    5..7 => Ask::Line {
+                    5 => Ask::Line {
                         kind: LineKind::Dialogue {
                             player_said: "Where are they?".into(),
                         },
@@ -1113,7 +1125,7 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
                 if let Some(slot) = RequestSlot::of(kind)
                     && let Some(old) = open[i][slot_of(slot)].take()
                 {
-                    end(&mut asked, old);
+                    end(&mut asked, old, "replaced", frames);
                 }
                 let id = hm
                     .request(
@@ -1137,7 +1149,7 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
                         kind,
                         snapshot,
                         steps: 0,
-                        ended: false,
+                        ended: None,
                         completed: false,
                     },
                 );
@@ -1158,7 +1170,11 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
             };
             let a = asked.get_mut(&id).unwrap();
             assert_eq!(a.agent, agent);
-            assert!(!a.ended, "r{id} heard after the game ended it: {message:?}");
+            assert!(
+                a.ended.is_none(),
+                "r{id} heard in frame {frames} after the game ended it ({:?}): {message:?}",
+                a.ended
+            );
             assert!(
                 !a.completed,
                 "r{id} heard after its completion: {message:?}"
@@ -1195,7 +1211,7 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
         }
     }
     let completed = asked.values().filter(|a| a.completed).count();
-    let ended = asked.values().filter(|a| a.ended).count();
+    let ended = asked.values().filter(|a| a.ended.is_some()).count();
     assert_eq!(asked.len(), REQUESTS);
     assert_eq!(completed + ended, REQUESTS);
     // The model wrote plans: this is a run of the model, not of its fallbacks alone.

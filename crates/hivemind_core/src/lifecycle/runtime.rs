@@ -764,9 +764,22 @@ impl<K: AgentKey> Lifecycle<K> {
 
     /// **Cancel.** Ends an agent's request in `slot`, if it has one: no further message, no
     /// completion, and its job is cancelled.
+    ///
+    /// A request answered at once (from the cache, say) but not yet taken from the outbox is
+    /// ended too: the game has not heard of it, and must not hear of it after ending it.
     pub fn cancel_slot(&mut self, agent: K, slot: RequestSlot) {
+        let mut ended: Vec<RequestId> = self
+            .outbox
+            .iter()
+            .filter(|m| m.agent() == agent && m.completes_slot() == Some(slot))
+            .map(Outgoing::request)
+            .collect();
         if let Some(id) = self.by_agent.remove(&(agent, slot)) {
             self.drop_request(id);
+            ended.push(id);
+        }
+        if !ended.is_empty() {
+            self.outbox.retain(|m| !ended.contains(&m.request()));
         }
     }
 

@@ -352,6 +352,34 @@ fn nothing_in_time_gets_the_prepared_fallback_and_the_late_answer_only_fills_the
     assert_eq!(verbs(&hit), ["Attack"]);
 }
 
+/// A request answered at once from the cache and ended in the same frame, before the game took
+/// its messages: the game hears nothing of it, as for any request it ends.
+#[test]
+fn a_request_answered_at_once_and_ended_before_it_was_heard_sends_nothing() {
+    let mut hm = lifecycle();
+    let mut metrics = Metrics::new();
+    let id = ask_plan(&mut hm, 3, &mut metrics);
+    started(&mut hm, id);
+    step(&mut hm, id, ms(100), 0, "Attack");
+    finished(&mut hm, id, ms(200), completed());
+    assert_eq!(plan_done(&out(&mut hm)).len(), 1);
+
+    // Replaced: the cached answer to the first ask is not heard, only the second's.
+    let first = ask_plan(&mut hm, 3, &mut metrics);
+    let second = ask_plan(&mut hm, 3, &mut metrics);
+    let heard = out(&mut hm);
+    assert!(heard.iter().all(|m| m.request() != first), "{heard:?}");
+    assert_eq!(plan_done(&heard)[0].request, second);
+
+    // Cancelled, or despawned, in the frame it was answered.
+    let third = ask_plan(&mut hm, 3, &mut metrics);
+    hm.cancel_slot(AGENT, RequestSlot::Plan);
+    assert!(out(&mut hm).is_empty(), "r{} was heard", third.0);
+    ask_plan(&mut hm, 3, &mut metrics);
+    hm.forget_agent(AGENT);
+    assert!(out(&mut hm).is_empty());
+}
+
 #[test]
 fn a_model_that_fails_mid_plan_keeps_its_steps_and_the_planner_completes_them() {
     let mut hm = lifecycle();
