@@ -359,10 +359,7 @@ impl<F: BackendFactory + ?Sized> BackendFactory for Renamed<F> {
 
 /// The text a stream is prompted with, for backends that send text rather than keep state.
 pub fn stream_prompt(batch: &Batch, stream: usize) -> Option<String> {
-    match &batch.shared {
-        Some(shared) => (stream == 0).then(|| shared.prompt.text()),
-        None => batch.agents.get(stream).map(|a| a.prompt.text()),
-    }
+    stream_prompt_text(batch, stream).map(crate::prompt::PromptText::into_string)
 }
 
 /// [`stream_prompt`] with the ranges the chat template wrote: the only ones a backend may read

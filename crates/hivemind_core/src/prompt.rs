@@ -216,6 +216,11 @@ impl PromptText {
         &self.text
     }
 
+    /// The whole text, without its ranges.
+    pub fn into_string(self) -> String {
+        self.text
+    }
+
     /// The byte ranges the template wrote, in order.
     pub fn template_ranges(&self) -> &[Range<usize>] {
         &self.template
@@ -449,12 +454,7 @@ impl SequencePrompt {
 
     /// The whole prompt.
     pub fn text(&self) -> String {
-        [
-            self.root.text.as_str(),
-            &self.persona.text,
-            &self.agent.text,
-        ]
-        .concat()
+        self.prompt_text().into_string()
     }
 }
 
@@ -479,12 +479,7 @@ impl SharedPrompt {
 
     /// The whole prompt.
     pub fn text(&self) -> String {
-        [
-            self.root.text.as_str(),
-            &self.ensemble.text,
-            &self.batch.text,
-        ]
-        .concat()
+        self.prompt_text().into_string()
     }
 }
 

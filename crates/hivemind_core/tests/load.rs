@@ -742,12 +742,7 @@ impl Game {
     }
 
     fn check(&mut self, message: Outgoing<u32>) {
-        let (id, agent) = match &message {
-            Outgoing::Step(m) => (m.request.0, m.agent),
-            Outgoing::Words(m) => (m.request.0, m.agent),
-            Outgoing::Plan(m) => (m.request.0, m.agent),
-            Outgoing::Line(m) => (m.request.0, m.agent),
-        };
+        let (id, agent) = (message.request().0, message.agent());
         let t = *self.track(id);
         assert_eq!(t.agent, agent, "r{id} names another agent");
         assert_eq!(

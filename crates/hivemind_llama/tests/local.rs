@@ -1162,12 +1162,7 @@ fn sixty_four_agents_make_five_hundred_requests_on_the_real_model() {
         hm.answer_late(&mut metrics);
         let messages: Vec<Outgoing<u32>> = hm.drain_outbox().collect();
         for message in messages {
-            let (id, agent) = match &message {
-                Outgoing::Step(m) => (m.request.0, m.agent),
-                Outgoing::Words(m) => (m.request.0, m.agent),
-                Outgoing::Plan(m) => (m.request.0, m.agent),
-                Outgoing::Line(m) => (m.request.0, m.agent),
-            };
+            let (id, agent) = (message.request().0, message.agent());
             let a = asked.get_mut(&id).unwrap();
             assert_eq!(a.agent, agent);
             assert!(

@@ -177,18 +177,14 @@ fn read_vocabulary(r: &mut Reader<impl Read>) -> Result<Vocabulary, String> {
                 vocab.per_token.push((name, count));
                 r.skip_items(item, count)?;
             }
-            (k, kind) if SPECIAL_IDS.iter().any(|s| s.as_bytes() == k) => {
-                let name = SPECIAL_IDS
-                    .iter()
-                    .find(|s| s.as_bytes() == k)
-                    .copied()
-                    .unwrap_or_default();
-                let id = r.integer(kind)?;
-                if let Some(id) = id {
-                    vocab.ids.push((name, id));
+            (k, kind) => match SPECIAL_IDS.iter().find(|s| s.as_bytes() == k) {
+                Some(&name) => {
+                    if let Some(id) = r.integer(kind)? {
+                        vocab.ids.push((name, id));
+                    }
                 }
-            }
-            (_, kind) => r.skip_value(kind)?,
+                None => r.skip_value(kind)?,
+            },
         }
     }
     Ok(vocab)
